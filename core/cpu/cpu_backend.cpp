@@ -1,0 +1,428 @@
+// The CPU backend: argument checks, then oneDNN (core/cpu/onednn_conv.cpp)
+// for the convolutions and plain loops for everything else. The loops are
+// written to be read as the spec of each op in core/backend.h.
+#include "core/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/cpu/onednn_conv.h"
+#include "core/cpu/parallel.h"
+#include "core/error.h"
+#include "core/philox.h"
+
+namespace dq {
+namespace {
+
+// Elements per thread below which a pointwise loop stays on one thread.
+constexpr int64_t kGrain = int64_t{1} << 18;
+
+void check_f32(const Tensor& t, const char* op, const char* what) {
+  DQ_CHECK(t.dtype() == DType::f32 && t.device() == Device::cpu, op, ": ", what,
+           " must be an fp32 cpu tensor, got ", dtype_name(t.dtype()), " on ",
+           device_name(t.device()));
+  DQ_CHECK(t.defined(), op, ": ", what, " ", t.shape().str(), " has no storage");
+}
+
+void check_shape(const Tensor& t, const Shape& want, const char* op, const char* what) {
+  DQ_CHECK(t.shape() == want, op, ": ", what, " has shape ", t.shape().str(), ", expected ",
+           want.str());
+}
+
+void check_same(const Tensor& a, const Tensor& b, const char* op, const char* what_a,
+                const char* what_b) {
+  check_f32(a, op, what_a);
+  check_f32(b, op, what_b);
+  DQ_CHECK(a.shape() == b.shape(), op, ": ", what_a, " ", a.shape().str(), " and ", what_b, " ",
+           b.shape().str(), " differ in shape");
+}
+
+// An activation (N, D, H, W, C).
+void check_activation(const Tensor& t, const char* op, const char* what) {
+  check_f32(t, op, what);
+  DQ_CHECK(t.shape().rank() == 5, op, ": ", what, " must be (N, D, H, W, C), got ",
+           t.shape().str());
+}
+
+void check_bias(const Tensor* b, int64_t co, const char* op, const char* what) {
+  if (!b) return;
+  check_f32(*b, op, what);
+  check_shape(*b, Shape{co}, op, what);
+}
+
+// Geometry of a convolution from its input x (N, D, H, W, Ci) and weights
+// w (Co, k, k, k, Ci).
+cpu::ConvShape conv_shape(const Tensor& x, const Tensor& w, const char* op, const char* what_x,
+                          const char* what_w) {
+  check_activation(x, op, what_x);
+  check_f32(w, op, what_w);
+  const Shape& ws = w.shape();
+  DQ_CHECK(ws.rank() == 5 && (ws[1] == 1 || ws[1] == 3) && ws[2] == ws[1] && ws[3] == ws[1], op,
+           ": ", what_w, " must be (Co, k, k, k, Ci) with k 1 or 3, got ", ws.str());
+  DQ_CHECK(ws[4] == x.dim(4), op, ": ", what_w, " ", ws.str(), " expects ", ws[4],
+           " input channels but ", what_x, " ", x.shape().str(), " has ", x.dim(4));
+  return {false, x.dim(0), x.dim(1), x.dim(2), x.dim(3), x.dim(4), ws[0], ws[1]};
+}
+
+// Geometry of a transposed convolution from its input x (N, D, H, W, Ci) and
+// weights w (Ci, 2, 2, 2, Co).
+cpu::ConvShape deconv_shape(const Tensor& x, const Tensor& w, const char* op, const char* what_x,
+                            const char* what_w) {
+  check_activation(x, op, what_x);
+  check_f32(w, op, what_w);
+  const Shape& ws = w.shape();
+  DQ_CHECK(ws.rank() == 5 && ws[1] == 2 && ws[2] == 2 && ws[3] == 2, op, ": ", what_w,
+           " must be (Ci, 2, 2, 2, Co), got ", ws.str());
+  DQ_CHECK(ws[0] == x.dim(4), op, ": ", what_w, " ", ws.str(), " expects ", ws[0],
+           " input channels but ", what_x, " ", x.shape().str(), " has ", x.dim(4));
+  return {true, x.dim(0), x.dim(1), x.dim(2), x.dim(3), x.dim(4), ws[4], 2};
+}
+
+// The output shape (N, D', H', W', Co) of a layer.
+Shape output_shape(const cpu::ConvShape& s) {
+  int64_t f = s.transposed ? 2 : 1;
+  return Shape{s.n, f * s.d, f * s.h, f * s.w, s.co};
+}
+
+class CpuBackend final : public Backend {
+ public:
+  Device device() const override { return Device::cpu; }
+  std::string name() const override { return "cpu (oneDNN " + cpu::onednn_version() + ")"; }
+
+  // ------------------------------------------------------------- memory
+  Tensor alloc(const Shape& shape, DType dtype) override { return Tensor::zeros(shape, dtype); }
+
+  void upload(const Tensor& host, Tensor& dst) override { copy_bytes(host, dst, "upload"); }
+  void download(const Tensor& src, Tensor& host) override { copy_bytes(src, host, "download"); }
+  void copy(const Tensor& src, Tensor& dst) override { copy_bytes(src, dst, "copy"); }
+
+  void fill(Tensor& t, float value) override {
+    check_f32(t, "fill", "t");
+    float* p = t.f32();
+    cpu::parallel_for(t.numel(), kGrain,
+                      [=](int64_t i0, int64_t i1) { std::fill(p + i0, p + i1, value); });
+  }
+
+  void axpy(float a, const Tensor& x, Tensor& y) override {
+    check_same(x, y, "axpy", "x", "y");
+    const float* xp = x.f32();
+    float* yp = y.f32();
+    cpu::parallel_for(x.numel(), kGrain, [=](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) yp[i] += a * xp[i];
+    });
+  }
+
+  void scale(Tensor& x, float a) override {
+    check_f32(x, "scale", "x");
+    float* p = x.f32();
+    cpu::parallel_for(x.numel(), kGrain, [=](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) p[i] *= a;
+    });
+  }
+
+  // ------------------------------------------------------- convolutions
+  void conv3d_forward(const Tensor& x, const Tensor& w, const Tensor* b, Tensor& y,
+                      bool fuse_relu) override {
+    const char* op = "conv3d_forward";
+    cpu::ConvShape s = conv_shape(x, w, op, "x", "w");
+    check_bias(b, s.co, op, "b");
+    check_f32(y, op, "y");
+    check_shape(y, output_shape(s), op, "y");
+    conv_.forward(s, x.f32(), w.f32(), b ? b->f32() : nullptr, y.f32(), fuse_relu);
+  }
+
+  void conv3d_backward_data(const Tensor& dy, const Tensor& w, Tensor& dx) override {
+    const char* op = "conv3d_backward_data";
+    cpu::ConvShape s = conv_shape(dx, w, op, "dx", "w");
+    check_f32(dy, op, "dy");
+    check_shape(dy, output_shape(s), op, "dy");
+    conv_.backward_data(s, dy.f32(), w.f32(), dx.f32());
+  }
+
+  void conv3d_backward_filter(const Tensor& x, const Tensor& dy, Tensor& dw, Tensor* db) override {
+    const char* op = "conv3d_backward_filter";
+    cpu::ConvShape s = conv_shape(x, dw, op, "x", "dw");
+    check_bias(db, s.co, op, "db");
+    check_f32(dy, op, "dy");
+    check_shape(dy, output_shape(s), op, "dy");
+    conv_.backward_filter(s, x.f32(), dy.f32(), dw.f32(), db ? db->f32() : nullptr);
+  }
+
+  void deconv3d_forward(const Tensor& x, const Tensor& w, const Tensor* b, Tensor& y,
+                        bool fuse_relu) override {
+    const char* op = "deconv3d_forward";
+    cpu::ConvShape s = deconv_shape(x, w, op, "x", "w");
+    check_bias(b, s.co, op, "b");
+    check_f32(y, op, "y");
+    check_shape(y, output_shape(s), op, "y");
+    conv_.forward(s, x.f32(), w.f32(), b ? b->f32() : nullptr, y.f32(), fuse_relu);
+  }
+
+  void deconv3d_backward_data(const Tensor& dy, const Tensor& w, Tensor& dx) override {
+    const char* op = "deconv3d_backward_data";
+    cpu::ConvShape s = deconv_shape(dx, w, op, "dx", "w");
+    check_f32(dy, op, "dy");
+    check_shape(dy, output_shape(s), op, "dy");
+    conv_.backward_data(s, dy.f32(), w.f32(), dx.f32());
+  }
+
+  void deconv3d_backward_filter(const Tensor& x, const Tensor& dy, Tensor& dw,
+                                Tensor* db) override {
+    const char* op = "deconv3d_backward_filter";
+    cpu::ConvShape s = deconv_shape(x, dw, op, "x", "dw");
+    check_bias(db, s.co, op, "db");
+    check_f32(dy, op, "dy");
+    check_shape(dy, output_shape(s), op, "dy");
+    conv_.backward_filter(s, x.f32(), dy.f32(), dw.f32(), db ? db->f32() : nullptr);
+  }
+
+  // ------------------------------------------------------------ pooling
+  // Plain loops rather than oneDNN: its backward pass needs a workspace from
+  // the forward (our interface passes x and y instead), and the tie rule
+  // (first maximum in window order) must hold exactly on every backend.
+  void maxpool_forward(const Tensor& x, Tensor& y) override {
+    Pool p = pool_shape(x, y, "maxpool_forward");
+    const float* xp = x.f32();
+    float* yp = y.f32();
+    for_each_window(p, [&](int64_t out, const int64_t* in) {
+      // out: the offset of y[n, d, h, w, 0]; in[j]: the offset of the j-th
+      // window element x[n, 2d+a, 2h+b, 2w+c, 0], j = 4a + 2b + c.
+      for (int64_t c = 0; c < p.c; ++c) {
+        float m = xp[in[0] + c];
+        for (int j = 1; j < 8; ++j) m = xp[in[j] + c] > m ? xp[in[j] + c] : m;
+        yp[out + c] = m;
+      }
+    });
+  }
+
+  void maxpool_backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) override {
+    const char* op = "maxpool_backward";
+    Pool p = pool_shape(x, y, op);
+    check_same(y, dy, op, "y", "dy");
+    check_same(x, dx, op, "x", "dx");
+    const float* xp = x.f32();
+    const float* dyp = dy.f32();
+    float* dxp = dx.f32();
+    // The argmax is recomputed from x with the forward's strict comparison,
+    // so ties go to the first maximum in window order; windows do not
+    // overlap, so every dx element is written exactly once.
+    for_each_window(p, [&](int64_t out, const int64_t* in) {
+      for (int64_t c = 0; c < p.c; ++c) {
+        int arg = 0;
+        float m = xp[in[0] + c];
+        for (int j = 1; j < 8; ++j) {
+          if (xp[in[j] + c] > m) {
+            m = xp[in[j] + c];
+            arg = j;
+          }
+        }
+        for (int j = 0; j < 8; ++j) dxp[in[j] + c] = j == arg ? dyp[out + c] : 0.0f;
+      }
+    });
+  }
+
+  // ---------------------------------------------------------- pointwise
+  void relu_forward(const Tensor& x, Tensor& y) override {
+    check_same(x, y, "relu_forward", "x", "y");
+    const float* xp = x.f32();
+    float* yp = y.f32();
+    cpu::parallel_for(x.numel(), kGrain, [=](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) yp[i] = xp[i] > 0.0f ? xp[i] : 0.0f;
+    });
+  }
+
+  void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx) override {
+    const char* op = "relu_backward";
+    check_same(y, dy, op, "y", "dy");
+    check_same(y, dx, op, "y", "dx");
+    const float* yp = y.f32();
+    const float* dyp = dy.f32();
+    float* dxp = dx.f32();
+    cpu::parallel_for(y.numel(), kGrain, [=](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) dxp[i] = yp[i] > 0.0f ? dyp[i] : 0.0f;
+    });
+  }
+
+  void dropout_forward(const Tensor& x, Tensor& y, float p, uint64_t key) override {
+    check_same(x, y, "dropout_forward", "x", "y");
+    dropout(x.f32(), y.f32(), x.numel(), p, key, "dropout_forward");
+  }
+
+  void dropout_backward(const Tensor& dy, Tensor& dx, float p, uint64_t key) override {
+    check_same(dy, dx, "dropout_backward", "dy", "dx");
+    dropout(dy.f32(), dx.f32(), dy.numel(), p, key, "dropout_backward");
+  }
+
+  void concat_channels(const Tensor& a, const Tensor& b, Tensor& out) override {
+    int64_t rows = concat_rows(a, b, out, "concat_channels");
+    int64_t ca = a.shape()[a.shape().rank() - 1], cb = b.shape()[b.shape().rank() - 1];
+    const float* ap = a.f32();
+    const float* bp = b.f32();
+    float* op = out.f32();
+    cpu::parallel_for(rows, std::max<int64_t>(1, kGrain / (ca + cb)), [=](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        std::memcpy(op + r * (ca + cb), ap + r * ca, sizeof(float) * ca);
+        std::memcpy(op + r * (ca + cb) + ca, bp + r * cb, sizeof(float) * cb);
+      }
+    });
+  }
+
+  void split_channels(const Tensor& out, Tensor& a, Tensor& b) override {
+    int64_t rows = concat_rows(a, b, out, "split_channels");
+    int64_t ca = a.shape()[a.shape().rank() - 1], cb = b.shape()[b.shape().rank() - 1];
+    const float* op = out.f32();
+    float* ap = a.f32();
+    float* bp = b.f32();
+    cpu::parallel_for(rows, std::max<int64_t>(1, kGrain / (ca + cb)), [=](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        std::memcpy(ap + r * ca, op + r * (ca + cb), sizeof(float) * ca);
+        std::memcpy(bp + r * cb, op + r * (ca + cb) + ca, sizeof(float) * cb);
+      }
+    });
+  }
+
+  // ------------------------------------------------------- loss, optimiser
+  float mse_loss(const Tensor& pred, const Tensor& target, Tensor* dpred) override {
+    const char* op = "mse_loss";
+    check_same(pred, target, op, "pred", "target");
+    if (dpred) check_same(pred, *dpred, op, "pred", "dpred");
+    int64_t n = pred.numel();
+    DQ_CHECK(n > 0, op, ": pred ", pred.shape().str(), " is empty");
+    const float* pp = pred.f32();
+    const float* tp = target.f32();
+    // One serial pass in index order: the loss is bit-reproducible whatever
+    // the thread count.
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      double e = static_cast<double>(pp[i]) - static_cast<double>(tp[i]);
+      sum += e * e;
+    }
+    if (dpred) {
+      float k = 2.0f / static_cast<float>(n);
+      float* gp = dpred->f32();
+      cpu::parallel_for(n, kGrain, [=](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) gp[i] = k * (pp[i] - tp[i]);
+      });
+    }
+    return static_cast<float>(sum / static_cast<double>(n));
+  }
+
+  void adam_step(Tensor& params, const Tensor& grads, Tensor& m, Tensor& v, const AdamConfig& cfg,
+                 int64_t step) override {
+    const char* op = "adam_step";
+    check_same(params, grads, op, "params", "grads");
+    check_same(params, m, op, "params", "m");
+    check_same(params, v, op, "params", "v");
+    DQ_CHECK(step >= 1, op, ": step must be >= 1, got ", step);
+    // Bias corrections in double as PyTorch does (Python floats), then the
+    // element loop in fp32 in PyTorch's order: p -= step_size * m / denom.
+    double t = static_cast<double>(step);
+    float step_size = static_cast<float>(cfg.lr / (1.0 - std::pow(double{cfg.beta1}, t)));
+    float bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(double{cfg.beta2}, t)));
+    float b1 = cfg.beta1, b2 = cfg.beta2, eps = cfg.eps;
+    float* pp = params.f32();
+    const float* gp = grads.f32();
+    float* mp = m.f32();
+    float* vp = v.f32();
+    cpu::parallel_for(params.numel(), kGrain, [=](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        float g = gp[i];
+        mp[i] = b1 * mp[i] + (1.0f - b1) * g;
+        vp[i] = b2 * vp[i] + (1.0f - b2) * g * g;
+        float denom = std::sqrt(vp[i]) / bc2_sqrt + eps;
+        pp[i] -= step_size * (mp[i] / denom);
+      }
+    });
+  }
+
+ private:
+  // Pooling geometry: x (n, 2d, 2h, 2w, c) -> y (n, d, h, w, c).
+  struct Pool {
+    int64_t n, d, h, w, c;
+  };
+
+  static Pool pool_shape(const Tensor& x, const Tensor& y, const char* op) {
+    check_activation(x, op, "x");
+    check_f32(y, op, "y");
+    const Shape& s = x.shape();
+    DQ_CHECK(s[1] % 2 == 0 && s[2] % 2 == 0 && s[3] % 2 == 0, op, ": x ", s.str(),
+             " must have even D, H and W for 2x2x2 pooling");
+    Pool p{s[0], s[1] / 2, s[2] / 2, s[3] / 2, s[4]};
+    check_shape(y, Shape{p.n, p.d, p.h, p.w, p.c}, op, "y");
+    return p;
+  }
+
+  // Calls f(out, in) for every output voxel, where out is the offset of its
+  // channel vector in y and in[8] those of its window in x, in window order.
+  template <class F>
+  static void for_each_window(const Pool& p, const F& f) {
+    int64_t sw = p.c, sh = 2 * p.w * sw, sd = 2 * p.h * sh;  // x strides
+    int64_t grain = std::max<int64_t>(1, kGrain / (8 * p.h * p.w * p.c));
+    cpu::parallel_for(p.n * p.d, grain, [&](int64_t r0, int64_t r1) {
+      int64_t in[8];
+      for (int64_t r = r0; r < r1; ++r) {  // r = n * d + od
+        for (int64_t oh = 0; oh < p.h; ++oh) {
+          for (int64_t ow = 0; ow < p.w; ++ow) {
+            int64_t base = 2 * r * sd + 2 * oh * sh + 2 * ow * sw;
+            for (int j = 0; j < 8; ++j)
+              in[j] = base + (j >> 2) * sd + ((j >> 1) & 1) * sh + (j & 1) * sw;
+            f(((r * p.h + oh) * p.w + ow) * p.c, in);
+          }
+        }
+      }
+    });
+  }
+
+  static void copy_bytes(const Tensor& src, Tensor& dst, const char* op) {
+    DQ_CHECK(src.device() == Device::cpu && dst.device() == Device::cpu, op,
+             ": the cpu backend copies host tensors only, got ", device_name(src.device()), " -> ",
+             device_name(dst.device()));
+    DQ_CHECK(src.dtype() == dst.dtype() && src.numel() == dst.numel(), op, ": source ",
+             dtype_name(src.dtype()), " ", src.shape().str(), " does not fit destination ",
+             dtype_name(dst.dtype()), " ", dst.shape().str());
+    if (src.nbytes() > 0 && src.raw() != dst.raw()) std::memcpy(dst.raw(), src.raw(), src.nbytes());
+  }
+
+  // y[i] = x[i] / (1 - p) where philox_uniform(key, i) >= p, else 0. The
+  // backward pass is the same map applied to dy.
+  static void dropout(const float* x, float* y, int64_t n, float p, uint64_t key, const char* op) {
+    DQ_CHECK(p >= 0.0f && p < 1.0f, op, ": drop probability must be in [0, 1), got ", p);
+    float keep_scale = 1.0f / (1.0f - p);
+    cpu::parallel_for(n, kGrain / 8, [=](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i)
+        y[i] = philox_uniform(key, static_cast<uint64_t>(i)) >= p ? x[i] * keep_scale : 0.0f;
+    });
+  }
+
+  // Checks a (..., Ca), b (..., Cb), out (..., Ca + Cb) and returns the
+  // number of channel vectors (the product of the leading dimensions).
+  static int64_t concat_rows(const Tensor& a, const Tensor& b, const Tensor& out, const char* op) {
+    check_f32(a, op, "a");
+    check_f32(b, op, "b");
+    check_f32(out, op, "out");
+    int r = a.shape().rank();
+    DQ_CHECK(r >= 1 && b.shape().rank() == r, op, ": a ", a.shape().str(), " and b ",
+             b.shape().str(), " must have the same rank");
+    std::vector<int64_t> lead(a.shape().dims.begin(), a.shape().dims.end() - 1);
+    DQ_CHECK(std::equal(lead.begin(), lead.end(), b.shape().dims.begin()), op, ": a ",
+             a.shape().str(), " and b ", b.shape().str(), " differ outside the channel axis");
+    std::vector<int64_t> want = lead;
+    want.push_back(a.shape()[r - 1] + b.shape()[r - 1]);
+    check_shape(out, Shape(want), op, "out");
+    int64_t rows = 1;
+    for (int64_t d : lead) rows *= d;
+    return rows;
+  }
+
+  cpu::OnednnConv conv_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() {
+  return std::make_unique<CpuBackend>();
+}
+
+}  // namespace dq

@@ -1,0 +1,169 @@
+#include "core/dipole.h"
+
+#include <fftw3.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace dq {
+
+std::mutex& fftw_planner_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+Fft3::Fft3(const Dims3& dims) : dims_(dims) {
+  DQ_CHECK(dims.nz > 0 && dims.ny > 0 && dims.nx > 0, "empty FFT grid");
+  // FFTW takes int sizes; a 1290^3 grid would overflow, far beyond any volume here.
+  DQ_CHECK(dims.numel() < (int64_t{1} << 31), "FFT grid too large");
+  real_ = static_cast<float*>(fftwf_malloc(sizeof(float) * static_cast<size_t>(dims.numel())));
+  spectrum_ = static_cast<std::complex<float>*>(
+      fftwf_malloc(sizeof(fftwf_complex) * static_cast<size_t>(dims.half_numel())));
+  if (!real_ || !spectrum_) {
+    fftwf_free(real_);
+    fftwf_free(spectrum_);
+    fail("out of host memory for a ", dims.nz, "x", dims.ny, "x", dims.nx, " FFT");
+  }
+  const int nz = static_cast<int>(dims.nz), ny = static_cast<int>(dims.ny),
+            nx = static_cast<int>(dims.nx);
+  auto* spec = reinterpret_cast<fftwf_complex*>(spectrum_);
+  std::lock_guard<std::mutex> lock(fftw_planner_mutex());
+  // FFTW_ESTIMATE does not touch the buffers while planning, so no data is
+  // lost and planning costs no transforms.
+  fftwf_plan r2c = fftwf_plan_dft_r2c_3d(nz, ny, nx, real_, spec, FFTW_ESTIMATE);
+  fftwf_plan c2r = fftwf_plan_dft_c2r_3d(nz, ny, nx, spec, real_, FFTW_ESTIMATE);
+  if (!r2c || !c2r) {  // the destructor will not run: release everything here
+    if (r2c) fftwf_destroy_plan(r2c);
+    if (c2r) fftwf_destroy_plan(c2r);
+    fftwf_free(real_);
+    fftwf_free(spectrum_);
+    fail("FFTW could not plan a ", nz, "x", ny, "x", nx, " transform");
+  }
+  plan_r2c_ = r2c;
+  plan_c2r_ = c2r;
+}
+
+Fft3::~Fft3() {
+  {
+    std::lock_guard<std::mutex> lock(fftw_planner_mutex());
+    if (plan_r2c_) fftwf_destroy_plan(static_cast<fftwf_plan>(plan_r2c_));
+    if (plan_c2r_) fftwf_destroy_plan(static_cast<fftwf_plan>(plan_c2r_));
+  }
+  fftwf_free(real_);
+  fftwf_free(spectrum_);
+}
+
+void Fft3::forward() {
+  fftwf_execute(static_cast<fftwf_plan>(plan_r2c_));
+}
+
+void Fft3::inverse() {
+  fftwf_execute(static_cast<fftwf_plan>(plan_c2r_));
+  const float scale = 1.0f / static_cast<float>(dims_.numel());
+  const int64_t n = dims_.numel();
+  for (int64_t i = 0; i < n; ++i) real_[i] *= scale;
+}
+
+namespace {
+
+// The kernel on (nz, ny, x_count) where x bin i has fftfreq_index(i, nx):
+// x_count = nx gives the full grid, nx/2 + 1 the R2C half spectrum. For even
+// nx the half spectrum's last bin is the Nyquist bin, which fftfreq labels
+// -nx/2; using that label keeps both grids identical where they overlap.
+// (With B0 oblique to x the Nyquist plane is not exactly Hermitian; C2R then
+// uses this half-spectrum value, numpy's ifftn(...).real averages the pair.)
+std::vector<float> kernel_on(const Dims3& dims, int64_t x_count, const Vec3& voxel_mm,
+                             const Vec3& b0_dir, double k0_value) {
+  DQ_CHECK(dims.nz > 0 && dims.ny > 0 && dims.nx > 0, "empty dipole kernel grid");
+  for (double v : voxel_mm)
+    if (!(v > 0.0)) fail("voxel size must be positive, got ", v, " mm");
+  const double bn =
+      std::sqrt(b0_dir[0] * b0_dir[0] + b0_dir[1] * b0_dir[1] + b0_dir[2] * b0_dir[2]);
+  if (!(bn > 0.0)) fail("the B0 direction must be a non-zero vector");
+  const double bx = b0_dir[0] / bn, by = b0_dir[1] / bn, bz = b0_dir[2] / bn;
+
+  std::vector<float> d(static_cast<size_t>(dims.nz * dims.ny * x_count));
+  size_t at = 0;
+  for (int64_t z = 0; z < dims.nz; ++z) {
+    const double kz = static_cast<double>(fftfreq_index(z, dims.nz)) / (dims.nz * voxel_mm[2]);
+    for (int64_t y = 0; y < dims.ny; ++y) {
+      const double ky = static_cast<double>(fftfreq_index(y, dims.ny)) / (dims.ny * voxel_mm[1]);
+      for (int64_t x = 0; x < x_count; ++x) {
+        const double kx = static_cast<double>(fftfreq_index(x, dims.nx)) / (dims.nx * voxel_mm[0]);
+        const double k2 = kx * kx + ky * ky + kz * kz;
+        const double kb = kx * bx + ky * by + kz * bz;
+        d[at++] = static_cast<float>(k2 > 0.0 ? 1.0 / 3.0 - kb * kb / k2 : k0_value);
+      }
+    }
+  }
+  return d;
+}
+
+}  // namespace
+
+std::vector<float> dipole_kernel(const Dims3& dims, const Vec3& voxel_mm, const Vec3& b0_dir,
+                                 double k0_value) {
+  return kernel_on(dims, dims.nx / 2 + 1, voxel_mm, b0_dir, k0_value);
+}
+
+std::vector<float> dipole_kernel_full(const Dims3& dims, const Vec3& voxel_mm, const Vec3& b0_dir,
+                                      double k0_value) {
+  return kernel_on(dims, dims.nx, voxel_mm, b0_dir, k0_value);
+}
+
+void apply_kspace_filter(Fft3& fft, const std::vector<float>& half_filter, const float* in,
+                         const Dims3& dims, int64_t pad, float* out) {
+  DQ_CHECK(pad >= 0, "negative padding ", pad);
+  const Dims3 g = dims.padded(pad);
+  DQ_CHECK(fft.dims() == g, "FFT planned for another grid");
+  DQ_CHECK(static_cast<int64_t>(half_filter.size()) == g.half_numel(),
+           "k-space filter does not match the padded grid");
+
+  float* buf = fft.real();
+  const size_t row = sizeof(float) * static_cast<size_t>(dims.nx);
+  if (pad > 0) std::memset(buf, 0, sizeof(float) * static_cast<size_t>(g.numel()));
+  for (int64_t z = 0; z < dims.nz; ++z)
+    for (int64_t y = 0; y < dims.ny; ++y)
+      std::memcpy(buf + ((z + pad) * g.ny + (y + pad)) * g.nx + pad,
+                  in + (z * dims.ny + y) * dims.nx, row);
+
+  fft.forward();
+  std::complex<float>* s = fft.spectrum();
+  const int64_t nh = g.half_numel();
+  for (int64_t i = 0; i < nh; ++i) s[i] *= half_filter[static_cast<size_t>(i)];
+  fft.inverse();
+
+  for (int64_t z = 0; z < dims.nz; ++z)
+    for (int64_t y = 0; y < dims.ny; ++y)
+      std::memcpy(out + (z * dims.ny + y) * dims.nx,
+                  buf + ((z + pad) * g.ny + (y + pad)) * g.nx + pad, row);
+}
+
+void forward_field(const float* chi, const Dims3& dims, const Vec3& voxel_mm, const Vec3& b0_dir,
+                   double k0_value, int64_t pad, float* field) {
+  if (pad < 0) fail("dipole padding must be >= 0, got ", pad);
+  const Dims3 g = dims.padded(pad);
+  Fft3 fft(g);
+  apply_kspace_filter(fft, dipole_kernel(g, voxel_mm, b0_dir, k0_value), chi, dims, pad, field);
+}
+
+Dims3 volume_dims(const Tensor& t, const char* what) {
+  const Shape& s = t.shape();
+  if (t.dtype() != DType::f32 || t.device() != Device::cpu)
+    fail(what, " must be a host fp32 tensor");
+  if (s.rank() == 3) return {s[0], s[1], s[2]};
+  if (s.rank() == 5 && s[0] == 1 && s[4] == 1) return {s[1], s[2], s[3]};
+  fail(what, " must be shaped (D, H, W) or (1, D, H, W, 1), got ", s.str());
+}
+
+Tensor forward_field(const Tensor& chi, const Vec3& voxel_mm, const Vec3& b0_dir, double k0_value,
+                     int64_t pad) {
+  const Dims3 dims = volume_dims(chi, "chi");
+  Tensor field = Tensor::zeros(chi.shape());
+  forward_field(chi.f32(), dims, voxel_mm, b0_dir, k0_value, pad, field.f32());
+  return field;
+}
+
+}  // namespace dq

@@ -1,0 +1,108 @@
+// The QSM forward model: a susceptibility map chi (ppm) convolved with the
+// unit dipole gives the local field (ppm of B0). The convolution is done in
+// k-space with FFTW (single precision, real-to-complex), on grids
+// (D, H, W) = (z, y, x) with x fastest; physical vectors (voxel size, B0
+// direction) are given as (x, y, z).
+//
+// Dipole kernel (DESIGN.md): D(k) = 1/3 - (k . b)^2 / |k|^2, k_i = m_i /
+// (n_i * voxel_i) with m_i in numpy fftfreq order, b the unit B0 direction.
+// D(0) is a choice: the DeepQSM lineage and qsm-forward use 1/3, QSM.rs uses
+// 0. With 1/3 the mean of the field is mean(chi)/3; with 0 it is 0, which is
+// the angular average of D and matches the infinite-space field of a
+// compact source. The kernel is Lorentz-corrected: a uniformly magnetised
+// sphere has field chi/3 (a/r)^3 (3 cos^2 theta - 1) outside and 0 inside
+// with D(0) = 0; D(0) = 1/3 adds the constant mean(chi)/3 over the (padded)
+// grid everywhere (tests/test_dipole.cpp checks both).
+#pragma once
+#include <array>
+#include <complex>
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace dq {
+
+using Vec3 = std::array<double, 3>;  // (x, y, z)
+
+// A grid in memory order: nz slowest, nx fastest.
+struct Dims3 {
+  int64_t nz = 0, ny = 0, nx = 0;
+
+  int64_t numel() const { return nz * ny * nx; }
+  // Complex entries of the R2C half spectrum, (nz, ny, nx/2 + 1).
+  int64_t half_numel() const { return nz * ny * (nx / 2 + 1); }
+  Dims3 padded(int64_t pad) const { return {nz + 2 * pad, ny + 2 * pad, nx + 2 * pad}; }
+  bool operator==(const Dims3& o) const { return nz == o.nz && ny == o.ny && nx == o.nx; }
+};
+
+// numpy.fft.fftfreq index: m for bin i of an n-point transform
+// (0, 1, ..., ceil(n/2) - 1, -floor(n/2), ..., -1).
+inline int64_t fftfreq_index(int64_t i, int64_t n) {
+  return i < (n + 1) / 2 ? i : i - n;
+}
+
+// FFTW's planner (plan creation and destruction) is not thread-safe; every
+// planner call in the project takes this mutex. fftwf_execute on distinct
+// plans/buffers is thread-safe and needs no lock.
+std::mutex& fftw_planner_mutex();
+
+// R2C / C2R plans for one grid, on buffers it owns. Plans are made with
+// FFTW_ESTIMATE (milliseconds), so building one per volume or per batch is
+// cheap; reuse one across volumes of the same size when convenient.
+class Fft3 {
+ public:
+  explicit Fft3(const Dims3& dims);
+  ~Fft3();
+  Fft3(const Fft3&) = delete;
+  Fft3& operator=(const Fft3&) = delete;
+
+  const Dims3& dims() const { return dims_; }
+  float* real() { return real_; }                        // (nz, ny, nx)
+  std::complex<float>* spectrum() { return spectrum_; }  // (nz, ny, nx/2 + 1)
+
+  // real() -> spectrum(), unnormalised.
+  void forward();
+  // spectrum() -> real(), scaled by 1 / numel so inverse(forward(x)) == x.
+  // FFTW's C2R overwrites its input: spectrum() is garbage afterwards.
+  void inverse();
+
+ private:
+  Dims3 dims_;
+  float* real_ = nullptr;
+  std::complex<float>* spectrum_ = nullptr;
+  void* plan_r2c_ = nullptr;  // fftwf_plan, kept opaque so users need no <fftw3.h>
+  void* plan_c2r_ = nullptr;
+};
+
+// The real dipole kernel on the R2C half-spectrum grid (nz, ny, nx/2 + 1).
+// b0_dir need not be normalised (it must be non-zero); voxel_mm in mm, so k
+// is in cycles/mm (the kernel only depends on k's direction).
+std::vector<float> dipole_kernel(const Dims3& dims, const Vec3& voxel_mm, const Vec3& b0_dir,
+                                 double k0_value);
+// The same kernel on the full grid (nz, ny, nx), for references and tests.
+std::vector<float> dipole_kernel_full(const Dims3& dims, const Vec3& voxel_mm, const Vec3& b0_dir,
+                                      double k0_value);
+
+// out = crop(IFFT(filter . FFT(zero_pad(in, pad)))): `in` and `out` are
+// (nz, ny, nx) = `dims` (they may alias), `fft` plans the padded grid and
+// `half_filter` is a real filter on the padded grid's half spectrum.
+void apply_kspace_filter(Fft3& fft, const std::vector<float>& half_filter, const float* in,
+                         const Dims3& dims, int64_t pad, float* out);
+
+// field = IFFT(D . FFT(chi)) with `pad` zero voxels per side added before the
+// FFT and cropped after (padding suppresses the wrap-around of the periodic
+// convolution). chi in ppm gives the field in ppm. `chi` and `field` are
+// (nz, ny, nx) and may alias.
+void forward_field(const float* chi, const Dims3& dims, const Vec3& voxel_mm, const Vec3& b0_dir,
+                   double k0_value, int64_t pad, float* field);
+// The same on a host fp32 tensor shaped (D, H, W) or (1, D, H, W, 1); the
+// result has chi's shape.
+Tensor forward_field(const Tensor& chi, const Vec3& voxel_mm, const Vec3& b0_dir,
+                     double k0_value = 1.0 / 3.0, int64_t pad = 0);
+
+// The grid of a (D, H, W) or (1, D, H, W, 1) host fp32 tensor; fails otherwise.
+Dims3 volume_dims(const Tensor& t, const char* what);
+
+}  // namespace dq

@@ -1,0 +1,80 @@
+// The DeepQSM 3D U-Net (Bollmann et al. 2019, Fig. 1), written once against
+// the Backend interface.
+//
+// Level i (0 = full resolution) has F_i = base_filters * 2^i channels.
+//   encoder level i (i < depth-1):  conv3 -> ReLU -> dropout, conv3 -> ReLU -> dropout,
+//                                   then max-pool 2x2x2 (the skip is taken before the pool)
+//   bottleneck (i = depth-1):       conv3 -> ReLU -> dropout, conv3 -> ReLU -> dropout
+//   decoder level i (depth-2 .. 0): deconv 2x2x2/2 (F_{i+1} -> F_i) -> ReLU,
+//                                   concat [upsampled | skip] -> conv3 (2F_i -> F_i) -> ReLU,
+//                                   conv3 -> ReLU
+//   head:                           conv (kernel head_kernel, F_0 -> 1), linear
+//   residual (optional):            output += input field
+// Parameter names, in flat-buffer order:
+//   enc{i}.conv{0,1}.{w,b} for i = 0 .. depth-1, then for i = depth-2 .. 0:
+//   up{i}.{w,b}, dec{i}.conv{0,1}.{w,b}; then head.{w,b}.
+// Input sides must be multiples of 2^(depth-1) (16 for the paper's 5 levels).
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/params.h"
+
+namespace dq {
+
+struct UNetConfig {
+  int depth = 5;          // levels, including the bottleneck (depth-1 poolings)
+  int base_filters = 16;  // F_0
+  float dropout = 0.05f;  // after every encoder and bottleneck convolution
+  bool residual = false;  // add the input field to the output
+  int head_kernel = 1;    // 1 (the paper's 1x1x1 linear head) or 3
+};
+
+class UNet {
+ public:
+  explicit UNet(const UNetConfig& cfg);
+
+  const UNetConfig& config() const { return cfg_; }
+  const ParamLayout& layout() const { return layout_; }
+  // Side lengths must be multiples of this.
+  int64_t side_multiple() const { return int64_t{1} << (cfg_.depth - 1); }
+  // Fails with a clear message when x (N, D, H, W, 1) cannot go through the net.
+  void check_input(const Shape& x) const;
+
+  // He-normal weights (std sqrt(2 / fan_in)), zero biases, into a host buffer
+  // of layout().total() floats, drawn from a counter-based RNG keyed by seed.
+  void init_he(Tensor& host_params, uint64_t seed) const;
+
+  // Forward pass. With train = true, dropout is applied with masks keyed by
+  // dropout_key and every activation the backward pass needs is kept.
+  // x (N, D, H, W, 1) -> y (N, D, H, W, 1), both on the backend's device.
+  void forward(Backend& be, const Tensor& params, const Tensor& x, Tensor& y, bool train,
+               uint64_t dropout_key = 0);
+  // Gradient of the loss with respect to every parameter, given dL/dy, for
+  // the most recent forward(train = true). dparams has the layout of params
+  // and is overwritten.
+  void backward(Backend& be, const Tensor& params, const Tensor& dy, Tensor& dparams);
+
+  // Floating-point operations (2 per multiply-add) of the convolutions in one
+  // forward pass over an input of (1, D, H, W, 1); backward costs about 2x.
+  double forward_flops(int64_t d, int64_t h, int64_t w) const;
+
+ private:
+  // Activations and gradient scratch, allocated on first use and reused
+  // while the input shape stays the same (no allocation in the steady state).
+  Tensor& buf(Backend& be, const std::string& name, const Shape& shape);
+  int filters(int level) const { return cfg_.base_filters << level; }
+
+  UNetConfig cfg_;
+  ParamLayout layout_;
+  std::map<std::string, Tensor> bufs_;
+  Device bufs_device_ = Device::cpu;
+  Shape last_input_;
+  bool have_forward_ = false;
+  uint64_t last_dropout_key_ = 0;  // the masks of the last training forward
+};
+
+}  // namespace dq

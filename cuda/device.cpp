@@ -1,0 +1,48 @@
+#include "cuda/device.h"
+
+#include <sstream>
+
+#include "cuda/check.h"
+
+namespace dq {
+
+int cuda_device_count() {
+  int n = 0;
+  // No driver or no device is an answer here, not an error.
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::string cuda_device_summary(int device) {
+  cudaDeviceProp prop{};
+  DQ_CUDA(cudaGetDeviceProperties(&prop, device));
+  int drv = 0, rt = 0;
+  DQ_CUDA(cudaDriverGetVersion(&drv));
+  DQ_CUDA(cudaRuntimeGetVersion(&rt));
+  size_t cudnn = cudnnGetVersion();
+  std::ostringstream os;
+  os << prop.name << " (sm_" << prop.major << prop.minor << ", "
+     << prop.totalGlobalMem / (1024 * 1024) << " MiB), driver " << drv / 1000 << "."
+     << (drv % 1000) / 10 << ", runtime " << rt / 1000 << "." << (rt % 1000) / 10 << ", cuDNN "
+     << cudnn / 10000 << "." << (cudnn % 10000) / 100 << "." << cudnn % 100;
+  return os.str();
+}
+
+const char* cufft_error_string(cufftResult r) {
+  switch (r) {
+    case CUFFT_SUCCESS: return "success";
+    case CUFFT_INVALID_PLAN: return "invalid plan";
+    case CUFFT_ALLOC_FAILED: return "allocation failed";
+    case CUFFT_INVALID_VALUE: return "invalid value";
+    case CUFFT_INTERNAL_ERROR: return "internal error";
+    case CUFFT_EXEC_FAILED: return "execution failed";
+    case CUFFT_SETUP_FAILED: return "setup failed";
+    case CUFFT_INVALID_SIZE: return "invalid size";
+    default: return "cuFFT error";
+  }
+}
+
+}  // namespace dq

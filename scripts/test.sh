@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The README's test command: installs the Debian dependencies, builds
+# everything (CUDA code compile-only when there is no GPU) and runs the
+# test suite under ctest. GPU tests (label gpu) report as skipped without a GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# One architecture is enough to prove the CUDA code compiles; 90 is the
+# machine GPU checks run on.
+CUDA_ARCHS=${CUDA_ARCHS:-90} bash scripts/build.sh
+ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j"$(nproc)"

@@ -1,0 +1,73 @@
+// Recipe::validate: refuses recipes the generator cannot honour, naming each
+// field as it is spelt in the JSON config ("data.size") so the message points
+// at the line to fix.
+#include "synth/recipe.h"
+
+#include <cmath>
+#include <string>
+
+#include "core/error.h"
+
+namespace dq {
+namespace {
+
+// The simulated (padded) volume is held in memory several times over (chi,
+// field, complex FFT buffers); beyond 1024^3 that is tens of GiB, which is a
+// typo far more often than an intention.
+constexpr int64_t kMaxSide = 1024;
+
+void check_finite(double x, const char* field) {
+  if (!std::isfinite(x)) fail(field, ": ", x, " is not a finite number");
+}
+
+void check_counts(int lo, int hi, const char* field) {
+  if (lo < 0 || hi < 0) fail(field, ": counts must be >= 0, got [", lo, ", ", hi, "]");
+  if (lo > hi) fail(field, ": min ", lo, " is larger than max ", hi);
+}
+
+}  // namespace
+
+void Recipe::validate() const {
+  if (volume_size <= 0) fail("data.volume_size: must be positive, got ", volume_size);
+  if (pad < 0) fail("data.pad: must be >= 0, got ", pad);
+  // Each term is checked first so the sum cannot overflow.
+  if (volume_size > kMaxSide || pad > kMaxSide || volume_size + 2 * pad > kMaxSide)
+    fail("data.volume_size: ", volume_size, " + 2 * data.pad ", pad, " exceeds ", kMaxSide,
+         " voxels per side");
+  if (patch_size <= 0) fail("data.patch_size: must be positive, got ", patch_size);
+  if (patch_size > volume_size)
+    fail("data.patch_size: ", patch_size, " is larger than data.volume_size ", volume_size);
+  if (patches_per_volume < 1)
+    fail("data.patches_per_volume: must be >= 1, got ", patches_per_volume);
+
+  check_counts(cubes_min, cubes_max, "data.cubes");
+  check_counts(spheres_min, spheres_max, "data.spheres");
+  if (cubes_max == 0 && spheres_max == 0)
+    fail(
+        "data.cubes, data.spheres: empty counts (both maxima are 0, so every volume would be "
+        "zero)");
+
+  check_finite(size_min, "data.size");
+  check_finite(size_max, "data.size");
+  if (!(size_min > 0 && size_max <= 1))
+    fail("data.size: fractions of the volume must lie in (0, 1], got [", size_min, ", ", size_max,
+         "]");
+  if (size_min > size_max) fail("data.size: min ", size_min, " is larger than max ", size_max);
+
+  check_finite(chi_min, "data.chi");
+  check_finite(chi_max, "data.chi");
+  if (chi_min > chi_max) fail("data.chi: min ", chi_min, " is larger than max ", chi_max, " ppm");
+
+  for (double v : voxel_mm) {
+    check_finite(v, "data.voxel_mm");
+    if (v <= 0) fail("data.voxel_mm: voxel sizes must be > 0 mm, got ", v);
+  }
+  for (double v : b0_dir) check_finite(v, "data.b0_dir");
+  const double n = std::sqrt(b0_dir[0] * b0_dir[0] + b0_dir[1] * b0_dir[1] + b0_dir[2] * b0_dir[2]);
+  // The config parser normalises b0_dir, so only a Recipe built in code can
+  // get here with another length; the dipole kernel assumes a unit vector.
+  if (std::fabs(n - 1.0) > 1e-6) fail("data.b0_dir: must be a unit vector, its length is ", n);
+  check_finite(dipole_k0, "data.dipole_k0");
+}
+
+}  // namespace dq

@@ -1,0 +1,161 @@
+// The `deepqsm` binary end to end: bad configs end with exit status 1 (not a
+// crash) and one stderr line naming the key; help texts describe the tool.
+#include <sys/wait.h>
+
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "train/config.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using Catch::Matchers::Contains;
+using Catch::Matchers::StartsWith;
+
+// A fresh directory under the system temp dir, removed with its contents.
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "deepqsm-cli-XXXXXX").string();
+    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string write(const std::string& name, const std::string& text) const {
+    const fs::path p = path / name;
+    std::ofstream(p) << text;
+    return p.string();
+  }
+};
+
+struct Run {
+  int status = -1;  // raw wait status from std::system
+  std::string out, err;
+  bool exited() const { return WIFEXITED(status); }
+  int code() const { return WEXITSTATUS(status); }
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+Run run(const TempDir& dir, const std::string& args) {
+  const fs::path out = dir.path / "stdout.txt", err = dir.path / "stderr.txt";
+  const std::string cmd = std::string("'") + DEEPQSM_BINARY + "' " + args + " >'" + out.string() +
+                          "' 2>'" + err.string() + "'";
+  Run r;
+  r.status = std::system(cmd.c_str());
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+// A failure as the CLI promises it: exit status 1, one stderr line.
+void check_one_line_failure(const Run& r, const std::string& key) {
+  INFO("stderr: " << r.err);
+  REQUIRE(r.exited());
+  CHECK(r.code() == 1);
+  CHECK_THAT(r.err, StartsWith("deepqsm: ") && Contains(key));
+  CHECK(r.err.find('\n') == r.err.size() - 1);
+}
+
+}  // namespace
+
+TEST_CASE("bad configs fail with one line naming the key", "[cli]") {
+  TempDir dir;
+  struct Case {
+    const char* file;
+    const char* text;
+    const char* key;
+  };
+  const Case cases[] = {
+      {"malformed.json", "{\n  \"model\": {\"depth\": 3,}\n}", "invalid JSON at line 2"},
+      {"unknown.json", R"({"model": {"base_filter": 8}})", "model.base_filter"},
+      {"type.json", R"({"optim": {"lr": "fast"}})", "optim.lr"},
+      {"patch.json", R"({"data": {"patch_size": 40}})", "data.patch_size"},
+      {"recipe.json", R"({"data": {"size": [-0.1, 0.4]}})", "data.size"},
+  };
+  for (const Case& c : cases) {
+    const std::string path = dir.write(c.file, c.text);
+    SECTION(std::string("train --config ") + c.file) {
+      check_one_line_failure(run(dir, "train --config '" + path + "'"), c.key);
+    }
+    SECTION(std::string("config check ") + c.file) {
+      const Run r = run(dir, "config check '" + path + "'");
+      check_one_line_failure(r, c.key);
+      CHECK(r.out.empty());
+    }
+  }
+}
+
+TEST_CASE("a missing config file fails with one line", "[cli]") {
+  TempDir dir;
+  const std::string path = (dir.path / "absent.json").string();
+  check_one_line_failure(run(dir, "train --config '" + path + "'"), "absent.json");
+  check_one_line_failure(run(dir, "config show '" + path + "'"), "absent.json");
+}
+
+TEST_CASE("config check and show accept the shipped configs", "[cli]") {
+  TempDir dir;
+  const std::string smoke = std::string(DEEPQSM_SOURCE_DIR) + "/configs/smoke-cpu.json";
+  const Run check = run(dir, "config check '" + smoke + "'");
+  REQUIRE(check.exited());
+  CHECK(check.code() == 0);
+  CHECK_THAT(check.out, StartsWith("ok: "));
+
+  const Run show = run(dir, "config show");
+  REQUIRE(show.exited());
+  CHECK(show.code() == 0);
+  CHECK(show.out == dq::train_config_to_json(dq::load_train_config(smoke)));
+}
+
+TEST_CASE("train --print-config applies overrides without training", "[cli]") {
+  TempDir dir;
+  const Run r = run(dir, "train --steps 7 --out runs/elsewhere --device gpu --print-config");
+  REQUIRE(r.exited());
+  CHECK(r.code() == 0);
+  const dq::TrainConfig cfg = dq::parse_train_config(r.out, "stdout");
+  CHECK(cfg.steps == 7);
+  CHECK(cfg.out_dir == "runs/elsewhere");
+  CHECK(cfg.device == "gpu");
+}
+
+TEST_CASE("usage errors exit non-zero without a crash", "[cli]") {
+  TempDir dir;
+  for (const char* args : {"", "train --steps 0", "train --device tpu", "frobnicate"}) {
+    INFO(args);
+    const Run r = run(dir, args);
+    REQUIRE(r.exited());
+    CHECK(r.code() != 0);
+    CHECK_THAT(r.err, StartsWith("deepqsm: "));
+  }
+}
+
+TEST_CASE("help texts describe the tool", "[cli]") {
+  TempDir dir;
+  const Run top = run(dir, "--help");
+  REQUIRE(top.exited());
+  CHECK(top.code() == 0);
+  CHECK_THAT(top.out, Contains("train") && Contains("ppm") && Contains("config"));
+
+  const Run train = run(dir, "train --help");
+  REQUIRE(train.exited());
+  CHECK(train.code() == 0);
+  CHECK_THAT(train.out, Contains("--config") && Contains("--steps"));
+
+  const Run version = run(dir, "--version");
+  REQUIRE(version.exited());
+  CHECK(version.code() == 0);
+  CHECK_THAT(version.out, StartsWith("deepqsm "));
+}

@@ -1,0 +1,40 @@
+// The training configuration, read from JSON. Every key has a default
+// (docs/config.md lists them); unknown keys and wrong types are refused with
+// the key's path ("optim.lr: expected a number, got a string").
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "core/backend.h"
+#include "core/unet.h"
+#include "synth/recipe.h"
+
+namespace dq {
+
+struct TrainConfig {
+  std::string name = "deepqsm";
+  UNetConfig model;
+  Recipe data;               // "data": the generator recipe
+  int64_t train_volumes = 8;     // volumes generated for the training set
+  int64_t val_volumes = 1;       // held-out volumes, from their own seed range
+  AdamConfig optim;
+  std::string device = "cpu";    // "cpu" | "gpu"
+  std::string precision = "fp32";  // "fp32" | "tf32" | "bf16" | "fp16"
+  int64_t steps = 200;
+  int64_t batch = 4;
+  int64_t checkpoint_every = 100;  // steps; 0 = only at the end
+  int64_t validate_every = 50;     // steps; 0 = only at the end
+  int64_t log_every = 10;          // steps between terminal lines
+  uint64_t seed = 1;
+  std::string out_dir = "runs/deepqsm";
+};
+
+// Parses and validates a config. `source` names the file in error messages.
+TrainConfig parse_train_config(const std::string& json_text, const std::string& source);
+TrainConfig load_train_config(const std::string& path);
+// The embedded default (configs/smoke-cpu.json's content), used when no
+// --config is given.
+const char* default_train_config_json();
+std::string train_config_to_json(const TrainConfig& cfg);  // all keys, pretty-printed
+
+}  // namespace dq
