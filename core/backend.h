@@ -3,6 +3,7 @@
 // (cuda/) is tested op by op against it. All activation tensors are NDHWC.
 //
 // Conventions shared by every implementation:
+//  - A Backend caches plans and scratch and is not thread-safe: one per thread.
 //  - Outputs are preallocated by the caller with the right shape and are
 //    overwritten, never accumulated into (including weight gradients).
 //  - conv3d: stride 1, 'same' zero padding, kernel k in {1, 3}.

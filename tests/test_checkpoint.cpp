@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 #include "core/h5io.h"
-#include "train/checkpoint.h"
+#include "core/checkpoint.h"
 
 using namespace dq;
 

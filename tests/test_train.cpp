@@ -5,7 +5,7 @@
 
 #include <filesystem>
 
-#include "train/checkpoint.h"
+#include "core/checkpoint.h"
 #include "train/trainer.h"
 
 using namespace dq;
@@ -43,9 +43,12 @@ TEST_CASE("A short CPU training run beats TKD on held-out patches", "[train]") {
   opt.quiet = true;
   TrainResult r = run_training(cfg, opt);
   INFO("held-out MSE " << r.val_mse << " vs TKD " << r.tkd_val_mse << " after " << r.steps
-                       << " steps, last loss " << r.final_loss);
+                       << " steps, last loss " << r.final_loss << ", zero predictor "
+                       << r.zero_val_mse);
   CHECK(r.steps == cfg.steps);
   CHECK(r.val_mse < r.tkd_val_mse);
+  // And it has learned something: well below the variance of chi itself.
+  CHECK(r.val_mse < 0.5 * r.zero_val_mse);
   REQUIRE(std::filesystem::exists(r.checkpoint));
   CheckpointData ck = load_checkpoint(r.checkpoint);
   CHECK(ck.step == cfg.steps);

@@ -20,6 +20,7 @@ struct TrainResult {
   double final_loss = 0;   // training loss of the last step
   double val_mse = 0;      // network MSE on the held-out patches (ppm^2)
   double tkd_val_mse = 0;  // TKD (threshold 0.19) MSE on the same patches
+  double zero_val_mse = 0; // MSE of predicting chi = 0 (the variance floor to beat)
   std::string checkpoint;  // path of the last checkpoint written
 };
 
