@@ -37,10 +37,23 @@ DQ_HD Philox4 philox4x32(Philox4 c, uint64_t key) {
   return c;
 }
 
+DQ_HD float uniform24(uint32_t bits) { return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f); }
+
 // Uniform in [0, 1) with 24 random bits, for element `index` under `key`.
+// One Philox call yields four words, so elements 4g .. 4g+3 share the
+// counter g and take word (index mod 4): a loop over groups of four
+// (philox_uniform4) costs a quarter of one call per element and gives the
+// same numbers.
 DQ_HD float philox_uniform(uint64_t key, uint64_t index) {
-  Philox4 c{{static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), 0u, 0u}};
-  return static_cast<float>(philox4x32(c, key).v[0] >> 8) * (1.0f / 16777216.0f);
+  uint64_t g = index >> 2;
+  Philox4 c{{static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), 0u, 0u}};
+  return uniform24(philox4x32(c, key).v[index & 3]);
+}
+
+// The four uniforms of elements 4g .. 4g+3.
+DQ_HD void philox_uniform4(uint64_t key, uint64_t g, float out[4]) {
+  Philox4 r = philox4x32(Philox4{{static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), 0u, 0u}}, key);
+  for (int j = 0; j < 4; ++j) out[j] = uniform24(r.v[j]);
 }
 
 // Derives a child key from a parent key and a purpose/index (splitmix64),

@@ -1,6 +1,7 @@
 // The CPU backend: oneDNN for convolutions and transposed convolutions;
-// plain loops for the rest (max-pool included, so its tie rule is exact). fp32 only. It is the reference every
-// other backend is tested against, and the CPU fallback for inference.
+// plain loops for the rest (max-pool included, so its tie rule is exact).
+// fp32 only. It is the reference every other backend is tested against, and
+// the CPU fallback for inference.
 #pragma once
 #include <memory>
 
