@@ -1,0 +1,144 @@
+// Training-step and inference timings of the DeepQSM U-Net on one backend.
+//
+//   deepqsm_bench_unet train [--depth 5 --base 16 --patch 64 --batch 40 --repeats 5]
+//   deepqsm_bench_unet infer [--size 160,160,160 --repeats 5]
+//
+// Prints one human line and one JSON line per measurement. Times are wall
+// clock around complete steps (forward, loss, backward, Adam) after a
+// warm-up step, median of the repeats; the achieved rate is counted from the
+// architecture (UNet::forward_flops; a training step costs ~3x a forward).
+// The CPU backend's threads are oneDNN's (OMP_NUM_THREADS) and the
+// element-wise loops' (hardware concurrency); both are printed.
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/cpu/cpu_backend.h"
+#include "core/error.h"
+#include "core/unet.h"
+
+using namespace dq;
+
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Peak resident memory of this process (VmHWM), in MiB.
+double peak_rss_mib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return 0;
+}
+
+std::string threads() {
+  const char* omp = std::getenv("OMP_NUM_THREADS");
+  return std::string(omp ? omp : "all") + " oneDNN / " +
+         std::to_string(std::thread::hardware_concurrency()) + " hardware";
+}
+
+template <class F>
+std::vector<double> time_repeats(int repeats, F f) {
+  f();  // warm-up: plans, primitive caches and first-touch allocations
+  std::vector<double> t;
+  for (int i = 0; i < repeats; ++i) {
+    auto s = std::chrono::steady_clock::now();
+    f();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - s).count());
+  }
+  return t;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Times DeepQSM U-Net training steps and inference on the CPU backend."};
+  app.require_subcommand(1);
+  UNetConfig cfg;
+  int repeats = 5;
+  int64_t patch = 64, batch = 40;
+  std::vector<int64_t> size{160, 160, 160};
+  for (CLI::App* sub : {app.add_subcommand("train", "time training steps (batch of cubic patches)"),
+                        app.add_subcommand("infer", "time one forward pass over a volume")}) {
+    sub->add_option("--depth", cfg.depth, "U-Net levels")->capture_default_str();
+    sub->add_option("--base", cfg.base_filters, "filters at full resolution")->capture_default_str();
+    sub->add_option("--repeats", repeats, "timed repeats after one warm-up")->capture_default_str();
+  }
+  CLI::App* train = app.get_subcommand("train");
+  train->add_option("--patch", patch, "patch side, voxels")->capture_default_str();
+  train->add_option("--batch", batch, "patches per step")->capture_default_str();
+  CLI::App* infer = app.get_subcommand("infer");
+  infer->add_option("--size", size, "volume D,H,W in voxels (sides multiples of 16)")
+      ->delimiter(',')
+      ->expected(3);
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    auto be = make_cpu_backend();
+    UNet net(cfg);
+    const Shape flat{net.layout().total()};
+    Tensor host = Tensor::zeros(flat);
+    net.init_he(host, 1);
+    Tensor params = be->alloc(flat);
+    be->upload(host, params);
+
+    if (*train) {
+      const Shape s{batch, patch, patch, patch, 1};
+      Tensor x = be->alloc(s), t = be->alloc(s), y = be->alloc(s), dy = be->alloc(s);
+      Tensor g = be->alloc(flat), m = be->alloc(flat), v = be->alloc(flat);
+      be->fill(x, 0.01f);
+      int64_t step = 0;
+      auto times = time_repeats(repeats, [&] {
+        net.forward(*be, params, x, y, true, static_cast<uint64_t>(step));
+        be->mse_loss(y, t, &dy);
+        net.backward(*be, params, dy, g);
+        be->adam_step(params, g, m, v, AdamConfig{}, ++step);
+      });
+      double sec = median(times);
+      double gflop = 3.0 * net.forward_flops(patch, patch, patch) * static_cast<double>(batch) / 1e9;
+      std::printf("train  %s: depth %d base %d, batch %lld of %lld^3: %.1f ms/step, %.2f samples/s, "
+                  "%.1f GFLOP/s, peak RSS %.0f MiB, threads %s\n",
+                  be->name().c_str(), cfg.depth, cfg.base_filters, static_cast<long long>(batch),
+                  static_cast<long long>(patch), 1e3 * sec, static_cast<double>(batch) / sec,
+                  gflop / sec, peak_rss_mib(), threads().c_str());
+      std::printf("{\"bench\": \"train\", \"backend\": \"%s\", \"depth\": %d, \"base\": %d, "
+                  "\"batch\": %lld, \"patch\": %lld, \"ms_per_step\": %.3f, \"samples_per_s\": %.4f, "
+                  "\"gflop_per_s\": %.2f, \"peak_rss_mib\": %.0f}\n",
+                  be->name().c_str(), cfg.depth, cfg.base_filters, static_cast<long long>(batch),
+                  static_cast<long long>(patch), 1e3 * sec, static_cast<double>(batch) / sec,
+                  gflop / sec, peak_rss_mib());
+    } else {
+      const Shape s{1, size[0], size[1], size[2], 1};
+      net.check_input(s);
+      Tensor x = be->alloc(s), y = be->alloc(s);
+      be->fill(x, 0.01f);
+      auto times = time_repeats(repeats, [&] { net.forward(*be, params, x, y, false); });
+      double sec = median(times);
+      double gflop = net.forward_flops(size[0], size[1], size[2]) / 1e9;
+      std::printf("infer  %s: depth %d base %d, volume %lldx%lldx%lld: %.1f ms, %.1f GFLOP/s, "
+                  "peak RSS %.0f MiB, threads %s\n",
+                  be->name().c_str(), cfg.depth, cfg.base_filters, static_cast<long long>(size[0]),
+                  static_cast<long long>(size[1]), static_cast<long long>(size[2]), 1e3 * sec,
+                  gflop / sec, peak_rss_mib(), threads().c_str());
+      std::printf("{\"bench\": \"infer\", \"backend\": \"%s\", \"depth\": %d, \"base\": %d, "
+                  "\"size\": [%lld, %lld, %lld], \"ms\": %.3f, \"gflop_per_s\": %.2f, "
+                  "\"peak_rss_mib\": %.0f}\n",
+                  be->name().c_str(), cfg.depth, cfg.base_filters, static_cast<long long>(size[0]),
+                  static_cast<long long>(size[1]), static_cast<long long>(size[2]), 1e3 * sec,
+                  gflop / sec, peak_rss_mib());
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "deepqsm_bench_unet: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
