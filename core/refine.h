@@ -1,0 +1,51 @@
+// Data-consistency refinement of a network prediction: a few conjugate-
+// gradient (CG) iterations on
+//
+//   J(chi) = || M (D chi - f) ||^2 + lambda || chi - chi_net ||^2
+//
+// i.e. on the normal equations (D^H M D + lambda I) chi = D^H M f + lambda chi_net,
+// starting from chi_net. M is the mask (1 inside, 0 outside; all ones when no
+// mask is given), so field voxels outside the brain, which carry no data,
+// do not pull on chi. D is the padded dipole convolution of core/dipole.h
+// (zero-pad, FFT, multiply by D(k), inverse FFT, crop), which is self-
+// adjoint, so D^H = D. chi stays close to chi_net for large lambda and moves
+// towards the data for small lambda; with few iterations CG also acts as a
+// regulariser. J decreases at every CG step. With M = I, pad = 0 and
+// chi_net = 0 the fixed point is the identity-Tikhonov solution with the
+// same lambda (core/inversion.h), which the tests check.
+//
+// Default lambda 1e-2 (the Tikhonov default, so the refinement trusts the
+// network where the dipole kernel is near zero) and 10 iterations.
+// deepqsm-infer offers this as `--refine N`. cuda/inversion.h has the GPU
+// version, cuda_refine_chi, with the same numbers.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/dipole.h"
+
+namespace dq {
+
+constexpr double kRefineLambda = 1e-2;
+constexpr int kRefineIterations = 10;
+
+struct RefineOptions {
+  int iterations = kRefineIterations;  // CG iterations; 0 returns chi_net unchanged
+  double lambda = kRefineLambda;       // weight of ||chi - chi_net||^2, > 0
+  double k0_value = 1.0 / 3.0;         // D(0), as used to train the network
+  int64_t pad = 0;                     // zero voxels per side for the FFTs
+};
+
+// field, chi_net and chi are (dims.nz, dims.ny, dims.nx) in ppm; chi may
+// alias chi_net (not field). mask is nullable. When `objective` is non-null
+// it receives J before the first iteration and after each one.
+void refine_chi(const float* field, const float* chi_net, const uint8_t* mask, const Dims3& dims,
+                const Vec3& voxel_mm, const Vec3& b0_dir, const RefineOptions& opt, float* chi,
+                std::vector<double>* objective = nullptr);
+
+// J(chi) as above.
+double refine_objective(const float* chi, const float* field, const float* chi_net,
+                        const uint8_t* mask, const Dims3& dims, const Vec3& voxel_mm,
+                        const Vec3& b0_dir, const RefineOptions& opt);
+
+}  // namespace dq

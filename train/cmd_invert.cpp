@@ -1,0 +1,150 @@
+// `deepqsm invert tkd|tikhonov|tv`: the classical dipole inversions
+// (core/tkd.h, core/inversion.h; GPU twins in cuda/inversion.h) from a
+// local field map in ppm to chi in ppm, NIfTI in and out (the output keeps
+// the field's header).
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/inversion.h"
+#include "core/nifti_io.h"
+#include "core/tkd.h"
+#include "cuda/device.h"
+#include "cuda/inversion.h"
+#include "train/commands.h"
+
+namespace dq {
+
+namespace {
+
+struct InvertArgs {
+  std::string method, field, out, mask, reg = "identity", device = "cpu";
+  std::vector<double> b0_dir{0.0, 0.0, 1.0};
+  double threshold = kTkdThreshold;
+  double lambda = -1.0;  // < 0: the method's default
+  double rho = -1.0;     // < 0: kTvRhoOverLambda * lambda
+  int iterations = kTvIterations;
+  double tolerance = kTvTolerance;
+  double k0 = 1.0 / 3.0;
+  int64_t pad = 0;
+};
+
+int run_invert(const InvertArgs& a) {
+  const Volume f = read_nifti(a.field);
+  const Dims3 dims = f.dims();
+  std::vector<uint8_t> mask;
+  if (!a.mask.empty()) {
+    const Volume m = read_nifti(a.mask);
+    if (m.nx != f.nx || m.ny != f.ny || m.nz != f.nz)
+      fail("the mask ", a.mask, " is ", m.nx, "x", m.ny, "x", m.nz, " but the field is ", f.nx, "x",
+           f.ny, "x", f.nz);
+    mask.resize(m.data.size());
+    for (size_t i = 0; i < mask.size(); ++i) mask[i] = m.data[i] > 0.5f;
+  }
+  const uint8_t* mp = mask.empty() ? nullptr : mask.data();
+  const bool gpu = a.device == "gpu";
+  if (gpu && cuda_device_count() == 0) fail("--device gpu: no CUDA device is available");
+  const Vec3 b0{a.b0_dir[0], a.b0_dir[1], a.b0_dir[2]};
+
+  // The field outside the mask carries no information (usually 0 after
+  // background removal); zero it so every method sees the same input.
+  std::vector<float> field = f.data;
+  if (mp)
+    for (size_t i = 0; i < field.size(); ++i)
+      if (!mp[i]) field[i] = 0.0f;
+  std::vector<float> chi(field.size());
+
+  const auto t0 = std::chrono::steady_clock::now();
+  char what[256];
+  if (a.method == "tkd") {
+    if (gpu)
+      cuda_tkd(field.data(), dims, f.voxel_mm, b0, a.threshold, a.k0, a.pad, chi.data());
+    else
+      tkd(field.data(), dims, f.voxel_mm, b0, a.threshold, a.k0, a.pad, chi.data());
+    if (mp)
+      for (size_t i = 0; i < chi.size(); ++i)
+        if (!mp[i]) chi[i] = 0.0f;
+    std::snprintf(what, sizeof what, "TKD, threshold %g", a.threshold);
+  } else if (a.method == "tikhonov") {
+    const double lambda = a.lambda < 0 ? kTikhonovLambda : a.lambda;
+    const TikhonovReg reg = tikhonov_reg_from_name(a.reg);
+    if (gpu)
+      cuda_tikhonov(field.data(), mp, dims, f.voxel_mm, b0, lambda, reg, a.k0, a.pad, chi.data());
+    else
+      tikhonov(field.data(), mp, dims, f.voxel_mm, b0, lambda, reg, a.k0, a.pad, chi.data());
+    std::snprintf(what, sizeof what, "Tikhonov (%s), lambda %g", a.reg.c_str(), lambda);
+  } else if (a.method == "tv") {
+    TvOptions o;
+    o.lambda = a.lambda < 0 ? kTvLambda : a.lambda;
+    o.rho = a.rho < 0 ? kTvRhoOverLambda * o.lambda : a.rho;
+    o.iterations = a.iterations;
+    o.tolerance = a.tolerance;
+    const int its =
+        gpu ? cuda_tv_admm(field.data(), mp, dims, f.voxel_mm, b0, o, a.k0, a.pad, chi.data())
+            : tv_admm(field.data(), mp, dims, f.voxel_mm, b0, o, a.k0, a.pad, chi.data());
+    std::snprintf(what, sizeof what, "TV-ADMM, lambda %g, rho %g, %d iterations", o.lambda, o.rho,
+                  its);
+  } else {
+    fail("unknown inversion method '", a.method, "' (expected tkd, tikhonov or tv)");
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  write_nifti(a.out, f, chi.data());
+  std::printf("%s: %s on the %s in %.2f s (%lldx%lldx%lld, B0 %g %g %g, pad %lld)\n", a.out.c_str(),
+              what, gpu ? "GPU" : "CPU", secs, static_cast<long long>(f.nx),
+              static_cast<long long>(f.ny), static_cast<long long>(f.nz), b0[0], b0[1], b0[2],
+              static_cast<long long>(a.pad));
+  return 0;
+}
+
+}  // namespace
+
+Command add_invert_command(CLI::App& app) {
+  auto a = std::make_shared<InvertArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "invert",
+      "Classical dipole inversion of a local field map (ppm) to chi (ppm): tkd, tikhonov or tv.");
+  cmd->footer(
+      "Defaults are the literature's: TKD threshold 0.19 (Wharton et al. 2010); Tikhonov\n"
+      "lambda 1e-2 (QSM.jl's default); TV lambda 1e-3, rho 100 lambda, 250 iterations, tolerance\n"
+      "1e-3 (QSM.jl). Tikhonov: chi^ = D f^ / (D^2 + lambda), or D^2 + lambda |G|^2 with --reg\n"
+      "gradient; TV: anisotropic total variation by ADMM (Bilgic et al. 2014). See\n"
+      "core/inversion.h.\n"
+      "Example: deepqsm invert tv field.nii.gz -o chi_tv.nii.gz --mask mask.nii.gz");
+  cmd->add_option("method", a->method, "tkd, tikhonov or tv")
+      ->required()
+      ->check(CLI::IsMember({"tkd", "tikhonov", "tv"}));
+  cmd->add_option("field", a->field, "Local field map (NIfTI), ppm")->required();
+  cmd->add_option("-o,--output", a->out, "chi map to write (.nii or .nii.gz), ppm")->required();
+  cmd->add_option("--mask", a->mask,
+                  "Mask (voxels > 0.5 inside): the field and chi are zeroed outside");
+  cmd->add_option("--b0-direction", a->b0_dir, "B0 direction x y z in voxel axes")
+      ->expected(3)
+      ->capture_default_str();
+  cmd->add_option("--threshold", a->threshold, "TKD: truncation of |D|")->capture_default_str();
+  cmd->add_option("--lambda", a->lambda,
+                  "Tikhonov / TV regularisation weight (default 1e-2 / 1e-3)");
+  cmd->add_option("--reg", a->reg, "Tikhonov regulariser: identity or gradient")
+      ->check(CLI::IsMember({"identity", "gradient"}))
+      ->capture_default_str();
+  cmd->add_option("--rho", a->rho, "TV: ADMM penalty (default 100 lambda)");
+  cmd->add_option("--iterations", a->iterations, "TV: most ADMM iterations")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--tolerance", a->tolerance,
+                  "TV: stop when the relative chi change is below this")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--k0", a->k0, "D(k = 0): 1/3 (DeepQSM lineage) or 0")->capture_default_str();
+  cmd->add_option("--pad", a->pad, "Zero voxels per side before the FFTs")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--device", a->device, "cpu or gpu")
+      ->check(CLI::IsMember({"cpu", "gpu"}))
+      ->capture_default_str();
+  return {cmd, [a]() { return run_invert(*a); }};
+}
+
+}  // namespace dq
