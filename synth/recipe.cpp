@@ -3,6 +3,7 @@
 // at the line to fix.
 #include "synth/recipe.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -42,10 +43,11 @@ void Recipe::validate() const {
 
   check_counts(cubes_min, cubes_max, "data.cubes");
   check_counts(spheres_min, spheres_max, "data.spheres");
-  if (cubes_max == 0 && spheres_max == 0)
+  check_counts(rects_min, rects_max, "data.rectangles");
+  if (cubes_max == 0 && spheres_max == 0 && rects_max == 0)
     fail(
-        "data.cubes, data.spheres: empty counts (both maxima are 0, so every volume would be "
-        "zero)");
+        "data.cubes, data.spheres, data.rectangles: empty counts (all maxima are 0, so every "
+        "volume would be zero)");
 
   check_finite(size_min, "data.size");
   check_finite(size_max, "data.size");
@@ -68,6 +70,35 @@ void Recipe::validate() const {
   // get here with another length; the dipole kernel assumes a unit vector.
   if (std::fabs(n - 1.0) > 1e-6) fail("data.b0_dir: must be a unit vector, its length is ", n);
   check_finite(dipole_k0, "data.dipole_k0");
+
+  if (chi_dist == "normal") {
+    check_finite(chi_mean, "data.chi_mean");
+    check_finite(chi_std, "data.chi_std");
+    if (chi_std < 0) fail("data.chi_std: the standard deviation must be >= 0 ppm, got ", chi_std);
+  } else if (chi_dist == "discrete") {
+    if (chi_values.empty())
+      fail("data.chi_values: chi_dist \"discrete\" needs at least one value (ppm)");
+    for (double v : chi_values) check_finite(v, "data.chi_values");
+  } else if (chi_dist != "uniform") {
+    fail("data.chi_dist: \"", chi_dist, "\" is not one of \"uniform\", \"normal\", \"discrete\"");
+  }
+  check_finite(b0_cone_deg, "data.b0_cone_deg");
+  if (b0_cone_deg < 0 || b0_cone_deg > 180)
+    fail("data.b0_cone_deg: the cone half-angle must lie in [0, 180] degrees, got ", b0_cone_deg);
+  check_finite(noise_std, "data.noise_std");
+  if (noise_std < 0) fail("data.noise_std: must be >= 0 ppm, got ", noise_std);
+  check_finite(lesion_prob, "data.lesion_prob");
+  if (lesion_prob < 0 || lesion_prob > 1)
+    fail("data.lesion_prob: a probability must lie in [0, 1], got ", lesion_prob);
+  check_finite(lesion_chi_min, "data.lesion_chi");
+  check_finite(lesion_chi_max, "data.lesion_chi");
+  if (lesion_chi_min > lesion_chi_max)
+    fail("data.lesion_chi: min ", lesion_chi_min, " is larger than max ", lesion_chi_max, " ppm");
+}
+
+double Recipe::size_reference_mm() const {
+  return static_cast<double>(volume_size) *
+         std::min(voxel_mm[0], std::min(voxel_mm[1], voxel_mm[2]));
 }
 
 }  // namespace dq

@@ -4,29 +4,61 @@
 // chi ~ U(-0.2, 0.2) ppm, later shapes overwriting earlier ones, convolved
 // with the dipole kernel (B0 along z, 1 mm isotropic); 100 random 64^3
 // (field, chi) patches per volume.
+//
+// The options below the paper's block go beyond the paper; each is off in
+// the defaults, so a default Recipe generates exactly the paper's data.
 #pragma once
 #include <array>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace dq {
 
 struct Recipe {
-  int64_t volume_size = 160;       // voxels per side of the simulated volume
+  int64_t volume_size = 160;  // voxels per side of the simulated volume
   int cubes_min = 80, cubes_max = 120;
   int spheres_min = 80, spheres_max = 120;
-  double size_min = 0.10, size_max = 0.40;  // fraction of volume_size
-  double chi_min = -0.2, chi_max = 0.2;      // ppm
+  // Shape size (cube side, box side, sphere diameter) as a fraction of the
+  // volume's shortest physical side, volume_size * min(voxel_mm) mm, so
+  // shapes are cubes and spheres in mm whatever the voxel size.
+  double size_min = 0.10, size_max = 0.40;
+  double chi_min = -0.2, chi_max = 0.2;  // ppm
   int64_t patch_size = 64;
   int patches_per_volume = 100;
   std::array<double, 3> voxel_mm{1.0, 1.0, 1.0};  // (x, y, z)
   std::array<double, 3> b0_dir{0.0, 0.0, 1.0};    // unit vector, (x, y, z)
-  double dipole_k0 = 1.0 / 3.0;  // D(k = 0); DeepQSM lineage uses 1/3
-  int64_t pad = 0;               // zero padding per side before the FFT
+  double dipole_k0 = 1.0 / 3.0;                   // D(k = 0); DeepQSM lineage uses 1/3
+  int64_t pad = 0;                                // zero padding per side before the FFT
+
+  // ---- beyond the paper (all off by default)
+  // Boxes ("rectangles"): three sides drawn independently from `size`.
+  int rects_min = 0, rects_max = 0;
+  // Shapes add their chi to what lies beneath instead of overwriting it.
+  bool additive = false;
+  // Distribution of each shape's chi: "uniform" over [chi_min, chi_max],
+  // "normal" N(chi_mean, chi_std^2) (not clipped), or "discrete": one of
+  // chi_values with equal probability.
+  std::string chi_dist = "uniform";
+  double chi_mean = 0.0, chi_std = 0.1;  // ppm, for "normal"
+  std::vector<double> chi_values;        // ppm, for "discrete"
+  // Each volume's B0 direction is drawn uniformly over the spherical cap of
+  // this half-angle around b0_dir (degrees; 0 = always b0_dir).
+  double b0_cone_deg = 0.0;
+  // Standard deviation of white Gaussian noise added to the field (ppm).
+  double noise_std = 0.0;
+  // High-susceptibility lesions (haemorrhage, calcification): each shape,
+  // with probability lesion_prob, takes its chi uniformly from
+  // [lesion_chi_min, lesion_chi_max] instead of chi_dist.
+  double lesion_prob = 0.0;
+  double lesion_chi_min = 0.4, lesion_chi_max = 1.6;  // ppm
 
   // Throws dq::Error naming the offending field when the recipe cannot work
   // (negative or too-large sizes, a patch larger than the volume, empty counts).
   void validate() const;
+
+  // Shape size unit: volume_size * min(voxel_mm), in mm (see size_min).
+  double size_reference_mm() const;
 };
 
 }  // namespace dq

@@ -9,8 +9,10 @@ namespace dq {
 
 const std::vector<std::string>& recipe_keys() {
   static const std::vector<std::string> keys = {
-      "volume_size", "cubes",    "spheres", "size",      "chi", "patch_size", "patches_per_volume",
-      "voxel_mm",    "b0_dir",   "dipole_k0", "pad"};
+      "volume_size",        "cubes",       "spheres",   "size",      "chi",        "patch_size",
+      "patches_per_volume", "voxel_mm",    "b0_dir",    "dipole_k0", "pad",        "rectangles",
+      "additive",           "chi_dist",    "chi_mean",  "chi_std",   "chi_values", "b0_cone_deg",
+      "noise_std",          "lesion_prob", "lesion_chi"};
   return keys;
 }
 
@@ -40,6 +42,29 @@ bool read_recipe_key(Recipe& r, const std::string& key, const json& v, const std
     r.dipole_k0 = read_number(v, path);
   } else if (key == "pad") {
     r.pad = read_int(v, path);
+  } else if (key == "rectangles") {
+    std::tie(r.rects_min, r.rects_max) = read_int_range(v, path);
+  } else if (key == "additive") {
+    r.additive = read_bool(v, path);
+  } else if (key == "chi_dist") {
+    r.chi_dist = read_string(v, path);
+  } else if (key == "chi_mean") {
+    r.chi_mean = read_number(v, path);
+  } else if (key == "chi_std") {
+    r.chi_std = read_number(v, path);
+  } else if (key == "chi_values") {
+    if (!v.is_array()) fail(path, ": expected an array of numbers (ppm), got ", type_phrase(v));
+    r.chi_values.clear();
+    for (size_t i = 0; i < v.size(); ++i)
+      r.chi_values.push_back(read_number(v[i], path + "[" + std::to_string(i) + "]"));
+  } else if (key == "b0_cone_deg") {
+    r.b0_cone_deg = read_number(v, path);
+  } else if (key == "noise_std") {
+    r.noise_std = read_number(v, path);
+  } else if (key == "lesion_prob") {
+    r.lesion_prob = read_number(v, path);
+  } else if (key == "lesion_chi") {
+    std::tie(r.lesion_chi_min, r.lesion_chi_max) = read_range(v, path);
   } else {
     return false;
   }
@@ -57,7 +82,17 @@ nlohmann::ordered_json recipe_to_json(const Recipe& r) {
           {"voxel_mm", r.voxel_mm},
           {"b0_dir", r.b0_dir},
           {"dipole_k0", r.dipole_k0},
-          {"pad", r.pad}};
+          {"pad", r.pad},
+          {"rectangles", {r.rects_min, r.rects_max}},
+          {"additive", r.additive},
+          {"chi_dist", r.chi_dist},
+          {"chi_mean", r.chi_mean},
+          {"chi_std", r.chi_std},
+          {"chi_values", r.chi_values},
+          {"b0_cone_deg", r.b0_cone_deg},
+          {"noise_std", r.noise_std},
+          {"lesion_prob", r.lesion_prob},
+          {"lesion_chi", {r.lesion_chi_min, r.lesion_chi_max}}};
 }
 
 }  // namespace dq

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstring>
 
-#include "core/dipole.h"
 #include "core/error.h"
 #include "core/philox.h"
 
@@ -12,12 +11,9 @@ namespace dq {
 
 namespace {
 
-enum Stream : uint64_t { kCounts = 0, kOrder = 1, kShapes = 2, kCorners = 3 };
-constexpr uint64_t kDrawsPerShape = 5;
-
-uint64_t volume_key(uint64_t seed, int64_t volume) {
-  return key_for(key_for(seed, kSynthPurpose), static_cast<uint64_t>(volume));
-}
+constexpr uint64_t kDrawsPerShape = 5;   // counters per shape in kSynthShapes
+constexpr uint64_t kExtrasPerShape = 8;  // counters per shape in kSynthExtras (5 used)
+constexpr double kPi = 3.14159265358979323846;
 
 // Uniform integer in {lo, ..., hi}. philox_uniform has 24 bits, so the bias
 // is below (hi - lo + 1) / 2^24, negligible for the counts and ranges here.
@@ -32,89 +28,174 @@ double uniform_real(uint64_t key, uint64_t index, double lo, double hi) {
 }
 
 // Bounding range of voxel indices along one axis that may lie within
-// `half` of `c`, clipped to [0, n). Widened by one voxel on each side of the
-// exact interval so fp32 rounding in the membership test cannot be cut off;
-// the test itself decides.
-void axis_range(float c, float half, int64_t n, int64_t* lo, int64_t* hi) {
+// `half` voxels of `c`, clipped to [0, n). Widened by one voxel on each
+// side of the exact interval so fp32 rounding in the membership test cannot
+// be cut off; the test itself decides.
+void axis_range(float c, double half, int64_t n, int64_t* lo, int64_t* hi) {
   *lo = std::max<int64_t>(0, static_cast<int64_t>(std::floor(c - half)) - 1);
   *hi = std::min<int64_t>(n - 1, static_cast<int64_t>(std::ceil(c + half)) + 1);
 }
 
+// The rule's offset in mm along one axis; two statements so that nothing
+// can fuse them (or the following square) into a multiply-add.
+inline float offset_mm(int64_t i, float c, float voxel) {
+  const float d = static_cast<float>(i) - c;
+  const float m = d * voxel;
+  return m;
+}
+
+// The shape's chi: a lesion value with probability lesion_prob, otherwise
+// drawn from chi_dist.
+float draw_chi(const Recipe& r, uint64_t ks, uint64_t kx, uint64_t c0, uint64_t e0) {
+  if (static_cast<double>(philox_uniform(kx, e0 + 3)) < r.lesion_prob)
+    return static_cast<float>(uniform_real(kx, e0 + 4, r.lesion_chi_min, r.lesion_chi_max));
+  if (r.chi_dist == "normal") {
+    const double u1 = 1.0 - static_cast<double>(philox_uniform(ks, c0 + 4));  // (0, 1]
+    const double u2 = static_cast<double>(philox_uniform(kx, e0 + 2));
+    const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * kPi * u2);
+    return static_cast<float>(r.chi_mean + r.chi_std * z);
+  }
+  if (r.chi_dist == "discrete") {
+    const int64_t m = static_cast<int64_t>(r.chi_values.size());
+    return static_cast<float>(r.chi_values[static_cast<size_t>(uniform_int(ks, c0 + 4, 0, m - 1))]);
+  }
+  return static_cast<float>(uniform_real(ks, c0 + 4, r.chi_min, r.chi_max));
+}
+
 }  // namespace
 
-bool shape_contains(const SynthShape& s, int64_t i, int64_t j, int64_t k) {
-  const float half = s.size * 0.5f;
-  const float dx = static_cast<float>(i) - s.centre[0];
-  const float dy = static_cast<float>(j) - s.centre[1];
-  const float dz = static_cast<float>(k) - s.centre[2];
-  if (s.kind == ShapeKind::cube)
-    return std::fabs(dx) <= half && std::fabs(dy) <= half && std::fabs(dz) <= half;
-  const float d2 = dx * dx + dy * dy + dz * dz;
-  return d2 <= half * half;
+uint64_t synth_volume_key(uint64_t seed, int64_t volume) {
+  return key_for(key_for(seed, kSynthPurpose), static_cast<uint64_t>(volume));
+}
+
+std::array<float, 3> raster_voxel_mm(const Recipe& r) {
+  return {static_cast<float>(r.voxel_mm[0]), static_cast<float>(r.voxel_mm[1]),
+          static_cast<float>(r.voxel_mm[2])};
+}
+
+bool shape_contains(const SynthShape& s, const std::array<float, 3>& voxel, int64_t i, int64_t j,
+                    int64_t k) {
+  const float dx = offset_mm(i, s.centre[0], voxel[0]);
+  const float dy = offset_mm(j, s.centre[1], voxel[1]);
+  const float dz = offset_mm(k, s.centre[2], voxel[2]);
+  if (s.kind != ShapeKind::sphere)
+    return std::fabs(dx) <= s.size[0] * 0.5f && std::fabs(dy) <= s.size[1] * 0.5f &&
+           std::fabs(dz) <= s.size[2] * 0.5f;
+  const float half = s.size[0] * 0.5f;
+  const float r2 = half * half;
+  const float xx = dx * dx;
+  const float yy = dy * dy;
+  const float zz = dz * dz;
+  const float xy = xx + yy;
+  const float d2 = xy + zz;
+  return d2 <= r2;
 }
 
 std::vector<SynthShape> draw_shapes(const Recipe& r, uint64_t seed, int64_t volume) {
   r.validate();
-  const uint64_t vkey = volume_key(seed, volume);
+  const uint64_t vkey = synth_volume_key(seed, volume);
 
-  const uint64_t kc = key_for(vkey, kCounts);
+  const uint64_t kc = key_for(vkey, kSynthCounts);
   const int64_t n_cubes = uniform_int(kc, 0, r.cubes_min, r.cubes_max);
   const int64_t n_spheres = uniform_int(kc, 1, r.spheres_min, r.spheres_max);
-  const int64_t total = n_cubes + n_spheres;
+  // Counter 2 is only drawn from when boxes are enabled, so that it costs
+  // the paper recipe nothing; its value would be 0 anyway.
+  const int64_t n_boxes = r.rects_max > 0 ? uniform_int(kc, 2, r.rects_min, r.rects_max) : 0;
+  const int64_t total = n_cubes + n_spheres + n_boxes;
 
   std::vector<ShapeKind> kinds(static_cast<size_t>(total), ShapeKind::sphere);
   std::fill(kinds.begin(), kinds.begin() + n_cubes, ShapeKind::cube);
+  std::fill(kinds.end() - n_boxes, kinds.end(), ShapeKind::box);
   // Fisher-Yates from the back: draw t picks the kind that goes to position
   // total - 1 - t, giving every ordering of the multiset equal probability.
-  const uint64_t ko = key_for(vkey, kOrder);
+  const uint64_t ko = key_for(vkey, kSynthOrder);
   for (int64_t pos = total - 1, t = 0; pos > 0; --pos, ++t)
     std::swap(kinds[static_cast<size_t>(pos)],
               kinds[static_cast<size_t>(uniform_int(ko, static_cast<uint64_t>(t), 0, pos))]);
 
-  const uint64_t ks = key_for(vkey, kShapes);
+  const uint64_t ks = key_for(vkey, kSynthShapes);
+  const uint64_t kx = key_for(vkey, kSynthExtras);
   const double n = static_cast<double>(r.volume_size);
+  const double ref_mm = r.size_reference_mm();
   std::vector<SynthShape> shapes(static_cast<size_t>(total));
   for (int64_t i = 0; i < total; ++i) {
     SynthShape& s = shapes[static_cast<size_t>(i)];
     const uint64_t c0 = static_cast<uint64_t>(i) * kDrawsPerShape;
+    const uint64_t e0 = static_cast<uint64_t>(i) * kExtrasPerShape;
     s.kind = kinds[static_cast<size_t>(i)];
     // Uniform over the volume's extent [-0.5, n - 0.5]: voxel centres are at
     // integers (the top end is reachable only through fp32 rounding).
     for (int a = 0; a < 3; ++a)
       s.centre[a] =
           static_cast<float>(uniform_real(ks, c0 + static_cast<uint64_t>(a), -0.5, n - 0.5));
-    s.size = static_cast<float>(n * uniform_real(ks, c0 + 3, r.size_min, r.size_max));
-    s.chi = static_cast<float>(uniform_real(ks, c0 + 4, r.chi_min, r.chi_max));
+    const float side =
+        static_cast<float>(ref_mm * uniform_real(ks, c0 + 3, r.size_min, r.size_max));
+    s.size[0] = s.size[1] = s.size[2] = side;
+    if (s.kind == ShapeKind::box) {
+      s.size[1] = static_cast<float>(ref_mm * uniform_real(kx, e0, r.size_min, r.size_max));
+      s.size[2] = static_cast<float>(ref_mm * uniform_real(kx, e0 + 1, r.size_min, r.size_max));
+    }
+    s.chi = draw_chi(r, ks, kx, c0, e0);
   }
   return shapes;
 }
 
+Vec3 volume_b0(const Recipe& r, uint64_t seed, int64_t volume) {
+  const Vec3& b = r.b0_dir;
+  if (r.b0_cone_deg == 0) return b;
+  // Uniform on the cap: cos(theta) uniform in [cos(alpha), 1], phi uniform.
+  const uint64_t kb = key_for(synth_volume_key(seed, volume), kSynthB0);
+  const double cos_a = std::cos(r.b0_cone_deg * kPi / 180.0);
+  const double ct = 1.0 - static_cast<double>(philox_uniform(kb, 0)) * (1.0 - cos_a);
+  const double st = std::sqrt(std::max(0.0, 1.0 - ct * ct));
+  const double phi = 2.0 * kPi * static_cast<double>(philox_uniform(kb, 1));
+  // An orthonormal basis (e1, e2, b): e1 from the axis least aligned with b.
+  const int least = std::fabs(b[0]) <= std::fabs(b[1])
+                        ? (std::fabs(b[0]) <= std::fabs(b[2]) ? 0 : 2)
+                        : (std::fabs(b[1]) <= std::fabs(b[2]) ? 1 : 2);
+  Vec3 a{0, 0, 0};
+  a[static_cast<size_t>(least)] = 1.0;
+  Vec3 e1{a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]};
+  const double l1 = std::sqrt(e1[0] * e1[0] + e1[1] * e1[1] + e1[2] * e1[2]);
+  for (double& x : e1) x /= l1;
+  const Vec3 e2{b[1] * e1[2] - b[2] * e1[1], b[2] * e1[0] - b[0] * e1[2],
+                b[0] * e1[1] - b[1] * e1[0]};
+  Vec3 d;
+  for (size_t i = 0; i < 3; ++i)
+    d[i] = st * std::cos(phi) * e1[i] + st * std::sin(phi) * e2[i] + ct * b[i];
+  const double l = std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+  return {d[0] / l, d[1] / l, d[2] / l};
+}
+
 void rasterise(const Recipe& r, const std::vector<SynthShape>& shapes, float* chi) {
   const int64_t n = r.volume_size;
+  const std::array<float, 3> vox = raster_voxel_mm(r);
+  const bool add = r.additive;
   std::vector<uint8_t> in_x(static_cast<size_t>(n)), in_y(static_cast<size_t>(n)),
       in_z(static_cast<size_t>(n));
   for (const SynthShape& s : shapes) {
-    const float half = s.size * 0.5f;
     int64_t lo[3], hi[3];
-    for (int a = 0; a < 3; ++a) axis_range(s.centre[a], half, n, &lo[a], &hi[a]);
+    for (int a = 0; a < 3; ++a)
+      axis_range(s.centre[a], 0.5 * static_cast<double>(s.size[a]) / vox[a], n, &lo[a], &hi[a]);
     if (lo[0] > hi[0] || lo[1] > hi[1] || lo[2] > hi[2]) continue;  // entirely outside
 
-    if (s.kind == ShapeKind::cube) {
-      // A cube is separable: test each axis once, then fill the product.
-      // Same comparisons as shape_contains, so the two agree voxel for voxel.
+    if (s.kind != ShapeKind::sphere) {
+      // Cubes and boxes are separable: test each axis once, then fill the
+      // product. Same comparisons as shape_contains, so the two agree.
+      const float hx = s.size[0] * 0.5f, hy = s.size[1] * 0.5f, hz = s.size[2] * 0.5f;
       for (int64_t i = lo[0]; i <= hi[0]; ++i)
-        in_x[i] = std::fabs(static_cast<float>(i) - s.centre[0]) <= half;
+        in_x[i] = std::fabs(offset_mm(i, s.centre[0], vox[0])) <= hx;
       for (int64_t j = lo[1]; j <= hi[1]; ++j)
-        in_y[j] = std::fabs(static_cast<float>(j) - s.centre[1]) <= half;
+        in_y[j] = std::fabs(offset_mm(j, s.centre[1], vox[1])) <= hy;
       for (int64_t k = lo[2]; k <= hi[2]; ++k)
-        in_z[k] = std::fabs(static_cast<float>(k) - s.centre[2]) <= half;
+        in_z[k] = std::fabs(offset_mm(k, s.centre[2], vox[2])) <= hz;
       for (int64_t k = lo[2]; k <= hi[2]; ++k) {
         if (!in_z[k]) continue;
         for (int64_t j = lo[1]; j <= hi[1]; ++j) {
           if (!in_y[j]) continue;
           float* row = chi + (k * n + j) * n;
           for (int64_t i = lo[0]; i <= hi[0]; ++i)
-            if (in_x[i]) row[i] = s.chi;
+            if (in_x[i]) row[i] = add ? row[i] + s.chi : s.chi;
         }
       }
     } else {
@@ -122,10 +203,24 @@ void rasterise(const Recipe& r, const std::vector<SynthShape>& shapes, float* ch
         for (int64_t j = lo[1]; j <= hi[1]; ++j) {
           float* row = chi + (k * n + j) * n;
           for (int64_t i = lo[0]; i <= hi[0]; ++i)
-            if (shape_contains(s, i, j, k)) row[i] = s.chi;
+            if (shape_contains(s, vox, i, j, k)) row[i] = add ? row[i] + s.chi : s.chi;
         }
     }
   }
+}
+
+double synth_gauss(uint64_t key, uint64_t index) {
+  const double u1 = 1.0 - static_cast<double>(philox_uniform(key, 2 * index));  // (0, 1]
+  const double u2 = static_cast<double>(philox_uniform(key, 2 * index + 1));
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * kPi * u2);
+}
+
+void add_field_noise(const Recipe& r, uint64_t seed, int64_t volume, float* field) {
+  if (r.noise_std == 0) return;
+  const uint64_t kn = key_for(synth_volume_key(seed, volume), kSynthNoise);
+  const int64_t m = r.volume_size * r.volume_size * r.volume_size;
+  for (int64_t i = 0; i < m; ++i)
+    field[i] += static_cast<float>(r.noise_std * synth_gauss(kn, static_cast<uint64_t>(i)));
 }
 
 SynthVolume generate_volume(const Recipe& r, uint64_t seed, int64_t volume) {
@@ -135,16 +230,26 @@ SynthVolume generate_volume(const Recipe& r, uint64_t seed, int64_t volume) {
   v.chi.assign(static_cast<size_t>(dims.numel()), 0.0f);
   v.field.assign(static_cast<size_t>(dims.numel()), 0.0f);
   rasterise(r, draw_shapes(r, seed, volume), v.chi.data());
-  forward_field(v.chi.data(), dims, r.voxel_mm, r.b0_dir, r.dipole_k0, r.pad, v.field.data());
+  v.b0 = volume_b0(r, seed, volume);
+  forward_field(v.chi.data(), dims, r.voxel_mm, v.b0, r.dipole_k0, r.pad, v.field.data());
+  add_field_noise(r, seed, volume, v.field.data());
   return v;
 }
 
 std::array<int64_t, 3> draw_patch_corner(const Recipe& r, uint64_t seed, int64_t volume, int p) {
-  const uint64_t kp = key_for(volume_key(seed, volume), kCorners);
+  const uint64_t kp = key_for(synth_volume_key(seed, volume), kSynthCorners);
   const int64_t top = r.volume_size - r.patch_size;
   const uint64_t c0 = 3 * static_cast<uint64_t>(p);
   return {uniform_int(kp, c0, 0, top), uniform_int(kp, c0 + 1, 0, top),
           uniform_int(kp, c0 + 2, 0, top)};
+}
+
+void copy_patch(const float* volume, int64_t n, const std::array<int64_t, 3>& c, int64_t P,
+                float* out) {
+  const size_t row = sizeof(float) * static_cast<size_t>(P);
+  for (int64_t k = 0; k < P; ++k)
+    for (int64_t j = 0; j < P; ++j)
+      std::memcpy(out + (k * P + j) * P, volume + ((c[0] + k) * n + (c[1] + j)) * n + c[2], row);
 }
 
 void cut_patches(const Recipe& r, const SynthVolume& v, uint64_t seed, int64_t volume, int count,
@@ -152,17 +257,11 @@ void cut_patches(const Recipe& r, const SynthVolume& v, uint64_t seed, int64_t v
   const int64_t n = v.n, P = r.patch_size;
   DQ_CHECK(n == r.volume_size && P > 0 && P <= n, "volume of side ", n, " cannot give ", P,
            "^3 patches for this recipe");
-  const size_t row = sizeof(float) * static_cast<size_t>(P);
   for (int p = 0; p < count; ++p) {
     const std::array<int64_t, 3> c = draw_patch_corner(r, seed, volume, p);
     const int64_t base = static_cast<int64_t>(p) * P * P * P;
-    for (int64_t k = 0; k < P; ++k)
-      for (int64_t j = 0; j < P; ++j) {
-        const int64_t src = ((c[0] + k) * n + (c[1] + j)) * n + c[2];
-        const int64_t dst = base + (k * P + j) * P;
-        std::memcpy(field_out + dst, v.field.data() + src, row);
-        std::memcpy(chi_out + dst, v.chi.data() + src, row);
-      }
+    copy_patch(v.field.data(), n, c, P, field_out + base);
+    copy_patch(v.chi.data(), n, c, P, chi_out + base);
   }
 }
 

@@ -4,10 +4,13 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <functional>
+#include <string>
 #include <vector>
 
 #include "core/dipole.h"
 #include "core/error.h"
+#include "synth/recipe_json.h"
 #include "synth/synth.h"
 
 using namespace dq;
@@ -28,6 +31,34 @@ Recipe small_recipe() {
 
 int64_t vox(int64_t n, int64_t z, int64_t y, int64_t x) {
   return (z * n + y) * n + x;
+}
+
+// chi painted voxel by voxel from shape_contains: the rule, without the
+// rasteriser's bounding boxes and separable cube fill.
+std::vector<float> brute_force_chi(const Recipe& r, const std::vector<SynthShape>& s) {
+  const int64_t n = r.volume_size;
+  const std::array<float, 3> v = raster_voxel_mm(r);
+  std::vector<float> chi(static_cast<size_t>(n * n * n), 0.0f);
+  for (int64_t k = 0; k < n; ++k)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t i = 0; i < n; ++i) {
+        float& c = chi[static_cast<size_t>(vox(n, k, j, i))];
+        for (const SynthShape& x : s)
+          if (shape_contains(x, v, i, j, k)) c = r.additive ? c + x.chi : x.chi;
+      }
+  return chi;
+}
+
+std::vector<float> rasterised(const Recipe& r, const std::vector<SynthShape>& s) {
+  const int64_t n = r.volume_size;
+  std::vector<float> chi(static_cast<size_t>(n * n * n), 0.0f);
+  rasterise(r, s, chi.data());
+  return chi;
+}
+
+double angle_deg(const Vec3& a, const Vec3& b) {
+  const double c = a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+  return std::acos(std::min(1.0, std::max(-1.0, c))) * 180.0 / M_PI;
 }
 
 }  // namespace
@@ -60,11 +91,13 @@ TEST_CASE("shape parameters follow the recipe's distributions", "[synth]") {
         centre[a] += x.centre[a];
         centre2[a] += x.centre[a] * x.centre[a];
       }
-      size_lo = std::min(size_lo, x.size);
-      size_hi = std::max(size_hi, x.size);
+      CHECK(x.size[1] == x.size[0]);  // cubes and spheres: one size
+      CHECK(x.size[2] == x.size[0]);
+      size_lo = std::min(size_lo, x.size[0]);
+      size_hi = std::max(size_hi, x.size[0]);
       chi_lo = std::min(chi_lo, x.chi);
       chi_hi = std::max(chi_hi, x.chi);
-      size += x.size;
+      size += x.size[0];
       chi += x.chi;
       if (x.kind == ShapeKind::cube) cube_rank += static_cast<double>(i) / (s.size() - 1);
       shapes += 1;
@@ -101,14 +134,14 @@ TEST_CASE("rasterise follows the stated rule, later shapes on top", "[synth]") {
     SynthShape cube;
     cube.kind = ShapeKind::cube;
     cube.centre[0] = cube.centre[1] = cube.centre[2] = 10.0f;
-    cube.size = 5.0f;  // |i - 10| <= 2.5: voxels 8..12, 5 per axis
+    cube.size[0] = cube.size[1] = cube.size[2] = 5.0f;  // |i - 10| <= 2.5: voxels 8..12
     cube.chi = 0.1f;
     SynthShape ball;
     ball.kind = ShapeKind::sphere;
     ball.centre[0] = 20.0f;
     ball.centre[1] = 21.0f;
     ball.centre[2] = 22.0f;
-    ball.size = 6.0f;  // integer points with |d|^2 <= 9: 123
+    ball.size[0] = ball.size[1] = ball.size[2] = 6.0f;  // integer points with |d|^2 <= 9: 123
     ball.chi = -0.05f;
     std::vector<float> chi(static_cast<size_t>(n * n * n), 0.0f);
     rasterise(r, {cube, ball}, chi.data());
@@ -130,7 +163,7 @@ TEST_CASE("rasterise follows the stated rule, later shapes on top", "[synth]") {
           for (int64_t i = 0; i < n; ++i) {
             float want = 0.0f;
             for (const SynthShape& x : s)
-              if (shape_contains(x, i, j, k)) want = x.chi;
+              if (shape_contains(x, {1.0f, 1.0f, 1.0f}, i, j, k)) want = x.chi;
             mismatches += chi[vox(n, k, j, i)] != want;
           }
       CHECK(mismatches == 0);
@@ -234,4 +267,294 @@ TEST_CASE("the paper recipe generates a 160^3 volume", "[synth]") {
   const auto zeros = std::count(v.chi.begin(), v.chi.end(), 0.0f);
   CHECK(zeros < static_cast<long>(v.chi.size() / 4));
   CHECK(std::all_of(v.field.begin(), v.field.end(), [](float x) { return std::isfinite(x); }));
+}
+
+// ---- options beyond the paper
+
+TEST_CASE("rectangles: boxes with three independent sides", "[synth]") {
+  Recipe r = small_recipe();
+  r.rects_min = 3;
+  r.rects_max = 5;
+  const double n = static_cast<double>(r.volume_size);
+  double boxes = 0, unequal = 0, side_sum[3] = {0, 0, 0};
+  const int volumes = 300;
+  for (int v = 0; v < volumes; ++v) {
+    const std::vector<SynthShape> s = draw_shapes(r, 11, v);
+    int nb = 0;
+    for (const SynthShape& x : s) {
+      if (x.kind != ShapeKind::box) continue;
+      ++nb;
+      for (int a = 0; a < 3; ++a) {
+        REQUIRE(x.size[a] >= r.size_min * n);
+        REQUIRE(x.size[a] <= r.size_max * n);
+        side_sum[a] += x.size[a];
+      }
+      unequal += x.size[0] != x.size[1] && x.size[1] != x.size[2] && x.size[0] != x.size[2];
+    }
+    REQUIRE(nb >= 3);
+    REQUIRE(nb <= 5);
+    boxes += nb;
+  }
+  CHECK(boxes / volumes == Approx(4.0).margin(0.2));
+  CHECK(unequal == boxes);
+  for (int a = 0; a < 3; ++a) CHECK(side_sum[a] / boxes == Approx(0.25 * n).margin(0.3));
+
+  // Cubes and spheres are drawn exactly as without boxes where their
+  // counters coincide: the first volume's cube and sphere counts agree.
+  Recipe plain = small_recipe();
+  const auto count = [](const std::vector<SynthShape>& s, ShapeKind k) {
+    return std::count_if(s.begin(), s.end(), [k](const SynthShape& x) { return x.kind == k; });
+  };
+  const auto a = draw_shapes(r, 11, 0), b = draw_shapes(plain, 11, 0);
+  CHECK(count(a, ShapeKind::cube) == count(b, ShapeKind::cube));
+  CHECK(count(a, ShapeKind::sphere) == count(b, ShapeKind::sphere));
+
+  SECTION("boxes rasterise by the rule, also with anisotropic voxels") {
+    r.size_max = 0.8;
+    r.voxel_mm = {0.8, 1.0, 1.7};
+    for (int64_t v = 0; v < 3; ++v) {
+      const auto s = draw_shapes(r, 3, v);
+      CHECK(rasterised(r, s) == brute_force_chi(r, s));
+    }
+  }
+}
+
+TEST_CASE("additive shapes sum where they overlap", "[synth]") {
+  Recipe r = small_recipe();
+  r.additive = true;
+  r.size_max = 0.8;
+  const auto s = draw_shapes(r, 4, 1);
+  const std::vector<float> chi = rasterised(r, s);
+  CHECK(chi == brute_force_chi(r, s));
+  // Overlaps make values that are no single shape's chi.
+  const auto sums = std::count_if(chi.begin(), chi.end(), [&](float c) {
+    return c != 0.0f &&
+           std::none_of(s.begin(), s.end(), [c](const SynthShape& x) { return x.chi == c; });
+  });
+  CHECK(sums > 0);
+  Recipe over = r;
+  over.additive = false;
+  CHECK(draw_shapes(over, 4, 1).size() == s.size());
+  CHECK(rasterised(over, s) != chi);
+}
+
+TEST_CASE("chi distributions: uniform, normal, discrete", "[synth]") {
+  Recipe r = small_recipe();
+  std::vector<float> chis;
+  const auto collect = [&](const Recipe& rr) {
+    chis.clear();
+    for (int v = 0; v < 300; ++v)
+      for (const SynthShape& x : draw_shapes(rr, 21, v)) chis.push_back(x.chi);
+  };
+  SECTION("normal") {
+    r.chi_dist = "normal";
+    r.chi_mean = 0.05;
+    r.chi_std = 0.1;
+    collect(r);
+    double m = 0, m2 = 0;
+    for (float c : chis) m += c;
+    m /= static_cast<double>(chis.size());
+    for (float c : chis) m2 += (c - m) * (c - m);
+    const double sd = std::sqrt(m2 / static_cast<double>(chis.size()));
+    // ~3000 draws: standard errors 0.002 (mean) and 1.3 % (std).
+    CHECK(m == Approx(0.05).margin(0.007));
+    CHECK(sd == Approx(0.1).epsilon(0.05));
+    const auto beyond = std::count_if(chis.begin(), chis.end(), [](float c) {
+      return std::fabs(c - 0.05) > 0.2;  // 2 sigma: 4.6 %
+    });
+    CHECK(static_cast<double>(beyond) / chis.size() == Approx(0.0455).margin(0.015));
+  }
+  SECTION("discrete") {
+    r.chi_dist = "discrete";
+    r.chi_values = {-0.1, 0.0, 0.3};
+    collect(r);
+    int counts[3] = {0, 0, 0};
+    for (float c : chis) {
+      const bool known = c == -0.1f || c == 0.0f || c == 0.3f;
+      REQUIRE(known);
+      counts[c == -0.1f ? 0 : c == 0.0f ? 1 : 2]++;
+    }
+    for (int c : counts) CHECK(c / double(chis.size()) == Approx(1.0 / 3).margin(0.04));
+  }
+  SECTION("uniform is the paper's draw") {
+    collect(r);
+    std::vector<float> a = chis;
+    r.chi_dist = "uniform";
+    r.chi_mean = 7;  // ignored unless "normal"
+    collect(r);
+    CHECK(a == chis);
+  }
+}
+
+TEST_CASE("lesions: a wider chi range with a probability", "[synth]") {
+  Recipe r = small_recipe();
+  r.lesion_prob = 0.2;
+  r.lesion_chi_min = 0.5;
+  r.lesion_chi_max = 1.5;
+  double lesions = 0, shapes = 0;
+  for (int v = 0; v < 300; ++v)
+    for (const SynthShape& x : draw_shapes(r, 8, v)) {
+      shapes += 1;
+      if (x.chi >= 0.5f) {
+        lesions += 1;
+        REQUIRE(x.chi <= 1.5f);
+      } else {
+        REQUIRE(x.chi >= r.chi_min);
+        REQUIRE(x.chi <= r.chi_max);
+      }
+    }
+  CHECK(lesions / shapes == Approx(0.2).margin(0.03));
+  // A non-lesion shape keeps the chi it would have without the option.
+  const auto a = draw_shapes(r, 8, 0);
+  const auto b = draw_shapes(small_recipe(), 8, 0);
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i].chi < 0.5f) CHECK(a[i].chi == b[i].chi);
+}
+
+TEST_CASE("B0 direction drawn per volume within a cone", "[synth]") {
+  Recipe r = small_recipe();
+  r.b0_dir = {0.0, std::sqrt(0.5), std::sqrt(0.5)};
+  CHECK(volume_b0(r, 1, 0) == r.b0_dir);  // cone 0: exactly b0_dir
+  r.b0_cone_deg = 20;
+  const double cos_a = std::cos(20 * M_PI / 180);
+  double mean_cos = 0;
+  Vec3 mean_dir{0, 0, 0};
+  const int volumes = 4000;
+  for (int v = 0; v < volumes; ++v) {
+    const Vec3 b = volume_b0(r, 1, v);
+    REQUIRE(std::sqrt(b[0] * b[0] + b[1] * b[1] + b[2] * b[2]) == Approx(1.0).epsilon(1e-12));
+    REQUIRE(angle_deg(b, r.b0_dir) <= 20.0 + 1e-9);
+    mean_cos += b[0] * r.b0_dir[0] + b[1] * r.b0_dir[1] + b[2] * r.b0_dir[2];
+    for (size_t a = 0; a < 3; ++a) mean_dir[a] += b[a] / volumes;
+  }
+  // Uniform over the cap: cos(theta) ~ U(cos a, 1); the mean direction is the axis.
+  CHECK(mean_cos / volumes == Approx((1 + cos_a) / 2).margin(0.001));
+  const double len =
+      std::sqrt(mean_dir[0] * mean_dir[0] + mean_dir[1] * mean_dir[1] + mean_dir[2] * mean_dir[2]);
+  CHECK(angle_deg({mean_dir[0] / len, mean_dir[1] / len, mean_dir[2] / len}, r.b0_dir) < 0.5);
+  CHECK(volume_b0(r, 1, 5) == volume_b0(r, 1, 5));
+  CHECK(volume_b0(r, 1, 5) != volume_b0(r, 2, 5));
+
+  // The volume's field is the forward model with its own direction.
+  const SynthVolume v = generate_volume(r, 1, 3);
+  CHECK(v.b0 == volume_b0(r, 1, 3));
+  std::vector<float> f(v.chi.size());
+  forward_field(v.chi.data(), {32, 32, 32}, r.voxel_mm, v.b0, r.dipole_k0, r.pad, f.data());
+  CHECK(f == v.field);
+}
+
+TEST_CASE("anisotropic voxels: shapes are sized in mm", "[synth]") {
+  Recipe r = small_recipe();
+  r.voxel_mm = {1.0, 1.0, 2.0};
+  CHECK(r.size_reference_mm() == 32.0);  // the shortest side: 32 voxels of 1 mm
+  SynthShape ball;
+  ball.kind = ShapeKind::sphere;
+  ball.centre[0] = ball.centre[1] = ball.centre[2] = 15.0f;
+  ball.size[0] = ball.size[1] = ball.size[2] = 12.0f;  // 12 mm diameter
+  ball.chi = 0.1f;
+  const std::vector<float> chi = rasterised(r, {ball});
+  int64_t x_extent = 0, z_extent = 0;
+  for (int64_t i = 0; i < 32; ++i) x_extent += chi[vox(32, 15, 15, i)] != 0.0f;
+  for (int64_t k = 0; k < 32; ++k) z_extent += chi[vox(32, k, 15, 15)] != 0.0f;
+  CHECK(x_extent == 13);  // |i - 15| <= 6 mm at 1 mm
+  CHECK(z_extent == 7);   // |k - 15| * 2 <= 6 mm
+  // Drawn sizes scale with the reference length, not the voxel count.
+  for (const SynthShape& x : draw_shapes(r, 2, 0)) {
+    CHECK(x.size[0] >= 0.1 * 32.0);
+    CHECK(x.size[0] <= 0.4 * 32.0);
+  }
+  r.voxel_mm = {0.5, 0.5, 0.5};
+  CHECK(r.size_reference_mm() == 16.0);
+  const auto s = draw_shapes(r, 2, 0);
+  CHECK(rasterised(r, s) == brute_force_chi(r, s));
+  // The same shapes, counted in voxels, as with 1 mm voxels.
+  CHECK(rasterised(r, s) == rasterised(small_recipe(), draw_shapes(small_recipe(), 2, 0)));
+}
+
+TEST_CASE("Gaussian noise on the field", "[synth]") {
+  Recipe r = small_recipe();
+  const SynthVolume clean = generate_volume(r, 6, 2);
+  r.noise_std = 0.01;
+  const SynthVolume noisy = generate_volume(r, 6, 2), again = generate_volume(r, 6, 2);
+  CHECK(noisy.chi == clean.chi);  // noise touches the field only
+  CHECK(noisy.field == again.field);
+  double m = 0, m2 = 0;
+  const double count = static_cast<double>(clean.field.size());
+  for (size_t i = 0; i < clean.field.size(); ++i) {
+    const double d = noisy.field[i] - clean.field[i];
+    m += d;
+    m2 += d * d;
+  }
+  m /= count;
+  // 32768 voxels: standard errors 5.5e-5 ppm (mean) and 0.4 % (std).
+  CHECK(m == Approx(0).margin(2.5e-4));
+  CHECK(std::sqrt(m2 / count - m * m) == Approx(0.01).epsilon(0.02));
+  const SynthVolume other = generate_volume(r, 6, 3);
+  CHECK(other.field != noisy.field);
+  CHECK(synth_gauss(5, 0) == synth_gauss(5, 0));
+}
+
+TEST_CASE("options are off in the paper recipe and round-trip through JSON", "[synth]") {
+  const Recipe paper;
+  CHECK(paper.rects_max == 0);
+  CHECK_FALSE(paper.additive);
+  CHECK(paper.chi_dist == "uniform");
+  CHECK(paper.b0_cone_deg == 0);
+  CHECK(paper.noise_std == 0);
+  CHECK(paper.lesion_prob == 0);
+
+  Recipe r;
+  r.rects_min = 1;
+  r.rects_max = 4;
+  r.additive = true;
+  r.chi_dist = "discrete";
+  r.chi_values = {0.1, -0.2};
+  r.chi_mean = 0.01;
+  r.chi_std = 0.02;
+  r.b0_cone_deg = 15;
+  r.noise_std = 0.003;
+  r.lesion_prob = 0.1;
+  r.lesion_chi_min = 0.3;
+  r.lesion_chi_max = 2.0;
+  const auto j = recipe_to_json(r);
+  Recipe back;
+  for (const auto& [key, value] : j.items()) REQUIRE(read_recipe_key(back, key, value, key));
+  CHECK(recipe_to_json(back) == j);
+  CHECK(j.size() == recipe_keys().size());
+  CHECK_THROWS_AS(read_recipe_key(back, "chi_values", json("x"), "data.chi_values"), Error);
+  CHECK_THROWS_AS(read_recipe_key(back, "additive", json(1), "data.additive"), Error);
+}
+
+TEST_CASE("invalid option values are refused with the key's name", "[synth]") {
+  const auto refused = [](const std::function<void(Recipe&)>& edit, const std::string& key) {
+    Recipe r = small_recipe();
+    edit(r);
+    try {
+      r.validate();
+    } catch (const Error& e) {
+      INFO(e.what());
+      CHECK(std::string(e.what()).find(key) != std::string::npos);
+      return;
+    }
+    FAIL("accepted an invalid " << key);
+  };
+  refused([](Recipe& r) { r.rects_min = -1; }, "data.rectangles");
+  refused([](Recipe& r) { r.rects_min = 4, r.rects_max = 2; }, "data.rectangles");
+  refused([](Recipe& r) { r.chi_dist = "gamma"; }, "data.chi_dist");
+  refused([](Recipe& r) { r.chi_dist = "normal", r.chi_std = -0.1; }, "data.chi_std");
+  refused([](Recipe& r) { r.chi_dist = "normal", r.chi_mean = NAN; }, "data.chi_mean");
+  refused([](Recipe& r) { r.chi_dist = "discrete"; }, "data.chi_values");
+  refused([](Recipe& r) { r.chi_dist = "discrete", r.chi_values = {INFINITY}; }, "data.chi_values");
+  refused([](Recipe& r) { r.b0_cone_deg = -1; }, "data.b0_cone_deg");
+  refused([](Recipe& r) { r.b0_cone_deg = 181; }, "data.b0_cone_deg");
+  refused([](Recipe& r) { r.noise_std = -0.01; }, "data.noise_std");
+  refused([](Recipe& r) { r.lesion_prob = 1.5; }, "data.lesion_prob");
+  refused([](Recipe& r) { r.lesion_chi_min = 2, r.lesion_chi_max = 1; }, "data.lesion_chi");
+  refused([](Recipe& r) { r.cubes_max = r.cubes_min = 0, r.spheres_max = r.spheres_min = 0; },
+          "empty counts");
+  // Boxes alone are enough to fill a volume.
+  Recipe boxes_only = small_recipe();
+  boxes_only.cubes_min = boxes_only.cubes_max = boxes_only.spheres_min = boxes_only.spheres_max = 0;
+  boxes_only.rects_min = boxes_only.rects_max = 2;
+  CHECK_NOTHROW(boxes_only.validate());
 }

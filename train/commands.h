@@ -14,5 +14,8 @@ struct Command {
 
 Command add_train_command(CLI::App& app);   // cmd_train.cpp
 Command add_config_command(CLI::App& app);  // cmd_train.cpp
+Command add_synth_command(CLI::App& app);  // cmd_synth.cpp
+Command add_eval_command(CLI::App& app);  // cmd_eval.cpp
+Command add_invert_command(CLI::App& app);  // cmd_invert.cpp
 
 }  // namespace dq

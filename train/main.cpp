@@ -50,7 +50,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.failure_message(usage_failure);
   const std::vector<dq::Command> commands = {dq::add_train_command(app),
-                                             dq::add_config_command(app)};
+                                             dq::add_config_command(app),
+                                             dq::add_synth_command(app),
+                                             dq::add_eval_command(app), dq::add_invert_command(app)};
   app.footer(
       "Examples:\n"
       "  deepqsm train                                  # the quick CPU demo\n"

@@ -1,0 +1,206 @@
+// `deepqsm synth` end to end: the HDF5 patch file has the documented layout
+// (synth/patch_file.h) and holds exactly generate_patches' patches; NIfTI
+// volumes carry the voxel size; invalid recipes end with one stderr line and
+// exit status 1, leaving no file behind.
+#include <hdf5.h>
+#include <sys/wait.h>
+
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/h5io.h"
+#include "core/nifti_io.h"
+#include "synth/recipe_json.h"
+#include "synth/synth.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using Catch::Matchers::Contains;
+using Catch::Matchers::StartsWith;
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "deepqsm-synth-XXXXXX").string();
+    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string write(const std::string& name, const std::string& text) const {
+    const fs::path p = path / name;
+    std::ofstream(p) << text;
+    return p.string();
+  }
+};
+
+struct Run {
+  int status = -1;
+  std::string out, err;
+  int code() const { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+Run run(const TempDir& dir, const std::string& args) {
+  const fs::path out = dir.path / "stdout.txt", err = dir.path / "stderr.txt";
+  const std::string cmd = std::string("'") + DEEPQSM_BINARY + "' " + args + " >'" + out.string() +
+                          "' 2>'" + err.string() + "'";
+  Run r;
+  r.status = std::system(cmd.c_str());
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+// A (3,) float64 attribute of the root group, read with the plain HDF5 API
+// as h5py would see it.
+std::vector<double> vec3_attr(const std::string& file, const char* name) {
+  const hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  REQUIRE(f >= 0);
+  const hid_t a = H5Aopen(f, name, H5P_DEFAULT);
+  REQUIRE(a >= 0);
+  const hid_t space = H5Aget_space(a);
+  hsize_t dims[1] = {0};
+  CHECK(H5Sget_simple_extent_ndims(space) == 1);
+  H5Sget_simple_extent_dims(space, dims, nullptr);
+  std::vector<double> v(dims[0]);
+  CHECK(H5Aread(a, H5T_NATIVE_DOUBLE, v.data()) >= 0);
+  H5Sclose(space);
+  H5Aclose(a);
+  H5Fclose(f);
+  return v;
+}
+
+uint64_t seed_attr(const std::string& file) {
+  const hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  REQUIRE(f >= 0);
+  const hid_t a = H5Aopen(f, "seed", H5P_DEFAULT);
+  REQUIRE(a >= 0);
+  uint64_t s = 0;
+  CHECK(H5Aread(a, H5T_NATIVE_UINT64, &s) >= 0);
+  H5Aclose(a);
+  H5Fclose(f);
+  return s;
+}
+
+const char* kTinyRecipe = R"({
+  "volume_size": 24, "cubes": [2, 4], "spheres": [2, 4], "patch_size": 8,
+  "patches_per_volume": 3, "voxel_mm": [1.0, 1.0, 1.5], "rectangles": [1, 2]
+})";
+
+}  // namespace
+
+TEST_CASE("synth writes the documented HDF5 layout", "[synth_cli]") {
+  TempDir dir;
+  const std::string cfg = dir.write("recipe.json", kTinyRecipe);
+  const std::string out = (dir.path / "patches.h5").string();
+  const std::string vols = (dir.path / "vols").string();
+  const std::string png = (dir.path / "preview.png").string();
+  const Run r = run(dir, "synth --config '" + cfg + "' --volumes 2 --out '" + out +
+                             "' --seed 11 --volumes-out '" + vols + "' --preview '" + png + "'");
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code() == 0);
+  CHECK_THAT(r.err, Contains("volumes/s"));
+  CHECK_THAT(r.out, Contains("wrote 6 (field, chi) patch pairs"));
+
+  dq::Recipe recipe;
+  const dq::json parsed = dq::json::parse(kTinyRecipe);
+  for (const auto& [key, value] : parsed.items())
+    REQUIRE(dq::read_recipe_key(recipe, key, value, key));
+  const dq::PatchSet want = dq::generate_patches(recipe, 11, 0, 2);
+
+  dq::H5File f(out, dq::H5File::Mode::read);
+  std::vector<int64_t> dims;
+  const std::vector<float> field = f.read_floats("field", &dims);
+  CHECK(dims == std::vector<int64_t>{6, 8, 8, 8});
+  const std::vector<float> chi = f.read_floats("chi", &dims);
+  CHECK(dims == std::vector<int64_t>{6, 8, 8, 8});
+  REQUIRE(field.size() == static_cast<size_t>(want.field.numel()));
+  CHECK(std::memcmp(field.data(), want.field.f32(), want.field.nbytes()) == 0);
+  CHECK(std::memcmp(chi.data(), want.chi.f32(), want.chi.nbytes()) == 0);
+  CHECK(f.read_int64s("volume", &dims) == std::vector<int64_t>{0, 0, 0, 1, 1, 1});
+  const std::vector<int64_t> corner = f.read_int64s("corner", &dims);
+  CHECK(dims == std::vector<int64_t>{6, 3});
+  const auto c = dq::draw_patch_corner(recipe, 11, 1, 2);
+  CHECK(std::vector<int64_t>(corner.begin() + 15, corner.end()) ==
+        std::vector<int64_t>(c.begin(), c.end()));
+  CHECK(f.dims("b0_dir") == std::vector<int64_t>{6, 3});
+
+  CHECK(dq::json::parse(f.attr_string("/", "recipe")) == dq::json(dq::recipe_to_json(recipe)));
+  CHECK(f.attr_string("/", "units") == "ppm");
+  CHECK(f.attr_int("/", "patch_size") == 8);
+  CHECK(vec3_attr(out, "voxel_mm") == std::vector<double>{1.0, 1.0, 1.5});
+  CHECK(vec3_attr(out, "b0_dir") == std::vector<double>{0.0, 0.0, 1.0});
+  CHECK(seed_attr(out) == 11);
+
+  // Full volumes as NIfTI, with the voxel size in the header.
+  const dq::Volume v = dq::read_nifti(vols + "/chi_0001.nii.gz");
+  CHECK(v.nx == 24);
+  CHECK(v.voxel_mm[2] == Approx(1.5));
+  const dq::SynthVolume sv = dq::generate_volume(recipe, 11, 1);
+  CHECK(v.data == sv.chi);
+  CHECK(fs::exists(vols + "/field_0000.nii.gz"));
+  CHECK(slurp(png).substr(1, 3) == "PNG");
+  // Nothing but the results: no temporary file left.
+  for (const auto& e : fs::directory_iterator(dir.path))
+    CHECK(e.path().filename().string().find(".tmp") == std::string::npos);
+}
+
+TEST_CASE("synth reads a training config's data section and seed", "[synth_cli]") {
+  TempDir dir;
+  const std::string cfg = std::string(DEEPQSM_SOURCE_DIR) + "/configs/test-tiny.json";
+  const std::string out = (dir.path / "p.h5").string();
+  const Run r = run(dir, "synth --quiet --config '" + cfg + "' --volumes 1 --out '" + out + "'");
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code() == 0);
+  CHECK(r.err.empty());
+  CHECK(seed_attr(out) == 7);  // train.seed of test-tiny.json
+  dq::H5File f(out, dq::H5File::Mode::read);
+  CHECK(f.dims("chi") == std::vector<int64_t>{4, 16, 16, 16});
+}
+
+TEST_CASE("synth refuses invalid recipes with one line", "[synth_cli]") {
+  TempDir dir;
+  struct Case {
+    const char* text;
+    const char* key;
+  };
+  const Case cases[] = {
+      {R"({"size": [0.5, 0.2]})", "data.size"},
+      {R"({"volume_size": 32, "patch_size": 64})", "data.patch_size"},
+      {R"({"cubes": [0, 0], "spheres": [0, 0]})", "empty counts"},
+      {R"({"chi_dist": "cauchy"})", "data.chi_dist"},
+      {R"({"noise_std": -1})", "data.noise_std"},
+      {R"({"sise": [0.1, 0.2]})", "data.sise"},
+      {R"({"data": {"b0_cone_deg": 200}})", "data.b0_cone_deg"},
+  };
+  int i = 0;
+  for (const Case& c : cases) {
+    const std::string cfg = dir.write("bad" + std::to_string(i++) + ".json", c.text);
+    const std::string out = (dir.path / "never.h5").string();
+    const Run r = run(dir, "synth --config '" + cfg + "' --volumes 1 --out '" + out + "'");
+    INFO(c.text << " -> stderr: " << r.err);
+    CHECK(r.code() == 1);
+    CHECK_THAT(r.err, StartsWith("deepqsm: ") && Contains(c.key));
+    CHECK(r.err.find('\n') == r.err.size() - 1);
+    CHECK_FALSE(fs::exists(out));
+  }
+  const Run r =
+      run(dir, "synth --config '" + dir.write("ok.json", "{}") + "' --volumes 0 --out x.h5");
+  CHECK(r.code() != 0);
+}
