@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "core/error.h"
 #include "core/h5io.h"
@@ -72,5 +74,90 @@ TEST_CASE("Checkpoint loading refuses foreign files", "[checkpoint]") {
   }
   SECTION("a missing file") {
     CHECK_THROWS_AS(load_checkpoint(temp_path("does-not-exist.h5")), Error);
+  }
+}
+
+namespace {
+// Saves a small checkpoint with recognisable values and returns its path.
+std::string saved_checkpoint(const std::string& name, UNet& net, Tensor& p) {
+  const Shape flat{net.layout().total()};
+  p = Tensor::zeros(flat);
+  net.init_he(p, 11);
+  Tensor m = Tensor::zeros(flat), v = Tensor::zeros(flat);
+  std::fill(v.f32(), v.f32() + v.numel(), 1e-6f);
+  const std::string path = temp_path(name);
+  TrainingState st;
+  st.seed = 0xFEDCBA9876543210ull;  // needs all 64 bits
+  st.data_position = 5;
+  save_checkpoint(path, net, p, &m, &v, 7, "{}", st);
+  return path;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+}  // namespace
+
+TEST_CASE("Checkpoint v2 keeps the training state", "[checkpoint]") {
+  UNetConfig cfg;
+  cfg.depth = 2;
+  cfg.base_filters = 2;
+  UNet net(cfg);
+  Tensor p;
+  const std::string path = saved_checkpoint("state.h5", net, p);
+  const CheckpointData ck = load_checkpoint(path);
+  CHECK(ck.version == 2);
+  CHECK(ck.state.seed == 0xFEDCBA9876543210ull);
+  CHECK(ck.state.data_position == 5);
+  H5File f(path, H5File::Mode::read);
+  CHECK(f.attr_string("/", "checksum_params").size() == 16);
+  CHECK(f.attr_string("/", "checksum").size() == 16);
+  // What deepqsm-infer reads: weights only, /params/<name> datasets.
+  CHECK(f.exists("params/enc0.conv0.w"));
+  const CheckpointData w = load_checkpoint(path, true);
+  CHECK(std::equal(p.f32(), p.f32() + p.numel(), w.params.f32()));
+}
+
+TEST_CASE("Damaged checkpoints are refused with a clear message", "[checkpoint]") {
+  UNetConfig cfg;
+  cfg.depth = 2;
+  cfg.base_filters = 2;
+  UNet net(cfg);
+  Tensor p;
+  const std::string good = saved_checkpoint("good.h5", net, p);
+  const std::string bytes = slurp(good);
+
+  SECTION("a flipped bit in a parameter") {
+    // Datasets are stored contiguously, so the first weight's bytes appear
+    // verbatim in the file; flip one bit of them.
+    const Tensor w0 = net.layout().view(p, 0);
+    const size_t at = bytes.find(std::string(static_cast<const char*>(w0.raw()), 16));
+    REQUIRE(at != std::string::npos);
+    std::string bad = bytes;
+    bad[at + 1] = static_cast<char>(bad[at + 1] ^ 0x10);
+    const std::string path = temp_path("flipped.h5");
+    std::ofstream(path, std::ios::binary) << bad;
+    CHECK_THROWS_WITH(load_checkpoint(path, true),
+                      Catch::Contains("flipped.h5") && Catch::Contains("corrupt checkpoint"));
+    CHECK_THROWS_WITH(load_checkpoint(path), Catch::Contains("corrupt checkpoint"));
+  }
+  SECTION("a flipped bit in an Adam moment") {
+    std::string bad = bytes;
+    const float one_e6 = 1e-6f;
+    const size_t at = bad.find(std::string(reinterpret_cast<const char*>(&one_e6), 4));
+    REQUIRE(at != std::string::npos);
+    bad[at] = static_cast<char>(bad[at] ^ 0x01);
+    const std::string path = temp_path("moment.h5");
+    std::ofstream(path, std::ios::binary) << bad;
+    CHECK_NOTHROW(load_checkpoint(path, true));  // the weights are intact
+    CHECK_THROWS_WITH(load_checkpoint(path), Catch::Contains("corrupt checkpoint"));
+  }
+  SECTION("a truncated file") {
+    const std::string path = temp_path("truncated.h5");
+    std::ofstream(path, std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+    CHECK_THROWS_WITH(load_checkpoint(path),
+                      Catch::Contains("truncated.h5") &&
+                          (Catch::Contains("truncated") || Catch::Contains("corrupt")));
   }
 }

@@ -205,3 +205,39 @@ TEST_CASE("load_train_config reports a missing file", "[config]") {
     CHECK_THAT(std::string(e.what()), StartsWith(path) && Contains("cannot open"));
   }
 }
+
+TEST_CASE("data source, logging and reference keys are checked", "[config]") {
+  const dq::TrainConfig d;
+  CHECK(d.source == "generator");
+  CHECK(d.refresh_every == 0);
+  CHECK(d.keep_checkpoints == 2);
+  CHECK(d.tensorboard);
+  CHECK(d.log_file == "log.jsonl");
+  CHECK_THAT(error_of(R"({"data": {"source": "tfrecord"}})"),
+             Contains("data.source") && Contains("\"hdf5\""));
+  CHECK_THAT(error_of(R"({"data": {"source": "hdf5"}})"), Contains("data.patch_file"));
+  CHECK_THAT(error_of(R"({"data": {"patch_file": "p.h5"}})"), Contains("data.patch_file"));
+  CHECK_THAT(error_of(R"({"data": {"source": "hdf5", "patch_file": "p.h5", "refresh_every": 5}})"),
+             Contains("data.refresh_every"));
+  CHECK_THAT(error_of(R"({"data": {"refresh_every": -1}})"), Contains("data.refresh_every"));
+  CHECK_THAT(error_of(R"({"data": {"patch_file": 3}})"),
+             Contains("data.patch_file: expected a string"));
+  CHECK_THAT(error_of(R"({"train": {"keep_checkpoints": 0}})"), Contains("train.keep_checkpoints"));
+  CHECK_THAT(error_of(R"({"train": {"tensorboard": "yes"}})"),
+             Contains("train.tensorboard: expected true or false"));
+  CHECK_THAT(error_of(R"({"train": {"log_file": ""}})"), Contains("train.log_file"));
+  CHECK_THAT(error_of(R"({"train": {"reference_field": "f.nii"}})"),
+             Contains("train.reference_chi"));
+  CHECK_THAT(error_of(R"({"train": {"reference_mask": "m.nii"}})"),
+             Contains("train.reference_mask"));
+  CHECK_THAT(error_of(R"({"train": {"tensorbord": true}})"),
+             Contains("train.tensorbord: unknown key") && Contains("tensorboard"));
+  const dq::TrainConfig c = dq::parse_train_config(
+      R"({"data": {"source": "hdf5", "patch_file": "p.h5"},
+          "train": {"reference_field": "f.nii", "reference_chi": "c.nii", "tensorboard": false}})",
+      "ok");
+  CHECK(c.source == "hdf5");
+  CHECK(c.patch_file == "p.h5");
+  CHECK(c.reference_chi == "c.nii");
+  CHECK_FALSE(c.tensorboard);
+}

@@ -3,9 +3,12 @@
 // threshold 0.19) on the same patches, and the run must be reproducible.
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <filesystem>
 
 #include "core/checkpoint.h"
+#include "core/h5io.h"
+#include "synth/synth.h"
 #include "train/trainer.h"
 
 using namespace dq;
@@ -67,4 +70,36 @@ TEST_CASE("Training is reproducible from the seed", "[train]") {
   CHECK(a.final_loss == b.final_loss);
   CheckpointData ca = load_checkpoint(a.checkpoint), cb = load_checkpoint(b.checkpoint);
   CHECK(std::equal(ca.params.f32(), ca.params.f32() + ca.params.numel(), cb.params.f32()));
+}
+
+TEST_CASE("Training reads patches from an HDF5 patch file", "[train]") {
+  // Patches from the generator, written in the documented layout
+  // (N, P, P, P, 1) float32 "field" and "chi".
+  TrainConfig cfg = load_train_config(std::string(DEEPQSM_SOURCE_DIR) + "/configs/test-tiny.json");
+  const PatchSet set = generate_patches(cfg.data, 99, 0, 1);
+  const auto dir = std::filesystem::temp_directory_path() / "deepqsm-test-patchfile";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string file = (dir / "patches.h5").string();
+  {
+    H5File f(file, H5File::Mode::truncate);
+    f.write_floats("field", set.field.shape().dims, set.field.f32());
+    f.write_floats("chi", set.chi.shape().dims, set.chi.f32());
+  }
+  cfg.source = "hdf5";
+  cfg.patch_file = file;
+  cfg.steps = 3;
+  cfg.tensorboard = false;
+  cfg.out_dir = (dir / "run").string();
+  TrainOptions opt;
+  opt.quiet = true;
+  const TrainResult r = run_training(cfg, opt);
+  CHECK(r.steps == 3);
+  CHECK(std::isfinite(r.final_loss));
+  CHECK(r.final_loss > 0);
+
+  // A patch side that does not match data.patch_size is refused, naming it.
+  cfg.data.patch_size = 32;
+  cfg.data.volume_size = 64;
+  CHECK_THROWS_WITH(run_training(cfg, opt), Catch::Contains("data.patch_size 32"));
 }

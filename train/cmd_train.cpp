@@ -1,11 +1,14 @@
 // `deepqsm train` and `deepqsm config {check,show}`: options wired to
 // train/config.cpp (parsing, validation) and train/trainer.cpp (the loop).
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <memory>
 #include <sstream>
 #include <string>
 
+#include "core/error.h"
+#include "train/comm.h"
 #include "train/commands.h"
 #include "train/config.h"
 #include "train/trainer.h"
@@ -37,22 +40,44 @@ std::string summary(const TrainConfig& c) {
   return os.str();
 }
 
-int run_train(const std::string& config_path, int64_t steps, const std::string& out,
-              const std::string& device, bool print_config, bool quiet) {
-  TrainConfig cfg = load_or_default(config_path, !print_config);
+struct TrainArgs {
+  std::string config_path, out, device;
+  int64_t steps = 0;
+  int gpus = 0;
+  bool resume = false, print_config = false, quiet = false;
+};
+
+int run_train(const TrainArgs& a) {
+  TrainConfig cfg = load_or_default(a.config_path, !a.print_config && !std::getenv(kRankEnv));
   TrainOptions opt;
-  opt.quiet = quiet;
+  opt.quiet = a.quiet;
+  opt.resume = a.resume;
   // Overrides go into the config itself, so --print-config and the copy
   // stored in checkpoints show what actually ran; TrainOptions carries the
   // same values for run_training's own bookkeeping.
-  if (steps > 0) cfg.steps = opt.steps_override = steps;
-  if (!out.empty()) cfg.out_dir = opt.out_dir = out;
-  if (!device.empty()) cfg.device = device;
-  if (print_config) {
+  if (a.steps > 0) cfg.steps = opt.steps_override = a.steps;
+  if (!a.out.empty()) cfg.out_dir = opt.out_dir = a.out;
+  if (!a.device.empty()) cfg.device = a.device;
+  if (a.gpus > 0) {
+    if (!a.device.empty() && a.device != "gpu")
+      fail("--gpus ", a.gpus, " with --device ", a.device,
+           ": --gpus starts one GPU rank per device; on the CPU use mpirun -np N");
+    cfg.device = "gpu";
+  }
+  if (a.print_config) {
     std::cout << train_config_to_json(cfg);
     return 0;
   }
+  // The parent of --gpus N trains nothing itself: it starts N copies of this
+  // command (each sees kRankEnv and goes straight to training) and waits.
+  if (a.gpus > 0 && !std::getenv(kRankEnv)) {
+    if (launched_by_mpi())
+      fail("--gpus: this process was started by an MPI launcher, which already starts one "
+           "rank per process; drop --gpus");
+    return spawn_local_ranks(a.gpus);
+  }
   const TrainResult res = run_training(cfg, opt);
+  if (res.rank != 0) return 0;
   std::printf("trained %lld steps; final training loss %.4e ppm^2\n",
               static_cast<long long>(res.steps), res.final_loss);
   std::printf("held-out MSE %.4e ppm^2 (TKD %.4e, predicting zero %.4e)\n", res.val_mse,
@@ -64,18 +89,15 @@ int run_train(const std::string& config_path, int64_t steps, const std::string& 
 }  // namespace
 
 Command add_train_command(CLI::App& app) {
-  struct Opts {
-    std::string config_path, out, device;
-    int64_t steps = 0;
-    bool print_config = false, quiet = false;
-  };
-  auto o = std::make_shared<Opts>();
+  auto o = std::make_shared<TrainArgs>();
   CLI::App* train = app.add_subcommand(
       "train", "Train on synthetic (field, chi) patches; validate against TKD; write checkpoints.");
   train->footer(
       "Losses are MSE in ppm^2. Progress lines and checkpoints go to the output directory\n"
       "(train.out_dir); the last lines summarise the run: steps, final training loss,\n"
-      "held-out MSE of the network and of TKD, and the checkpoint path.");
+      "held-out MSE of the network and of TKD, and the checkpoint path.\n"
+      "Data parallel: `mpirun -np N deepqsm train ...` (CPU or GPU ranks) or\n"
+      "`deepqsm train --gpus N` (one node); train.batch is the global batch.");
   train
       ->add_option("--config", o->config_path,
                    "JSON config file (docs/config.md).\nDefault: the embedded quick CPU "
@@ -97,13 +119,22 @@ Command add_train_command(CLI::App& app) {
                    "Where to train; overrides train.device.\nDefault: the config's value")
       ->type_name("DEVICE")
       ->check(CLI::IsMember({"cpu", "gpu"}));
+  train
+      ->add_option("--gpus", o->gpus,
+                   "Train on N GPUs of this node: starts one process per GPU\n(NCCL, no MPI "
+                   "needed) and splits train.batch over them.\nUnder mpirun/srun leave it out: "
+                   "each launched process\nis one rank")
+      ->type_name("N")
+      ->check(CLI::PositiveNumber);
+  train->add_flag("--resume", o->resume,
+                  "Continue from the newest checkpoint in the output\ndirectory; the result is "
+                  "bit-identical to a run that\nwas never interrupted");
   train->add_flag("--print-config", o->print_config,
                   "Print the effective config (file, defaults and\noverrides) as JSON and exit");
   train->add_flag("--quiet", o->quiet, "No progress lines; only the final summary");
 
   return {train, [o] {
-            return run_train(o->config_path, o->steps, o->out, o->device, o->print_config,
-                             o->quiet);
+            return run_train(*o);
           }};
 }
 

@@ -31,15 +31,17 @@ namespace {
 const KeyTable& known_keys() {
   static const KeyTable keys = [] {
     std::vector<std::string> data = recipe_keys();
-    data.insert(data.end(), {"train_volumes", "val_volumes"});
+    data.insert(data.end(),
+                {"source", "patch_file", "refresh_every", "train_volumes", "val_volumes"});
     return KeyTable{
         {"", {"name", "model", "data", "optim", "train"}},
         {"model", {"depth", "base_filters", "dropout", "residual", "head_kernel"}},
         {"data", data},
         {"optim", {"lr", "beta1", "beta2", "eps"}},
         {"train",
-         {"steps", "batch", "device", "precision", "checkpoint_every", "validate_every",
-          "log_every", "seed", "out_dir"}},
+         {"steps", "batch", "device", "precision", "checkpoint_every", "keep_checkpoints",
+          "validate_every", "log_every", "seed", "out_dir", "log_file", "tensorboard",
+          "reference_field", "reference_chi", "reference_mask"}},
     };
   }();
   return keys;
@@ -73,7 +75,17 @@ void parse_data(const json& obj, TrainConfig& cfg) {
   for_each_key(obj, "data", known_keys(), [&](const std::string& key, const json& v,
                                               const std::string& path) {
     if (read_recipe_key(cfg.data, key, v, path)) return;
-    if (key == "train_volumes") {
+    if (key == "source") {
+      cfg.source = read_string(v, path);
+      check(cfg.source == "generator" || cfg.source == "hdf5", path,
+            "\"generator\" or \"hdf5\"", "\"" + cfg.source + "\"");
+    } else if (key == "patch_file") {
+      cfg.patch_file = read_string(v, path);
+    } else if (key == "refresh_every") {
+      cfg.refresh_every = read_int(v, path);
+      check(cfg.refresh_every >= 0, path, ">= 0 (0 = one fixed training set)",
+            std::to_string(cfg.refresh_every));
+    } else if (key == "train_volumes") {
       cfg.train_volumes = read_int(v, path);
       check(cfg.train_volumes >= 1, path, ">= 1", std::to_string(cfg.train_volumes));
     } else if (key == "val_volumes") {
@@ -121,6 +133,9 @@ void parse_train(const json& obj, TrainConfig& cfg) {
       cfg.checkpoint_every = read_int(v, path);
       check(cfg.checkpoint_every >= 0, path, ">= 0 (0 = only at the end)",
             std::to_string(cfg.checkpoint_every));
+    } else if (key == "keep_checkpoints") {
+      cfg.keep_checkpoints = read_int(v, path);
+      check(cfg.keep_checkpoints >= 1, path, ">= 1", std::to_string(cfg.keep_checkpoints));
     } else if (key == "validate_every") {
       cfg.validate_every = read_int(v, path);
       check(cfg.validate_every >= 0, path, ">= 0 (0 = only at the end)",
@@ -139,8 +154,34 @@ void parse_train(const json& obj, TrainConfig& cfg) {
     } else if (key == "out_dir") {
       cfg.out_dir = read_string(v, path);
       check(!cfg.out_dir.empty(), path, "a directory", "an empty string");
+    } else if (key == "log_file") {
+      cfg.log_file = read_string(v, path);
+      check(!cfg.log_file.empty(), path, "a file name", "an empty string");
+    } else if (key == "tensorboard") {
+      cfg.tensorboard = read_bool(v, path);
+    } else if (key == "reference_field") {
+      cfg.reference_field = read_string(v, path);
+    } else if (key == "reference_chi") {
+      cfg.reference_chi = read_string(v, path);
+    } else if (key == "reference_mask") {
+      cfg.reference_mask = read_string(v, path);
     }
   });
+}
+
+// Rules that involve more than one key.
+void check_combinations(const TrainConfig& cfg) {
+  if (cfg.source == "hdf5" && cfg.patch_file.empty())
+    fail("data.patch_file: must name an HDF5 file when data.source is \"hdf5\"");
+  if (cfg.source == "generator" && !cfg.patch_file.empty())
+    fail("data.patch_file: is only read when data.source is \"hdf5\" (it is \"generator\")");
+  if (cfg.source == "hdf5" && cfg.refresh_every > 0)
+    fail("data.refresh_every: fresh volumes need data.source \"generator\", not \"hdf5\"");
+  if (cfg.reference_field.empty() != cfg.reference_chi.empty())
+    fail(cfg.reference_field.empty() ? "train.reference_field" : "train.reference_chi",
+         ": train.reference_field and train.reference_chi go together (set both or neither)");
+  if (!cfg.reference_mask.empty() && cfg.reference_field.empty())
+    fail("train.reference_mask: needs train.reference_field and train.reference_chi");
 }
 
 // Rejects duplicate keys, which nlohmann would otherwise resolve silently by
@@ -243,6 +284,7 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
         parse_train(v, cfg);
     });
     cfg.data.validate();
+    check_combinations(cfg);
     const int64_t multiple = int64_t{1} << (cfg.model.depth - 1);
     if (cfg.data.patch_size % multiple != 0)
       fail("data.patch_size ", cfg.data.patch_size, " is not a multiple of ", multiple,
@@ -287,6 +329,9 @@ const char* default_train_config_json() {
     "b0_dir": [0.0, 0.0, 1.0],
     "dipole_k0": 0.3333333333333333,
     "pad": 0,
+    "source": "generator",
+    "patch_file": "",
+    "refresh_every": 0,
     "train_volumes": 8,
     "val_volumes": 1
   },
@@ -302,10 +347,16 @@ const char* default_train_config_json() {
     "device": "cpu",
     "precision": "fp32",
     "checkpoint_every": 100,
+    "keep_checkpoints": 2,
     "validate_every": 100,
     "log_every": 10,
     "seed": 1,
-    "out_dir": "runs/smoke-cpu"
+    "out_dir": "runs/smoke-cpu",
+    "log_file": "log.jsonl",
+    "tensorboard": true,
+    "reference_field": "",
+    "reference_chi": "",
+    "reference_mask": ""
   }
 }
 )json";
@@ -322,6 +373,9 @@ std::string train_config_to_json(const TrainConfig& cfg) {
                 {"residual", cfg.model.residual},
                 {"head_kernel", cfg.model.head_kernel}};
   j["data"] = recipe_to_json(cfg.data);
+  j["data"]["source"] = cfg.source;
+  j["data"]["patch_file"] = cfg.patch_file;
+  j["data"]["refresh_every"] = cfg.refresh_every;
   j["data"]["train_volumes"] = cfg.train_volumes;
   j["data"]["val_volumes"] = cfg.val_volumes;
   j["optim"] = {{"lr", float_json(cfg.optim.lr)},
@@ -333,10 +387,16 @@ std::string train_config_to_json(const TrainConfig& cfg) {
                 {"device", cfg.device},
                 {"precision", cfg.precision},
                 {"checkpoint_every", cfg.checkpoint_every},
+                {"keep_checkpoints", cfg.keep_checkpoints},
                 {"validate_every", cfg.validate_every},
                 {"log_every", cfg.log_every},
                 {"seed", cfg.seed},
-                {"out_dir", cfg.out_dir}};
+                {"out_dir", cfg.out_dir},
+                {"log_file", cfg.log_file},
+                {"tensorboard", cfg.tensorboard},
+                {"reference_field", cfg.reference_field},
+                {"reference_chi", cfg.reference_chi},
+                {"reference_mask", cfg.reference_mask}};
   std::string out;
   write_pretty(j, 0, out);
   return out + "\n";

@@ -14,19 +14,27 @@ namespace dq {
 struct TrainConfig {
   std::string name = "deepqsm";
   UNetConfig model;
-  Recipe data;               // "data": the generator recipe
-  int64_t train_volumes = 8;     // volumes generated for the training set
-  int64_t val_volumes = 1;       // held-out volumes, from their own seed range
+  Recipe data;                     // "data": the generator recipe
+  std::string source = "generator";  // "generator" | "hdf5": where training patches come from
+  std::string patch_file;          // source "hdf5": datasets field, chi (N, P, P, P[, 1])
+  int64_t refresh_every = 0;       // steps; > 0: fresh train_volumes every this many steps
+  int64_t train_volumes = 8;       // volumes generated for the training set (per refresh)
+  int64_t val_volumes = 1;         // held-out volumes, from their own seed range
   AdamConfig optim;
-  std::string device = "cpu";    // "cpu" | "gpu"
+  std::string device = "cpu";      // "cpu" | "gpu"
   std::string precision = "fp32";  // "fp32" | "tf32" | "bf16" | "fp16"
   int64_t steps = 200;
-  int64_t batch = 4;
+  int64_t batch = 4;               // global batch, split evenly over the ranks
   int64_t checkpoint_every = 100;  // steps; 0 = only at the end
+  int64_t keep_checkpoints = 2;    // newest checkpoint-<step>.h5 files kept
   int64_t validate_every = 50;     // steps; 0 = only at the end
   int64_t log_every = 10;          // steps between terminal lines
   uint64_t seed = 1;
   std::string out_dir = "runs/deepqsm";
+  std::string log_file = "log.jsonl";  // JSON lines, relative to out_dir
+  bool tensorboard = true;         // event files in out_dir/tb
+  // Optional evaluation pair (NIfTI paths; evaluation only, never training).
+  std::string reference_field, reference_chi, reference_mask;
 };
 
 // Parses and validates a config. `source` names the file in error messages.

@@ -2,43 +2,61 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-
+#include <iostream>
+#include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <vector>
 
+#include "core/checkpoint.h"
 #include "core/cpu/cpu_backend.h"
 #include "core/error.h"
+#include "core/metrics.h"
+#include "core/nifti_io.h"
 #include "core/philox.h"
 #include "core/tkd.h"
+#include "cuda/check.h"
+#include "cuda/cuda_backend.h"
 #include "synth/synth.h"
-#include "core/checkpoint.h"
+#include "train/comm.h"
+#include "train/patch_source.h"
+#include "train/tensorboard.h"
 
 namespace dq {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
 
 namespace {
 
 // Held-out volumes come from their own index range, far from any training
-// volume, so the two sets never share a shape.
+// volume (streaming included: 2^40 volumes is beyond any run), so the two
+// sets never share a shape.
 constexpr int64_t kValidationVolumeBase = int64_t{1} << 40;
 constexpr uint64_t kBatchPurpose = 1, kDropoutPurpose = 2, kInitPurpose = 3;
 
-std::unique_ptr<Backend> make_backend(const std::string& device) {
-  if (device == "cpu") return make_cpu_backend();
-  fail("train.device '", device,
-       "': this build trains on the CPU backend only (the CUDA training path is not wired yet); "
-       "use --device cpu");
-}
-
-// Copies patches idx[0..B) of a (N, P, P, P, 1) host set into a (B, P, P, P, 1) tensor.
-void gather(const Tensor& set, const std::vector<int64_t>& idx, Tensor& out) {
-  int64_t per = set.numel() / set.dim(0);
-  for (size_t b = 0; b < idx.size(); ++b)
-    std::copy(set.f32() + idx[b] * per, set.f32() + (idx[b] + 1) * per,
-              out.f32() + static_cast<int64_t>(b) * per);
+// Called after the communicator, which has made this rank's GPU current.
+std::unique_ptr<Backend> make_backend(const TrainConfig& cfg) {
+  if (cfg.device == "cpu") {
+    if (cfg.precision != "fp32")
+      fail("train.precision \"", cfg.precision,
+           "\": the CPU backend trains in fp32 only; use \"fp32\" or train.device \"gpu\"");
+    return make_cpu_backend();
+  }
+  if (cfg.precision == "fp16")
+    fail("train.precision \"fp16\": the trainer does not drive dynamic loss scaling yet, "
+         "without which fp16 gradients underflow; use \"bf16\", \"tf32\" or \"fp32\"");
+  CudaBackendOptions o;
+  DQ_CUDA(cudaGetDevice(&o.device));
+  o.precision = cfg.precision;
+  return make_cuda_backend(o);
 }
 
 double mse(const float* a, const float* b, int64_t n) {
@@ -54,162 +72,536 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
+std::string checkpoint_name(int64_t step) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "checkpoint-%08lld.h5", static_cast<long long>(step));
+  return buf;
+}
+
+// Step of "checkpoint-<digits>.h5", or -1 for any other name.
+int64_t checkpoint_step(const std::string& name) {
+  const std::string pre = "checkpoint-", post = ".h5";
+  if (name.size() <= pre.size() + post.size() || name.compare(0, pre.size(), pre) != 0 ||
+      name.compare(name.size() - post.size(), post.size(), post) != 0)
+    return -1;
+  const std::string digits = name.substr(pre.size(), name.size() - pre.size() - post.size());
+  if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return -1;
+  return std::stoll(digits);
+}
+
+std::map<int64_t, fs::path> step_checkpoints(const std::string& dir) {
+  std::map<int64_t, fs::path> found;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const int64_t s = checkpoint_step(e.path().filename().string());
+    if (s >= 0 && e.is_regular_file()) found[s] = e.path();
+  }
+  return found;
+}
+
+// Keys that may change between a run and its resumption without changing
+// the trajectory: how long, where, how often to report, and on what device.
+// Everything else (model, data, optimiser, seed, batch, precision) must match.
+const std::set<std::string>& resume_free_keys() {
+  static const std::set<std::string> keys = {
+      "name",           "train.steps",        "train.out_dir",        "train.checkpoint_every",
+      "train.keep_checkpoints", "train.validate_every", "train.log_every", "train.log_file",
+      "train.tensorboard", "train.reference_field", "train.reference_chi",
+      "train.reference_mask", "train.device"};
+  return keys;
+}
+
+void check_resumable(const std::string& path, const std::string& stored, const TrainConfig& cfg) {
+  json a;
+  try {
+    a = json::parse(stored);
+  } catch (const json::exception&) {
+    fail(path, ": the stored config is not valid JSON; cannot check that --resume continues the same run");
+  }
+  const json b = json::parse(train_config_to_json(cfg));
+  std::vector<std::string> diffs;
+  std::set<std::string> paths;
+  auto collect = [&](const json& j) {
+    for (const auto& [k, v] : j.items()) {
+      if (v.is_object())
+        for (const auto& [k2, v2] : v.items()) paths.insert(k + "." + k2);
+      else
+        paths.insert(k);
+    }
+  };
+  collect(a);
+  collect(b);
+  for (const std::string& p : paths) {
+    if (resume_free_keys().count(p)) continue;
+    std::string pointer = "/" + p;
+    const size_t dot = pointer.find('.');
+    if (dot != std::string::npos) pointer[dot] = '/';
+    const json::json_pointer ptr(pointer);
+    const bool ina = a.contains(ptr), inb = b.contains(ptr);
+    if (ina != inb || (ina && a.at(ptr) != b.at(ptr))) {
+      diffs.push_back(p + " (checkpoint " + (ina ? a.at(ptr).dump() : "absent") + ", now " +
+                      (inb ? b.at(ptr).dump() : "absent") + ")");
+    }
+  }
+  if (!diffs.empty()) {
+    std::string list;
+    for (const std::string& d : diffs) list += (list.empty() ? "" : "; ") + d;
+    fail("--resume: ", path, " was trained with a different config: ", list,
+         ". Only train.steps, out_dir, device and the reporting keys may change on resume");
+  }
+}
+
+// Per-patch means of the image metrics over (N, P, P, P, 1) patches; patches
+// whose reference is constant (all background) have no NRMSE or SSIM and are
+// skipped for those, but count for the MSE.
+struct PatchMetrics {
+  double mse = 0, nrmse = 0, hfen = 0, xsim = 0;
+  int64_t scored = 0;  // patches with a non-constant reference
+};
+
+PatchMetrics patch_metrics(const float* pred, const Tensor& ref, const Recipe& r) {
+  const int64_t n = ref.dim(0), P = ref.dim(1), per = ref.numel() / n;
+  PatchMetrics pm;
+  pm.mse = mse(pred, ref.f32(), ref.numel());
+  for (int64_t i = 0; i < n; ++i) {
+    const float* t = ref.f32() + i * per;
+    const auto [lo, hi] = std::minmax_element(t, t + per);
+    if (*lo == *hi) continue;
+    const Metrics m = compute_metrics(pred + i * per, t, nullptr, P, P, P, r.voxel_mm);
+    pm.nrmse += m.nrmse;
+    pm.hfen += m.hfen;
+    pm.xsim += m.xsim;
+    ++pm.scored;
+  }
+  if (pm.scored > 0) {
+    pm.nrmse /= static_cast<double>(pm.scored);
+    pm.hfen /= static_cast<double>(pm.scored);
+    pm.xsim /= static_cast<double>(pm.scored);
+  }
+  return pm;
+}
+
+// The optional evaluation pair, read once: field and reference chi (ppm),
+// an optional mask, zero-padded at the far end of each axis to the U-Net's
+// side multiple.
+struct ReferencePair {
+  Volume field, chi;
+  std::vector<uint8_t> mask;  // empty: every voxel
+  int64_t pd = 0, ph = 0, pw = 0;
+};
+
+bool same_grid(const Volume& a, const Volume& b) {
+  return a.nx == b.nx && a.ny == b.ny && a.nz == b.nz;
+}
+
+ReferencePair load_reference(const TrainConfig& cfg, int64_t multiple) {
+  ReferencePair r;
+  r.field = read_nifti(cfg.reference_field);
+  r.chi = read_nifti(cfg.reference_chi);
+  if (!same_grid(r.field, r.chi))
+    fail("train.reference_chi ", cfg.reference_chi, " has a different grid than train.reference_field");
+  if (!cfg.reference_mask.empty()) {
+    const Volume m = read_nifti(cfg.reference_mask);
+    if (!same_grid(m, r.field))
+      fail("train.reference_mask ", cfg.reference_mask, " has a different grid than train.reference_field");
+    r.mask.resize(m.data.size());
+    for (size_t i = 0; i < m.data.size(); ++i) r.mask[i] = m.data[i] != 0.0f;
+  }
+  auto up = [&](int64_t n) { return (n + multiple - 1) / multiple * multiple; };
+  r.pd = up(r.field.nz);
+  r.ph = up(r.field.ny);
+  r.pw = up(r.field.nx);
+  return r;
+}
+
 struct Trainer {
   const TrainConfig& cfg;
   const TrainOptions& opt;
+  std::unique_ptr<Communicator> comm;
   std::unique_ptr<Backend> be;
-  UNet net;
-  Tensor params, grads, m, v;          // on the backend's device, layout of net
-  Tensor batch_field, batch_chi, pred, dpred;  // (B, P, P, P, 1)
-  PatchSet train_set, val_set;
+  UNet net, eval_net;                // eval_net keeps validation buffers apart from training's
+  std::unique_ptr<UNet> ref_net;     // the reference volume's (large) buffers, if any
+  Tensor params, m, v;               // on the backend's device, layout of net
+  Tensor reduce_buf, grads, loss_slot;  // reduce_buf = [grads | loss | pad]
+  std::unique_ptr<PatchSource> source;
+  PatchSet val_set;
+  std::unique_ptr<ReferencePair> reference;
   std::ofstream log;
+  std::unique_ptr<TensorBoardWriter> tb;
   std::string out_dir;
   const std::string config_json;
+  bool lead = true;  // rank 0: validates, logs, writes checkpoints
+  bool tty = false;
 
   Trainer(const TrainConfig& c, const TrainOptions& o)
-      : cfg(c), opt(o), be(make_backend(c.device)), net(c.model), config_json(train_config_to_json(c)) {}
+      : cfg(c), opt(o), comm(make_communicator(c.device)), be(make_backend(c)), net(c.model),
+        eval_net(c.model), config_json(train_config_to_json(c)) {
+    lead = comm->rank() == 0;
+    tty = lead && !opt.quiet && isatty(fileno(stdout));
+  }
 
-  // Network MSE over the held-out set, in batches of the training batch size.
-  double validate() {
-    int64_t n = val_set.field.dim(0), per = val_set.field.numel() / n;
-    Shape one = val_set.field.shape();
-    double sum = 0;
+  void say(const std::string& s) const {
+    if (!lead || opt.quiet) return;
+    std::printf("%s%s\n", tty ? "\r\033[K" : "", s.c_str());
+    std::fflush(stdout);
+  }
+  void log_json(const nlohmann::json& j) {
+    if (lead) log << j.dump() << "\n" << std::flush;
+  }
+  void tb_scalars(int64_t step, const std::vector<std::pair<std::string, double>>& values) {
+    if (tb) tb->scalars(step, values);
+  }
+
+  Tensor to_host(const Tensor& t) {
+    Tensor h = Tensor::zeros(t.shape());
+    be->download(t, h);
+    return h;
+  }
+
+  PatchMetrics validate() {
+    const int64_t n = val_set.field.dim(0), per = val_set.field.numel() / n;
+    const Shape one{1, val_set.field.dim(1), val_set.field.dim(2), val_set.field.dim(3), 1};
+    Tensor x = be->alloc(one), y = be->alloc(one), host_y = Tensor::zeros(one);
+    std::vector<float> pred(static_cast<size_t>(val_set.field.numel()));
     for (int64_t i = 0; i < n; ++i) {
-      Shape s{1, one[1], one[2], one[3], 1};
-      Tensor host_x = val_set.field.slice(i * per, s);
-      Tensor x = be->alloc(s), y = be->alloc(s), host_y = Tensor::zeros(s);
-      be->upload(host_x, x);
-      net.forward(*be, params, x, y, false);
+      be->upload(val_set.field.slice(i * per, one), x);
+      eval_net.forward(*be, params, x, y, false);
       be->download(y, host_y);
-      sum += mse(host_y.f32(), val_set.chi.f32() + i * per, per);
+      std::copy(host_y.f32(), host_y.f32() + per, pred.data() + i * per);
     }
-    return sum / static_cast<double>(n);
+    return patch_metrics(pred.data(), val_set.chi, cfg.data);
   }
 
-  void save(int64_t step) {
-    Tensor hp = Tensor::zeros(params.shape()), hm = Tensor::zeros(m.shape()),
-           hv = Tensor::zeros(v.shape());
-    be->download(params, hp);
-    be->download(m, hm);
-    be->download(v, hv);
-    std::string path = out_dir + "/checkpoint.h5";
-    save_checkpoint(path, net, hp, &hm, &hv, step, config_json);
+  Metrics validate_reference(double* masked_mse) {
+    ReferencePair& r = *reference;
+    const Shape s{1, r.pd, r.ph, r.pw, 1};
+    Tensor host_x = Tensor::zeros(s), host_y = Tensor::zeros(s);
+    for (int64_t z = 0; z < r.field.nz; ++z)
+      for (int64_t yy = 0; yy < r.field.ny; ++yy)
+        std::copy_n(r.field.data.data() + (z * r.field.ny + yy) * r.field.nx, r.field.nx,
+                    host_x.f32() + (z * r.ph + yy) * r.pw);
+    Tensor x = be->alloc(s), y = be->alloc(s);
+    be->upload(host_x, x);
+    if (!ref_net) ref_net = std::make_unique<UNet>(cfg.model);
+    ref_net->forward(*be, params, x, y, false);
+    be->download(y, host_y);
+    std::vector<float> pred(r.chi.data.size());
+    for (int64_t z = 0; z < r.field.nz; ++z)
+      for (int64_t yy = 0; yy < r.field.ny; ++yy)
+        std::copy_n(host_y.f32() + (z * r.ph + yy) * r.pw, r.field.nx,
+                    pred.data() + (z * r.field.ny + yy) * r.field.nx);
+    double s2 = 0;
+    int64_t cnt = 0;
+    for (size_t i = 0; i < pred.size(); ++i) {
+      if (!r.mask.empty() && !r.mask[i]) continue;
+      s2 += (double(pred[i]) - r.chi.data[i]) * (double(pred[i]) - r.chi.data[i]);
+      ++cnt;
+    }
+    *masked_mse = cnt ? s2 / static_cast<double>(cnt) : 0.0;
+    return compute_metrics(pred.data(), r.chi.data.data(), r.mask.empty() ? nullptr : r.mask.data(),
+                           r.field.nz, r.field.ny, r.field.nx, r.field.voxel_mm);
   }
 
-  void log_json(const nlohmann::json& j) { log << j.dump() << "\n" << std::flush; }
+  // Rank 0 writes; every rank first agrees that the weights are identical,
+  // which is the data-parallel invariant (comm.h) and cheap to check here.
+  std::string save(int64_t step) {
+    const Tensor hp = to_host(params);
+    uint64_t mine = params_checksum(net, hp), lead_sum = mine;
+    comm->broadcast_bytes(&lead_sum, sizeof lead_sum, 0);
+    if (lead_sum != mine)
+      fail("rank ", comm->rank(), " holds different weights than rank 0 at step ", step,
+           " (data-parallel ranks diverged)");
+    if (!lead) return "";
+    const Tensor hm = to_host(m), hv = to_host(v);
+    const fs::path dir(out_dir);
+    const fs::path path = dir / checkpoint_name(step);
+    TrainingState st;
+    st.seed = cfg.seed;
+    st.data_position = source->position(step - 1);
+    save_checkpoint(path.string(), net, hp, &hm, &hv, step, config_json, st);
+    // checkpoint.h5 always names the newest: a hard link made under a
+    // temporary name and renamed over the old one, so readers never see a
+    // missing or partial file. A copy where links are not supported.
+    const fs::path latest = dir / "checkpoint.h5", tmp = dir / "checkpoint.h5.tmp";
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    fs::create_hard_link(path, tmp, ec);
+    if (ec) fs::copy_file(path, tmp, fs::copy_options::overwrite_existing);
+    fs::rename(tmp, latest);
+    auto all = step_checkpoints(out_dir);
+    while (static_cast<int64_t>(all.size()) > cfg.keep_checkpoints) {
+      fs::remove(all.begin()->second, ec);
+      all.erase(all.begin());
+    }
+    log_json({{"step", step}, {"event", "checkpoint"}, {"path", path.string()}});
+    return latest.string();
+  }
 };
+
+// Everything up to the loop; returns the first step to run.
+int64_t set_up(Trainer& t, TrainResult& res, int64_t steps) {
+  const TrainConfig& cfg = t.cfg;
+  const int world = t.comm->size();
+  const int64_t P = cfg.data.patch_size;
+  if (cfg.batch % world != 0)
+    fail("train.batch ", cfg.batch, " does not split evenly over ", world,
+         " ranks; make it a multiple of ", world);
+  t.net.check_input(Shape{cfg.batch / world, P, P, P, 1});
+  t.out_dir = t.opt.out_dir.empty() ? cfg.out_dir : t.opt.out_dir;
+  if (t.lead) {
+    fs::create_directories(t.out_dir);
+    const fs::path log_path = fs::path(t.out_dir) / cfg.log_file;
+    t.log.open(log_path, std::ios::app);
+    if (!t.log) fail("cannot write ", log_path.string());
+    if (cfg.tensorboard) t.tb = std::make_unique<TensorBoardWriter>(t.out_dir + "/tb");
+  }
+
+  // Parameters and optimiser state: fresh from the seed, or from the newest
+  // checkpoint (read by rank 0 and broadcast, so ranks cannot disagree).
+  const Shape flat{t.net.layout().total()};
+  Tensor hp = Tensor::zeros(flat), hm = Tensor::zeros(flat), hv = Tensor::zeros(flat);
+  int64_t start = 0;
+  if (t.opt.resume) {
+    if (t.lead) {
+      const std::string path = newest_checkpoint(t.out_dir);
+      if (path.empty())
+        fail("--resume: no checkpoint in ", t.out_dir, " (expected checkpoint-<step>.h5 files)");
+      CheckpointData ck = load_checkpoint(path);
+      if (ck.version < 2 || !ck.adam_m.defined())
+        fail("--resume: ", path, " holds no optimiser state (version ", ck.version,
+             " or weights only); it can seed inference, not continue a run");
+      check_resumable(path, ck.config_json, cfg);
+      hp = ck.params;
+      hm = ck.adam_m;
+      hv = ck.adam_v;
+      start = ck.step;
+      t.log_json({{"step", start}, {"event", "resume"}, {"path", path}});
+      t.say("resuming from " + path + " at step " + std::to_string(start));
+    }
+    t.comm->broadcast_bytes(&start, sizeof start, 0);
+  } else {
+    t.net.init_he(hp, key_for(cfg.seed, kInitPurpose));
+  }
+  res.resumed_from = start;
+  t.params = t.be->alloc(flat);
+  t.m = t.be->alloc(flat);
+  t.v = t.be->alloc(flat);
+  t.be->upload(hp, t.params);
+  t.be->upload(hm, t.m);
+  t.be->upload(hv, t.v);
+  t.comm->broadcast(t.params, 0);
+  t.comm->broadcast(t.m, 0);
+  t.comm->broadcast(t.v, 0);
+  // One buffer carries the gradient and the local loss, so one all-reduce
+  // averages both; 16 extra floats keep the layout's 64-byte alignment.
+  t.reduce_buf = t.be->alloc(Shape{flat.numel() + 16});
+  t.grads = t.reduce_buf.slice(0, flat);
+  t.loss_slot = t.reduce_buf.slice(flat.numel(), Shape{1});
+
+  // Data. Only rank 0 validates, so only it builds the held-out set.
+  auto t0 = std::chrono::steady_clock::now();
+  t.source = make_patch_source(cfg);
+  if (start < steps) t.source->prepare(start);
+  char line[512];
+  if (t.lead) {
+    t.val_set = generate_patches(cfg.data, cfg.seed, kValidationVolumeBase, cfg.val_volumes);
+    const Tensor tkd = tkd_patches(t.val_set.field, cfg.data.voxel_mm, cfg.data.b0_dir,
+                                   kTkdThreshold, cfg.data.dipole_k0);
+    const PatchMetrics tm = patch_metrics(tkd.f32(), t.val_set.chi, cfg.data);
+    res.tkd_val_mse = tm.mse;
+    std::vector<float> zeros(static_cast<size_t>(tkd.numel()), 0.0f);
+    res.zero_val_mse = mse(zeros.data(), t.val_set.chi.f32(), tkd.numel());
+    const double gen_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::snprintf(line, sizeof line,
+                  "data: %s; %lld held-out %lld^3 patches; ready in %.1f s. Held-out TKD "
+                  "(t = 0.19): MSE %.3e ppm^2, NRMSE %.1f %%, HFEN %.1f %%, XSIM %.3f; chi = 0: "
+                  "MSE %.3e",
+                  t.source->describe().c_str(), static_cast<long long>(t.val_set.field.dim(0)),
+                  static_cast<long long>(P), gen_s, tm.mse, tm.nrmse, tm.hfen, tm.xsim,
+                  res.zero_val_mse);
+    t.say(line);
+    t.log_json({{"step", start},
+                {"event", "baseline"},
+                {"tkd_val_mse", tm.mse},
+                {"tkd_val_nrmse", tm.nrmse},
+                {"tkd_val_hfen", tm.hfen},
+                {"tkd_val_xsim", tm.xsim},
+                {"zero_val_mse", res.zero_val_mse}});
+    if (!cfg.reference_field.empty())
+      t.reference = std::make_unique<ReferencePair>(load_reference(cfg, t.net.side_multiple()));
+  }
+  std::snprintf(line, sizeof line,
+                "model: U-Net depth %d, base %d filters, %lld parameters; %s; %s; global batch "
+                "%lld (%lld per rank)",
+                cfg.model.depth, cfg.model.base_filters,
+                static_cast<long long>(t.net.layout().count()), t.be->name().c_str(),
+                t.comm->name().c_str(), static_cast<long long>(cfg.batch),
+                static_cast<long long>(cfg.batch / world));
+  t.say(line);
+  return start;
+}
 
 }  // namespace
 
+std::string newest_checkpoint(const std::string& dir) {
+  const auto all = step_checkpoints(dir);
+  if (!all.empty()) return all.rbegin()->second.string();
+  const fs::path latest = fs::path(dir) / "checkpoint.h5";
+  std::error_code ec;
+  return fs::is_regular_file(latest, ec) ? latest.string() : "";
+}
+
 TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
   Trainer t(cfg, opt);
-  const int64_t steps = opt.steps_override > 0 ? opt.steps_override : cfg.steps;
-  const int64_t P = cfg.data.patch_size, B = cfg.batch;
-  t.net.check_input(Shape{B, P, P, P, 1});
-  t.out_dir = opt.out_dir.empty() ? cfg.out_dir : opt.out_dir;
-  std::filesystem::create_directories(t.out_dir);
-  t.log.open(t.out_dir + "/log.jsonl", std::ios::app);
-  if (!t.log) fail("cannot write ", t.out_dir, "/log.jsonl");
-  const bool tty = isatty(fileno(stdout)) && !opt.quiet;
-  auto say = [&](const std::string& s) {
-    if (!opt.quiet) std::printf("%s%s\n", tty ? "\r\033[K" : "", s.c_str());
-    std::fflush(stdout);
-  };
-
-  // Data: the training set and the held-out set, generated up front.
-  auto t0 = std::chrono::steady_clock::now();
-  t.train_set = generate_patches(cfg.data, cfg.seed, 0, cfg.train_volumes);
-  t.val_set = generate_patches(cfg.data, cfg.seed, kValidationVolumeBase, cfg.val_volumes);
-  double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const int64_t n_train = t.train_set.field.dim(0);
-  Tensor tkd = tkd_patches(t.val_set.field, cfg.data.voxel_mm, cfg.data.b0_dir, kTkdThreshold,
-                           cfg.data.dipole_k0);
   TrainResult res;
-  res.tkd_val_mse = mse(tkd.f32(), t.val_set.chi.f32(), tkd.numel());
-  std::vector<float> zeros(static_cast<size_t>(tkd.numel()), 0.0f);
-  res.zero_val_mse = mse(zeros.data(), t.val_set.chi.f32(), tkd.numel());
-  char line[256];
-  std::snprintf(line, sizeof line,
-                "data: %lld training and %lld held-out %lld^3 patches in %.1f s; "
-                "held-out MSE of TKD (t = 0.19) %.3e, of chi = 0 %.3e ppm^2",
-                static_cast<long long>(n_train), static_cast<long long>(t.val_set.field.dim(0)),
-                static_cast<long long>(P), gen_s, res.tkd_val_mse, res.zero_val_mse);
-  say(line);
-  std::snprintf(line, sizeof line, "model: U-Net depth %d, base %d filters, %lld parameters; %s",
-                cfg.model.depth, cfg.model.base_filters,
-                static_cast<long long>(t.net.layout().count()), t.be->name().c_str());
-  say(line);
-
-  // Parameters and optimiser state.
-  const Shape flat{t.net.layout().total()};
-  Tensor host_params = Tensor::zeros(flat);
-  t.net.init_he(host_params, key_for(cfg.seed, kInitPurpose));
-  t.params = t.be->alloc(flat);
-  t.be->upload(host_params, t.params);
-  t.grads = t.be->alloc(flat);
-  t.m = t.be->alloc(flat);
-  t.v = t.be->alloc(flat);
-  const Shape bs{B, P, P, P, 1};
-  Tensor host_field = Tensor::zeros(bs), host_chi = Tensor::zeros(bs);
-  t.batch_field = t.be->alloc(bs);
-  t.batch_chi = t.be->alloc(bs);
-  t.pred = t.be->alloc(bs);
-  t.dpred = t.be->alloc(bs);
-
-  auto start = std::chrono::steady_clock::now();
-  std::vector<int64_t> idx(static_cast<size_t>(B));
-  for (int64_t step = 0; step < steps; ++step) {
-    // Batch: B patches drawn uniformly (with replacement) from a counter RNG
-    // keyed by (seed, step), so any step's batch is known without replaying.
-    uint64_t bkey = key_for(key_for(cfg.seed, kBatchPurpose), static_cast<uint64_t>(step));
-    for (int64_t b = 0; b < B; ++b)
-      idx[static_cast<size_t>(b)] = std::min<int64_t>(
-          n_train - 1, static_cast<int64_t>(philox_uniform(bkey, static_cast<uint64_t>(b)) * n_train));
-    gather(t.train_set.field, idx, host_field);
-    gather(t.train_set.chi, idx, host_chi);
-    t.be->upload(host_field, t.batch_field);
-    t.be->upload(host_chi, t.batch_chi);
-
-    uint64_t dkey = key_for(key_for(cfg.seed, kDropoutPurpose), static_cast<uint64_t>(step));
-    t.net.forward(*t.be, t.params, t.batch_field, t.pred, true, dkey);
-    float loss = t.be->mse_loss(t.pred, t.batch_chi, &t.dpred);
-    if (!std::isfinite(loss))
-      fail("training loss became ", loss, " at step ", step + 1,
-           "; stopped without overwriting the last checkpoint (lower optim.lr?)");
-    t.net.backward(*t.be, t.params, t.dpred, t.grads);
-    t.be->adam_step(t.params, t.grads, t.m, t.v, cfg.optim, step + 1);
-    res.final_loss = loss;
-    res.steps = step + 1;
-
-    const int64_t done = step + 1;
-    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    double sps = static_cast<double>(done * B) / elapsed;
-    bool last = done == steps;
-    if (done % std::max<int64_t>(1, cfg.log_every) == 0 || last) {
-      std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4e  %.1f samples/s  ETA %s",
-                    static_cast<long long>(done), static_cast<long long>(steps), loss, sps,
-                    format_duration(elapsed / static_cast<double>(done) * static_cast<double>(steps - done)).c_str());
-      if (tty) {
-        std::printf("\r\033[K%s", line);
-        std::fflush(stdout);
-      } else if (!opt.quiet) {
-        say(line);
+  res.rank = t.comm->rank();
+  res.world = t.comm->size();
+  bool all_ranks_fail = false;
+  try {
+    const int64_t steps = opt.steps_override > 0 ? opt.steps_override : cfg.steps;
+    const int64_t start = set_up(t, res, steps);
+    res.steps = start;
+    if (start >= steps) {
+      t.say("the checkpoint is at step " + std::to_string(start) + ", not before step " +
+            std::to_string(steps) + "; nothing to train (raise --steps)");
+      if (t.lead) res.checkpoint = newest_checkpoint(t.out_dir);
+      return res;
+    }
+    const int world = t.comm->size(), rank = t.comm->rank();
+    const int64_t P = cfg.data.patch_size, G = cfg.batch, B = G / world;
+    const Shape bs{B, P, P, P, 1};
+    Tensor host_field = Tensor::zeros(bs), host_chi = Tensor::zeros(bs), host_loss = Tensor::zeros({1});
+    Tensor batch_field = t.be->alloc(bs), batch_chi = t.be->alloc(bs), pred = t.be->alloc(bs),
+           dpred = t.be->alloc(bs);
+    std::vector<int64_t> idx(static_cast<size_t>(B));
+    char line[512];
+    const auto t_start = std::chrono::steady_clock::now();
+    for (int64_t step = start; step < steps; ++step) {
+      const int64_t done = step + 1;
+      if (t.source->prepare(step))
+        t.log_json({{"step", step}, {"event", "data"}, {"block", t.source->position(step)}});
+      // The global batch: G patches drawn uniformly (with replacement) from a
+      // counter RNG keyed by (seed, step); rank r takes draws [rB, (r+1)B).
+      // With one rank that is the whole batch, so W ranks x B see exactly the
+      // patches of 1 rank x WB.
+      const int64_t n_train = t.source->size();
+      const uint64_t bkey = key_for(key_for(cfg.seed, kBatchPurpose), static_cast<uint64_t>(step));
+      for (int64_t b = 0; b < B; ++b) {
+        const uint64_t draw = static_cast<uint64_t>(rank * B + b);
+        idx[static_cast<size_t>(b)] = std::min<int64_t>(
+            n_train - 1, static_cast<int64_t>(philox_uniform(bkey, draw) * static_cast<float>(n_train)));
       }
-      t.log_json({{"step", done}, {"loss", loss}, {"samples_per_s", sps}, {"elapsed_s", elapsed}});
+      t.source->gather(idx, host_field.f32(), host_chi.f32());
+      t.be->upload(host_field, batch_field);
+      t.be->upload(host_chi, batch_chi);
+
+      // Dropout masks are keyed by rank too: each rank's patches get their
+      // own masks (as the samples of one large batch would).
+      const uint64_t dkey = key_for(
+          key_for(key_for(cfg.seed, kDropoutPurpose), static_cast<uint64_t>(step)),
+          static_cast<uint64_t>(rank));
+      t.net.forward(*t.be, t.params, batch_field, pred, true, dkey);
+      const float local_loss = t.be->mse_loss(pred, batch_chi, &dpred);
+      t.net.backward(*t.be, t.params, dpred, t.grads);
+      // Each rank's loss is the mean over its B patches; the mean over ranks
+      // of equal-sized shards is the global batch's mean, and so is the
+      // averaged gradient.
+      t.be->fill(t.loss_slot, local_loss);
+      t.comm->allreduce_mean(t.reduce_buf);
+      t.be->download(t.loss_slot, host_loss);
+      const float loss = host_loss.f32()[0];
+      if (!std::isfinite(loss)) {
+        // Every rank sees the same averaged loss and stops here together.
+        all_ranks_fail = true;
+        t.log_json({{"step", done}, {"event", "non-finite loss"}, {"loss", std::to_string(loss)}});
+        fail("training loss became ", loss, " at step ", done,
+             "; stopped before the weights were updated, the last checkpoint in ", t.out_dir,
+             " is untouched (lower optim.lr?)");
+      }
+      t.be->adam_step(t.params, t.grads, t.m, t.v, cfg.optim, done);
+      res.final_loss = loss;
+      res.steps = done;
+
+      const double elapsed =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+      const double sps = static_cast<double>((done - start) * G) / std::max(elapsed, 1e-9);
+      const bool last = done == steps;
+      if (done % cfg.log_every == 0 || last) {
+        const double eta = elapsed / static_cast<double>(done - start) * static_cast<double>(steps - done);
+        std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4e  %.1f samples/s  ETA %s",
+                      static_cast<long long>(done), static_cast<long long>(steps), loss, sps,
+                      format_duration(eta).c_str());
+        if (t.tty) {
+          std::printf("\r\033[K%s", line);
+          std::fflush(stdout);
+        } else {
+          t.say(line);
+        }
+        t.log_json({{"step", done}, {"loss", loss}, {"samples_per_s", sps}, {"elapsed_s", elapsed}});
+        t.tb_scalars(done, {{"train/loss", loss}, {"train/samples_per_s", sps}});
+      }
+      if (t.lead && ((cfg.validate_every > 0 && done % cfg.validate_every == 0) || last)) {
+        const PatchMetrics pm = t.validate();
+        res.val_mse = pm.mse;
+        res.val_nrmse = pm.nrmse;
+        res.val_hfen = pm.hfen;
+        res.val_xsim = pm.xsim;
+        std::snprintf(line, sizeof line,
+                      "validation at step %lld: MSE %.4e ppm^2 (TKD %.4e), NRMSE %.1f %%, HFEN "
+                      "%.1f %%, XSIM %.3f",
+                      static_cast<long long>(done), pm.mse, res.tkd_val_mse, pm.nrmse, pm.hfen,
+                      pm.xsim);
+        t.say(line);
+        t.log_json({{"step", done},
+                    {"val_mse", pm.mse},
+                    {"val_nrmse", pm.nrmse},
+                    {"val_hfen", pm.hfen},
+                    {"val_xsim", pm.xsim},
+                    {"tkd_val_mse", res.tkd_val_mse}});
+        t.tb_scalars(done, {{"val/mse", pm.mse},
+                            {"val/nrmse", pm.nrmse},
+                            {"val/hfen", pm.hfen},
+                            {"val/xsim", pm.xsim},
+                            {"val/tkd_mse", res.tkd_val_mse}});
+        if (t.reference) {
+          double rmse = 0;
+          const Metrics rm = t.validate_reference(&rmse);
+          std::snprintf(line, sizeof line,
+                        "reference at step %lld: MSE %.4e ppm^2, NRMSE %.1f %%, HFEN %.1f %%, "
+                        "XSIM %.3f",
+                        static_cast<long long>(done), rmse, rm.nrmse, rm.hfen, rm.xsim);
+          t.say(line);
+          t.log_json({{"step", done},
+                      {"ref_mse", rmse},
+                      {"ref_nrmse", rm.nrmse},
+                      {"ref_hfen", rm.hfen},
+                      {"ref_xsim", rm.xsim}});
+          t.tb_scalars(done, {{"ref/mse", rmse},
+                              {"ref/nrmse", rm.nrmse},
+                              {"ref/hfen", rm.hfen},
+                              {"ref/xsim", rm.xsim}});
+        }
+      }
+      if ((cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last) {
+        const std::string path = t.save(done);
+        if (t.lead) res.checkpoint = path;
+      }
     }
-    if ((cfg.validate_every > 0 && done % cfg.validate_every == 0) || last) {
-      res.val_mse = t.validate();
-      std::snprintf(line, sizeof line, "validation at step %lld: MSE %.4e ppm^2 (TKD %.4e)",
-                    static_cast<long long>(done), res.val_mse, res.tkd_val_mse);
-      say(line);
-      t.log_json({{"step", done}, {"val_mse", res.val_mse}, {"tkd_val_mse", res.tkd_val_mse}});
+    if (t.tty) std::printf("\n");
+    return res;
+  } catch (const std::exception& e) {
+    // A failure on one rank would leave the others blocked in the next
+    // collective; say why here (main() will not get the chance) and end them all.
+    if (t.comm->size() > 1 && !all_ranks_fail) {
+      std::fprintf(stderr, "%sdeepqsm: rank %d: %s\n", t.tty ? "\n" : "", t.comm->rank(), e.what());
+      std::fflush(stderr);
+      t.comm->abort(1);
     }
-    if ((cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last) {
-      t.save(done);
-      res.checkpoint = t.out_dir + "/checkpoint.h5";
-    }
+    if (t.tty) std::printf("\n");
+    throw;
   }
-  return res;
 }
 
 }  // namespace dq

@@ -1,6 +1,20 @@
-// The training loop: builds the U-Net from the config, generates the
-// synthetic training and held-out sets, runs Adam on MSE, validates against
-// TKD on the held-out patches, and writes HDF5 checkpoints.
+// The training loop: builds the U-Net from the config, draws patches from the
+// data source (train/patch_source.h), runs Adam on MSE with the global batch
+// split over the ranks of a Communicator (train/comm.h), validates on a
+// held-out synthetic set (and optionally a reference pair), logs, and writes
+// HDF5 checkpoints that a resumed run continues from bit for bit.
+//
+// What makes resume exact: every random draw is keyed by (seed, step, ...)
+// (core/philox.h), the data source is a function of the step, and the
+// checkpoint holds weights, both Adam moments, the step and the seed. Step
+// s of a resumed run therefore sees the same batch, dropout masks and
+// optimiser state as step s of an uninterrupted one.
+//
+// Output directory (train.out_dir or --out):
+//   checkpoint-<step, 8 digits>.h5   the newest train.keep_checkpoints of them
+//   checkpoint.h5                    hard link to the newest (what infer loads)
+//   log.jsonl                        one JSON object per line (train.log_file)
+//   tb/events.out.tfevents.*         TensorBoard scalars (train.tensorboard)
 #pragma once
 #include <cstdint>
 #include <string>
@@ -12,18 +26,26 @@ namespace dq {
 struct TrainOptions {
   int64_t steps_override = -1;  // --steps
   std::string out_dir;          // --out (empty: the config's out_dir)
+  bool resume = false;          // --resume: continue from the newest checkpoint in out_dir
   bool quiet = false;           // no progress line (tests)
 };
 
 struct TrainResult {
-  int64_t steps = 0;
-  double final_loss = 0;   // training loss of the last step
+  int64_t steps = 0;       // steps completed, counting those before a resume
+  int64_t resumed_from = 0;  // step of the checkpoint resumed from (0: fresh start)
+  double final_loss = 0;   // training loss of the last step (mean over the global batch)
   double val_mse = 0;      // network MSE on the held-out patches (ppm^2)
+  double val_nrmse = 0, val_hfen = 0, val_xsim = 0;  // means over held-out patches (%, %, -)
   double tkd_val_mse = 0;  // TKD (threshold 0.19) MSE on the same patches
   double zero_val_mse = 0; // MSE of predicting chi = 0 (the variance floor to beat)
-  std::string checkpoint;  // path of the last checkpoint written
+  std::string checkpoint;  // path of the last checkpoint written (rank 0)
+  int rank = 0, world = 1;
 };
 
 TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt);
+
+// The newest checkpoint in `dir` (highest step among checkpoint-*.h5, else
+// checkpoint.h5), or "" when there is none.
+std::string newest_checkpoint(const std::string& dir);
 
 }  // namespace dq

@@ -1,0 +1,205 @@
+// Exact resumption (train/trainer.h): N steps straight and N/2 + --resume
+// give bit-identical checkpoints; a run killed with SIGKILL resumes from its
+// last checkpoint and ends where an uninterrupted run ends; a NaN loss stops
+// the run naming the step and leaves the last good checkpoint alone; resume
+// refuses damaged checkpoints and changed configs.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "core/checkpoint.h"
+#include "core/error.h"
+#include "train/trainer.h"
+
+using namespace dq;
+namespace fs = std::filesystem;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// A U-Net small enough that a step takes milliseconds. Streaming blocks of
+// 3 steps make the resumed half start inside a block, so the data position
+// is exercised too.
+TrainConfig tiny(const std::string& out) {
+  TrainConfig cfg = load_train_config(std::string(DEEPQSM_SOURCE_DIR) + "/configs/test-tiny.json");
+  cfg.refresh_every = 3;
+  cfg.steps = 8;
+  cfg.checkpoint_every = 2;
+  cfg.validate_every = 0;
+  cfg.tensorboard = false;
+  cfg.out_dir = (fs::temp_directory_path() / out).string();
+  fs::remove_all(cfg.out_dir);
+  return cfg;
+}
+
+void require_same(const CheckpointData& a, const CheckpointData& b) {
+  REQUIRE(a.step == b.step);
+  REQUIRE(a.params.numel() == b.params.numel());
+  CHECK(std::memcmp(a.params.raw(), b.params.raw(), a.params.nbytes()) == 0);
+  CHECK(std::memcmp(a.adam_m.raw(), b.adam_m.raw(), a.adam_m.nbytes()) == 0);
+  CHECK(std::memcmp(a.adam_v.raw(), b.adam_v.raw(), a.adam_v.nbytes()) == 0);
+  CHECK(a.state.seed == b.state.seed);
+  CHECK(a.state.data_position == b.state.data_position);
+}
+
+std::string write_config(const TrainConfig& cfg, const std::string& name) {
+  const fs::path p = fs::temp_directory_path() / name;
+  std::ofstream(p) << train_config_to_json(cfg);
+  return p.string();
+}
+
+// Starts the deepqsm binary with output to files; returns its pid.
+pid_t start_binary(const std::vector<std::string>& args, const std::string& log) {
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    std::vector<char*> argv{const_cast<char*>(DEEPQSM_BINARY)};
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(DEEPQSM_BINARY, argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int wait_exit(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace
+
+TEST_CASE("N steps straight and N/2 + resume give bit-identical checkpoints", "[resume]") {
+  TrainOptions opt;
+  opt.quiet = true;
+  TrainConfig straight = tiny("deepqsm-test-resume-a");
+  const TrainResult a = run_training(straight, opt);
+  REQUIRE(a.steps == 8);
+
+  TrainConfig split = tiny("deepqsm-test-resume-b");
+  TrainOptions half = opt;
+  half.steps_override = 4;
+  REQUIRE(run_training(split, half).steps == 4);
+  TrainOptions rest = opt;
+  rest.resume = true;
+  const TrainResult b = run_training(split, rest);
+  CHECK(b.resumed_from == 4);
+  CHECK(b.steps == 8);
+  CHECK(b.final_loss == a.final_loss);
+
+  const CheckpointData ca = load_checkpoint(a.checkpoint), cb = load_checkpoint(b.checkpoint);
+  require_same(ca, cb);
+  CHECK(ca.state.data_position == 2);  // step 8 is in streaming block 7 / 3 = 2
+  // keep_checkpoints (2) newest step files remain, plus checkpoint.h5.
+  CHECK(newest_checkpoint(split.out_dir) == split.out_dir + "/checkpoint-00000008.h5");
+  CHECK_FALSE(fs::exists(split.out_dir + "/checkpoint-00000004.h5"));
+  CHECK(fs::exists(split.out_dir + "/checkpoint-00000006.h5"));
+
+  SECTION("resuming a finished run trains nothing") {
+    const TrainResult c = run_training(split, rest);
+    CHECK(c.steps == 8);
+    require_same(load_checkpoint(c.checkpoint), cb);
+  }
+  SECTION("a changed config is refused, naming the key") {
+    TrainConfig changed = split;
+    changed.optim.lr = 5e-4f;
+    changed.steps = 10;
+    CHECK_THROWS_WITH(run_training(changed, rest),
+                      Contains("different config") && Contains("optim.lr"));
+  }
+}
+
+TEST_CASE("A run killed with SIGKILL resumes from its last checkpoint", "[resume]") {
+  TrainConfig cfg = tiny("deepqsm-test-kill");
+  cfg.steps = 1000000;  // runs until killed
+  cfg.checkpoint_every = 3;
+  cfg.log_every = 1000;
+  const std::string config = write_config(cfg, "deepqsm-test-kill.json");
+  const std::string log = (fs::temp_directory_path() / "deepqsm-test-kill.log").string();
+  const pid_t pid = start_binary({"train", "--config", config, "--quiet"}, log);
+  // Kill once a checkpoint past the first exists, i.e. mid-way between two.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (newest_checkpoint(cfg.out_dir).find("checkpoint-00000006") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  kill(pid, SIGKILL);
+  REQUIRE(wait_exit(pid) == 128 + SIGKILL);
+
+  const std::string newest = newest_checkpoint(cfg.out_dir);
+  REQUIRE_FALSE(newest.empty());
+  const int64_t k = load_checkpoint(newest).step;  // valid despite the kill: written atomically
+  REQUIRE(k >= 6);
+  const int64_t target = k + 4;
+
+  const pid_t resumed = start_binary({"train", "--config", config, "--resume", "--quiet", "--steps",
+                                      std::to_string(target)},
+                                     log);
+  REQUIRE(wait_exit(resumed) == 0);
+
+  TrainConfig straight = tiny("deepqsm-test-kill-straight");
+  straight.checkpoint_every = 3;
+  straight.steps = target;
+  TrainOptions opt;
+  opt.quiet = true;
+  const TrainResult s = run_training(straight, opt);
+  require_same(load_checkpoint(newest_checkpoint(cfg.out_dir)), load_checkpoint(s.checkpoint));
+}
+
+TEST_CASE("A non-finite loss stops the run naming the step", "[resume]") {
+  TrainConfig cfg = tiny("deepqsm-test-nan");
+  // Adam's first step moves every weight by about lr: 1e30 overflows the
+  // next forward pass.
+  cfg.optim.lr = 1e30f;
+  cfg.checkpoint_every = 1;
+  cfg.steps = 20;
+  TrainOptions opt;
+  opt.quiet = true;
+  int64_t bad_step = -1;
+  try {
+    run_training(cfg, opt);
+    FAIL("training with lr 1e30 did not stop");
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    INFO(msg);
+    CHECK_THAT(msg, Contains("training loss became") && Contains("at step"));
+    bad_step = std::stoll(msg.substr(msg.find("at step ") + 8));
+  }
+  REQUIRE(bad_step >= 2);
+  // The last good checkpoint is the step before, intact.
+  const CheckpointData ck = load_checkpoint(newest_checkpoint(cfg.out_dir));
+  CHECK(ck.step == bad_step - 1);
+  CHECK(load_checkpoint(cfg.out_dir + "/checkpoint.h5").step == bad_step - 1);
+}
+
+TEST_CASE("Resume refuses damaged checkpoints and empty folders", "[resume]") {
+  TrainConfig cfg = tiny("deepqsm-test-resume-damaged");
+  cfg.steps = 2;
+  TrainOptions opt;
+  opt.quiet = true;
+  TrainOptions resume = opt;
+  resume.resume = true;
+  CHECK_THROWS_WITH(run_training(cfg, resume), Contains("no checkpoint in"));
+
+  const std::string path = run_training(cfg, opt).checkpoint;
+  const std::string step_file = newest_checkpoint(cfg.out_dir);
+  // checkpoint.h5 is a hard link to the step file; break the link first so
+  // damaging one leaves the other intact for the comparison.
+  fs::remove(path);
+  const auto size = fs::file_size(step_file);
+  fs::resize_file(step_file, size / 2);
+  cfg.steps = 4;
+  CHECK_THROWS_WITH(run_training(cfg, resume),
+                    Contains(step_file) && (Contains("truncated") || Contains("corrupt")));
+}

@@ -1,0 +1,264 @@
+// The single-process and MPI communicators, the factory that picks one, and
+// the local spawner behind `deepqsm train --gpus N` (train/comm.h).
+#include <mpi.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <vector>
+
+#include "core/error.h"
+#include "train/comm.h"
+
+namespace dq {
+
+namespace {
+
+class SingleCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::string name() const override { return "single process"; }
+  void allreduce_mean(Tensor&) override {}
+  void broadcast(Tensor&, int) override {}
+  void broadcast_bytes(void*, size_t, int) override {}
+  void barrier() override {}
+  [[noreturn]] void abort(int code) override { std::_Exit(code); }
+};
+
+// MPI_Init / MPI_Finalize, shared by whichever communicator uses MPI.
+struct MpiSession {
+  int rank = 0, size = 1;
+  MpiSession() {
+    int initialised = 0;
+    MPI_Initialized(&initialised);
+    if (!initialised) {
+      // FUNNELED: only the main thread calls MPI (oneDNN's threads never do).
+      int provided = 0;
+      if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+        fail("MPI_Init_thread failed; is this process started by mpirun or srun?");
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+  }
+  ~MpiSession() {
+    int finalised = 0;
+    MPI_Finalized(&finalised);
+    if (!finalised) MPI_Finalize();
+  }
+  // Rank among the processes on this node, for picking a GPU.
+  int local_rank() const {
+    MPI_Comm node;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
+    int r = 0;
+    MPI_Comm_rank(node, &r);
+    MPI_Comm_free(&node);
+    return r;
+  }
+};
+
+void mpi_check(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  fail(what, " failed: ", std::string(msg, static_cast<size_t>(len)));
+}
+
+class MpiCommunicator final : public Communicator {
+ public:
+  explicit MpiCommunicator(std::shared_ptr<MpiSession> s) : s_(std::move(s)) {}
+  int rank() const override { return s_->rank; }
+  int size() const override { return s_->size; }
+  std::string name() const override {
+    return "mpi, " + std::to_string(s_->size) + (s_->size == 1 ? " rank" : " ranks");
+  }
+  void allreduce_mean(Tensor& buf) override {
+    DQ_CHECK(buf.device() == Device::cpu, "the MPI communicator reduces host buffers only");
+    float* p = buf.f32();
+    // MPI counts are int; chunking keeps buffers beyond 2^31 elements correct.
+    for (int64_t off = 0; off < buf.numel(); off += INT_MAX) {
+      const int n = static_cast<int>(std::min<int64_t>(INT_MAX, buf.numel() - off));
+      mpi_check(MPI_Allreduce(MPI_IN_PLACE, p + off, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
+                "MPI_Allreduce");
+    }
+    if (s_->size > 1) {
+      const float inv = 1.0f / static_cast<float>(s_->size);
+      for (int64_t i = 0; i < buf.numel(); ++i) p[i] *= inv;
+    }
+  }
+  void broadcast(Tensor& buf, int root) override {
+    DQ_CHECK(buf.device() == Device::cpu, "the MPI communicator broadcasts host buffers only");
+    broadcast_bytes(buf.raw(), buf.nbytes(), root);
+  }
+  void broadcast_bytes(void* data, size_t n, int root) override {
+    char* p = static_cast<char*>(data);
+    for (size_t off = 0; off < n; off += INT_MAX) {
+      const int len = static_cast<int>(std::min<size_t>(INT_MAX, n - off));
+      mpi_check(MPI_Bcast(p + off, len, MPI_BYTE, root, MPI_COMM_WORLD), "MPI_Bcast");
+    }
+  }
+  void barrier() override { mpi_check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+  [[noreturn]] void abort(int code) override {
+    MPI_Abort(MPI_COMM_WORLD, code);
+    std::_Exit(code);
+  }
+
+ private:
+  std::shared_ptr<MpiSession> s_;
+};
+
+// NCCL ranks bootstrapped over MPI: the NCCL communicator does all the work;
+// this only keeps MPI alive until NCCL is torn down (members are destroyed
+// in reverse order, NCCL first).
+class MpiHostedCommunicator final : public Communicator {
+ public:
+  MpiHostedCommunicator(std::shared_ptr<MpiSession> s, std::unique_ptr<Communicator> inner)
+      : s_(std::move(s)), inner_(std::move(inner)) {}
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  std::string name() const override { return inner_->name() + " (bootstrapped over MPI)"; }
+  void allreduce_mean(Tensor& buf) override { inner_->allreduce_mean(buf); }
+  void broadcast(Tensor& buf, int root) override { inner_->broadcast(buf, root); }
+  void broadcast_bytes(void* data, size_t n, int root) override {
+    inner_->broadcast_bytes(data, n, root);
+  }
+  void barrier() override { inner_->barrier(); }
+  [[noreturn]] void abort(int code) override {
+    MPI_Abort(MPI_COMM_WORLD, code);
+    std::_Exit(code);
+  }
+
+ private:
+  std::shared_ptr<MpiSession> s_;
+  std::unique_ptr<Communicator> inner_;
+};
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const long x = std::strtol(v, &end, 10);
+  if (*end != '\0' || x < 0 || x > INT_MAX) fail("environment variable ", name, "='", v, "' is not a rank");
+  return static_cast<int>(x);
+}
+
+std::vector<std::string> own_command_line() {
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  if (!in) fail("--gpus: cannot read /proc/self/cmdline to re-run this command per GPU");
+  std::vector<std::string> args;
+  std::string arg;
+  while (std::getline(in, arg, '\0')) args.push_back(arg);
+  if (args.empty()) fail("--gpus: /proc/self/cmdline is empty");
+  return args;
+}
+
+}  // namespace
+
+bool launched_by_mpi() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE",
+                        "MV2_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
+std::unique_ptr<Communicator> make_communicator(const std::string& device) {
+  const bool gpu = device == "gpu";
+  if (std::getenv(kRankEnv)) {
+    // A child of spawn_local_ranks: the id is in a file, no MPI at all.
+    if (!gpu) fail(kRankEnv, " is set but train.device is not \"gpu\"; --gpus spawns GPU ranks only");
+    const int rank = env_int(kRankEnv, 0), size = env_int(kWorldEnv, 1);
+    const char* id_file = std::getenv(kNcclIdEnv);
+    if (!id_file) fail(kRankEnv, " is set without ", kNcclIdEnv);
+    std::vector<char> id(nccl_unique_id_bytes());
+    std::ifstream in(id_file, std::ios::binary);
+    if (!in.read(id.data(), static_cast<std::streamsize>(id.size())))
+      fail(id_file, ": cannot read the NCCL unique id");
+    return make_nccl_communicator(rank, size, rank, id.data(), id.size());
+  }
+  if (!launched_by_mpi()) {
+    if (gpu) {
+      std::vector<char> id(nccl_unique_id_bytes());
+      nccl_new_unique_id(id.data());
+      return make_nccl_communicator(0, 1, 0, id.data(), id.size());
+    }
+    return std::make_unique<SingleCommunicator>();
+  }
+  auto session = std::make_shared<MpiSession>();
+  if (!gpu) return std::make_unique<MpiCommunicator>(session);
+  // MPI only shares the NCCL id; tensors travel over NCCL.
+  std::vector<char> id(nccl_unique_id_bytes());
+  if (session->rank == 0) nccl_new_unique_id(id.data());
+  mpi_check(MPI_Bcast(id.data(), static_cast<int>(id.size()), MPI_BYTE, 0, MPI_COMM_WORLD),
+            "MPI_Bcast of the NCCL id");
+  auto nccl = make_nccl_communicator(session->rank, session->size, session->local_rank(),
+                                     id.data(), id.size());
+  return std::make_unique<MpiHostedCommunicator>(session, std::move(nccl));
+}
+
+int spawn_local_ranks(int n) {
+  if (n < 1) fail("--gpus ", n, ": must be at least 1");
+  const std::vector<std::string> args = own_command_line();
+  std::string tmpl = (std::getenv("TMPDIR") ? std::string(std::getenv("TMPDIR")) : "/tmp") +
+                     "/deepqsm-nccl-id-XXXXXX";
+  const int fd = mkstemp(tmpl.data());
+  if (fd < 0) fail("--gpus: cannot create a file for the NCCL id in ", tmpl);
+  std::vector<char> id(nccl_unique_id_bytes());
+  nccl_new_unique_id(id.data());
+  const bool written = write(fd, id.data(), id.size()) == static_cast<ssize_t>(id.size());
+  close(fd);
+  if (!written) {
+    unlink(tmpl.c_str());
+    fail("--gpus: cannot write the NCCL id to ", tmpl);
+  }
+
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  std::fflush(nullptr);
+  std::vector<pid_t> children;
+  for (int r = 0; r < n; ++r) {
+    const pid_t pid = fork();
+    if (pid < 0) {
+      for (pid_t c : children) kill(c, SIGTERM);
+      for (pid_t c : children) waitpid(c, nullptr, 0);
+      unlink(tmpl.c_str());
+      fail("--gpus: fork failed for rank ", r);
+    }
+    if (pid == 0) {
+      setenv(kRankEnv, std::to_string(r).c_str(), 1);
+      setenv(kWorldEnv, std::to_string(n).c_str(), 1);
+      setenv(kNcclIdEnv, tmpl.c_str(), 1);
+      execv("/proc/self/exe", argv.data());
+      std::perror("deepqsm: --gpus: exec failed");
+      std::_Exit(127);
+    }
+    children.push_back(pid);
+  }
+  int result = 0;
+  std::vector<pid_t> running = children;
+  while (!running.empty()) {
+    int status = 0;
+    const pid_t done = wait(&status);
+    if (done < 0) break;
+    running.erase(std::remove(running.begin(), running.end(), done), running.end());
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (code != 0 && result == 0) {
+      result = code;
+      // The survivors would wait in NCCL for the dead rank forever.
+      for (pid_t c : running) kill(c, SIGTERM);
+    }
+  }
+  unlink(tmpl.c_str());
+  return result;
+}
+
+}  // namespace dq

@@ -1,0 +1,115 @@
+// The NCCL communicator (train/comm.h): one process per GPU, tensors reduced
+// on the device. The unique id arrives from the caller (over MPI or a file),
+// so this file needs neither MPI nor a launcher.
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/error.h"
+#include "cuda/check.h"
+#include "train/comm.h"
+
+#define DQ_NCCL(call)                                                                  \
+  do {                                                                                 \
+    ncclResult_t r_ = (call);                                                          \
+    if (r_ != ncclSuccess)                                                             \
+      ::dq::fail(__FILE__, ":", __LINE__, ": ", #call, ": ", ncclGetErrorString(r_));  \
+  } while (0)
+
+namespace dq {
+
+namespace {
+
+class NcclCommunicator final : public Communicator {
+ public:
+  NcclCommunicator(int rank, int size, int local_rank, const ncclUniqueId& id)
+      : rank_(rank), size_(size) {
+    int devices = 0;
+    DQ_CUDA(cudaGetDeviceCount(&devices));
+    if (devices == 0) fail("train.device \"gpu\": no CUDA device is visible to rank ", rank);
+    device_ = local_rank % devices;
+    DQ_CUDA(cudaSetDevice(device_));
+    DQ_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    DQ_CUDA(cudaMalloc(&scratch_, kScratchBytes));
+    DQ_NCCL(ncclCommInitRank(&comm_, size, id, rank));
+  }
+  ~NcclCommunicator() override {
+    if (comm_) ncclCommDestroy(comm_);
+    if (scratch_) cudaFree(scratch_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string name() const override {
+    return "nccl, " + std::to_string(size_) + (size_ == 1 ? " rank" : " ranks") + ", GPU " +
+           std::to_string(device_);
+  }
+
+  void allreduce_mean(Tensor& buf) override {
+    DQ_CHECK(buf.device() == Device::cuda, "the NCCL communicator reduces device buffers only");
+    // The gradient was written by the backend on its own stream; waiting for
+    // the device makes it complete before NCCL reads it on ours.
+    DQ_CUDA(cudaDeviceSynchronize());
+    DQ_NCCL(ncclAllReduce(buf.raw(), buf.raw(), static_cast<size_t>(buf.numel()), ncclFloat,
+                          ncclAvg, comm_, stream_));
+    DQ_CUDA(cudaStreamSynchronize(stream_));
+  }
+  void broadcast(Tensor& buf, int root) override {
+    DQ_CHECK(buf.device() == Device::cuda, "the NCCL communicator broadcasts device buffers only");
+    DQ_CUDA(cudaDeviceSynchronize());
+    DQ_NCCL(ncclBroadcast(buf.raw(), buf.raw(), buf.nbytes(), ncclChar, root, comm_, stream_));
+    DQ_CUDA(cudaStreamSynchronize(stream_));
+  }
+  void broadcast_bytes(void* data, size_t n, int root) override {
+    char* p = static_cast<char*>(data);
+    for (size_t off = 0; off < n; off += kScratchBytes) {
+      const size_t len = std::min(kScratchBytes, n - off);
+      if (rank_ == root)
+        DQ_CUDA(cudaMemcpyAsync(scratch_, p + off, len, cudaMemcpyHostToDevice, stream_));
+      DQ_NCCL(ncclBroadcast(scratch_, scratch_, len, ncclChar, root, comm_, stream_));
+      DQ_CUDA(cudaMemcpyAsync(p + off, scratch_, len, cudaMemcpyDeviceToHost, stream_));
+      DQ_CUDA(cudaStreamSynchronize(stream_));
+    }
+  }
+  void barrier() override {
+    // NCCL has no barrier; a one-element all-reduce completes only when every
+    // rank has joined it.
+    DQ_NCCL(ncclAllReduce(scratch_, scratch_, 1, ncclFloat, ncclSum, comm_, stream_));
+    DQ_CUDA(cudaStreamSynchronize(stream_));
+  }
+  [[noreturn]] void abort(int code) override {
+    if (comm_) ncclCommAbort(comm_);
+    std::_Exit(code);
+  }
+
+ private:
+  static constexpr size_t kScratchBytes = size_t{1} << 20;
+  int rank_ = 0, size_ = 1, device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  void* scratch_ = nullptr;
+  ncclComm_t comm_ = nullptr;
+};
+
+}  // namespace
+
+size_t nccl_unique_id_bytes() { return sizeof(ncclUniqueId); }
+
+void nccl_new_unique_id(void* out) {
+  ncclUniqueId id;
+  DQ_NCCL(ncclGetUniqueId(&id));
+  std::memcpy(out, &id, sizeof id);
+}
+
+std::unique_ptr<Communicator> make_nccl_communicator(int rank, int size, int local_rank,
+                                                     const void* unique_id, size_t id_bytes) {
+  DQ_CHECK(id_bytes == sizeof(ncclUniqueId), "NCCL unique id of ", id_bytes, " bytes");
+  ncclUniqueId id;
+  std::memcpy(&id, unique_id, sizeof id);
+  return std::make_unique<NcclCommunicator>(rank, size, local_rank, id);
+}
+
+}  // namespace dq
