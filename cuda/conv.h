@@ -36,6 +36,7 @@
 #include <memory>
 #include <string>
 
+#include "core/op_checks.h"
 #include "cuda/device_pool.h"
 
 namespace dq {
@@ -44,12 +45,6 @@ enum class Precision { fp32, tf32, bf16, fp16 };
 Precision precision_from_name(const std::string& name);  // "fp32"|"tf32"|"bf16"|"fp16"
 const char* precision_name(Precision p);
 
-// One layer's geometry from its input x (n, d, h, w, ci), as cpu::ConvShape:
-// a convolution (kernel k in {1, 3}) or a transposed one (kernel 2, stride 2).
-struct ConvGeometry {
-  bool transposed = false;
-  int64_t n = 0, d = 0, h = 0, w = 0, ci = 0, co = 0, k = 1;
-};
 
 enum class ConvPass { forward, backward_data, backward_filter };
 

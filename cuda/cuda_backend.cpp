@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/op_checks.h"
 #include "cuda/check.h"
 #include "cuda/conv.h"
 #include "cuda/device.h"
@@ -15,72 +16,7 @@
 namespace dq {
 namespace {
 
-void check_cuda(const Tensor& t, const char* op, const char* what) {
-  DQ_CHECK(t.device() == Device::cuda, op, ": ", what, " must be a cuda tensor, got one on ",
-           device_name(t.device()));
-  DQ_CHECK(t.defined(), op, ": ", what, " ", t.shape().str(), " has no storage");
-}
-
-void check_f32(const Tensor& t, const char* op, const char* what) {
-  check_cuda(t, op, what);
-  DQ_CHECK(t.dtype() == DType::f32, op, ": ", what,
-           " must be fp32 (the CUDA backend's interface is fp32 in every precision mode), got ",
-           dtype_name(t.dtype()));
-}
-
-void check_shape(const Tensor& t, const Shape& want, const char* op, const char* what) {
-  DQ_CHECK(t.shape() == want, op, ": ", what, " has shape ", t.shape().str(), ", expected ",
-           want.str());
-}
-
-void check_same(const Tensor& a, const Tensor& b, const char* op, const char* what_a,
-                const char* what_b) {
-  check_f32(a, op, what_a);
-  check_f32(b, op, what_b);
-  DQ_CHECK(a.shape() == b.shape(), op, ": ", what_a, " ", a.shape().str(), " and ", what_b, " ",
-           b.shape().str(), " differ in shape");
-}
-
-void check_activation(const Tensor& t, const char* op, const char* what) {
-  check_f32(t, op, what);
-  DQ_CHECK(t.shape().rank() == 5, op, ": ", what, " must be (N, D, H, W, C), got ",
-           t.shape().str());
-}
-
-void check_bias(const Tensor* b, int64_t co, const char* op, const char* what) {
-  if (!b) return;
-  check_f32(*b, op, what);
-  check_shape(*b, Shape{co}, op, what);
-}
-
-ConvGeometry conv_geometry(const Tensor& x, const Tensor& w, const char* op, const char* what_x,
-                           const char* what_w) {
-  check_activation(x, op, what_x);
-  check_f32(w, op, what_w);
-  const Shape& ws = w.shape();
-  DQ_CHECK(ws.rank() == 5 && (ws[1] == 1 || ws[1] == 3) && ws[2] == ws[1] && ws[3] == ws[1], op,
-           ": ", what_w, " must be (Co, k, k, k, Ci) with k 1 or 3, got ", ws.str());
-  DQ_CHECK(ws[4] == x.dim(4), op, ": ", what_w, " ", ws.str(), " expects ", ws[4],
-           " input channels but ", what_x, " ", x.shape().str(), " has ", x.dim(4));
-  return {false, x.dim(0), x.dim(1), x.dim(2), x.dim(3), x.dim(4), ws[0], ws[1]};
-}
-
-ConvGeometry deconv_geometry(const Tensor& x, const Tensor& w, const char* op, const char* what_x,
-                             const char* what_w) {
-  check_activation(x, op, what_x);
-  check_f32(w, op, what_w);
-  const Shape& ws = w.shape();
-  DQ_CHECK(ws.rank() == 5 && ws[1] == 2 && ws[2] == 2 && ws[3] == 2, op, ": ", what_w,
-           " must be (Ci, 2, 2, 2, Co), got ", ws.str());
-  DQ_CHECK(ws[0] == x.dim(4), op, ": ", what_w, " ", ws.str(), " expects ", ws[0],
-           " input channels but ", what_x, " ", x.shape().str(), " has ", x.dim(4));
-  return {true, x.dim(0), x.dim(1), x.dim(2), x.dim(3), x.dim(4), ws[4], 2};
-}
-
-Shape output_shape(const ConvGeometry& g) {
-  int64_t f = g.transposed ? 2 : 1;
-  return Shape{g.n, f * g.d, f * g.h, f * g.w, g.co};
-}
+constexpr Device kDev = Device::cuda;
 
 const float* fp(const Tensor& t) {
   return static_cast<const float*>(t.raw());
@@ -177,17 +113,17 @@ class CudaBackend final : public Backend {
   }
 
   void fill(Tensor& t, float value) override {
-    check_f32(t, "fill", "t");
+    check_f32(t, kDev, "fill", "t");
     cuda_fill(fp(t), value, t.numel(), stream_);
   }
 
   void axpy(float a, const Tensor& x, Tensor& y) override {
-    check_same(x, y, "axpy", "x", "y");
+    check_same(x, y, kDev, "axpy", "x", "y");
     cuda_axpy(a, fp(x), fp(y), x.numel(), stream_);
   }
 
   void scale(Tensor& x, float a) override {
-    check_f32(x, "scale", "x");
+    check_f32(x, kDev, "scale", "x");
     cuda_scale(fp(x), a, x.numel(), stream_);
   }
 
@@ -195,26 +131,26 @@ class CudaBackend final : public Backend {
   void conv3d_forward(const Tensor& x, const Tensor& w, const Tensor* b, Tensor& y,
                       bool fuse_relu) override {
     const char* op = "conv3d_forward";
-    ConvGeometry g = conv_geometry(x, w, op, "x", "w");
-    check_bias(b, g.co, op, "b");
-    check_f32(y, op, "y");
+    ConvGeometry g = conv_geometry(x, w, kDev, op, "x", "w");
+    check_bias(b, g.co, kDev, op, "b");
+    check_f32(y, kDev, op, "y");
     check_shape(y, output_shape(g), op, "y");
     conv_->forward(g, fp(x), fp(w), fp(b), fp(y), fuse_relu);
   }
 
   void conv3d_backward_data(const Tensor& dy, const Tensor& w, Tensor& dx) override {
     const char* op = "conv3d_backward_data";
-    ConvGeometry g = conv_geometry(dx, w, op, "dx", "w");
-    check_f32(dy, op, "dy");
+    ConvGeometry g = conv_geometry(dx, w, kDev, op, "dx", "w");
+    check_f32(dy, kDev, op, "dy");
     check_shape(dy, output_shape(g), op, "dy");
     conv_->backward_data(g, fp(dy), fp(w), fp(dx));
   }
 
   void conv3d_backward_filter(const Tensor& x, const Tensor& dy, Tensor& dw, Tensor* db) override {
     const char* op = "conv3d_backward_filter";
-    ConvGeometry g = conv_geometry(x, dw, op, "x", "dw");
-    check_bias(db, g.co, op, "db");
-    check_f32(dy, op, "dy");
+    ConvGeometry g = conv_geometry(x, dw, kDev, op, "x", "dw");
+    check_bias(db, g.co, kDev, op, "db");
+    check_f32(dy, kDev, op, "dy");
     check_shape(dy, output_shape(g), op, "dy");
     conv_->backward_filter(g, fp(x), fp(dy), fp(dw), fp(db));
   }
@@ -222,17 +158,17 @@ class CudaBackend final : public Backend {
   void deconv3d_forward(const Tensor& x, const Tensor& w, const Tensor* b, Tensor& y,
                         bool fuse_relu) override {
     const char* op = "deconv3d_forward";
-    ConvGeometry g = deconv_geometry(x, w, op, "x", "w");
-    check_bias(b, g.co, op, "b");
-    check_f32(y, op, "y");
+    ConvGeometry g = deconv_geometry(x, w, kDev, op, "x", "w");
+    check_bias(b, g.co, kDev, op, "b");
+    check_f32(y, kDev, op, "y");
     check_shape(y, output_shape(g), op, "y");
     conv_->forward(g, fp(x), fp(w), fp(b), fp(y), fuse_relu);
   }
 
   void deconv3d_backward_data(const Tensor& dy, const Tensor& w, Tensor& dx) override {
     const char* op = "deconv3d_backward_data";
-    ConvGeometry g = deconv_geometry(dx, w, op, "dx", "w");
-    check_f32(dy, op, "dy");
+    ConvGeometry g = deconv_geometry(dx, w, kDev, op, "dx", "w");
+    check_f32(dy, kDev, op, "dy");
     check_shape(dy, output_shape(g), op, "dy");
     conv_->backward_data(g, fp(dy), fp(w), fp(dx));
   }
@@ -240,9 +176,9 @@ class CudaBackend final : public Backend {
   void deconv3d_backward_filter(const Tensor& x, const Tensor& dy, Tensor& dw,
                                 Tensor* db) override {
     const char* op = "deconv3d_backward_filter";
-    ConvGeometry g = deconv_geometry(x, dw, op, "x", "dw");
-    check_bias(db, g.co, op, "db");
-    check_f32(dy, op, "dy");
+    ConvGeometry g = deconv_geometry(x, dw, kDev, op, "x", "dw");
+    check_bias(db, g.co, kDev, op, "db");
+    check_f32(dy, kDev, op, "dy");
     check_shape(dy, output_shape(g), op, "dy");
     conv_->backward_filter(g, fp(x), fp(dy), fp(dw), fp(db));
   }
@@ -257,32 +193,32 @@ class CudaBackend final : public Backend {
   void maxpool_backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) override {
     const char* op = "maxpool_backward";
     pool_shape(x, y, op);
-    check_same(y, dy, op, "y", "dy");
-    check_same(x, dx, op, "x", "dx");
+    check_same(y, dy, kDev, op, "y", "dy");
+    check_same(x, dx, kDev, op, "x", "dx");
     const Shape& s = x.shape();
     cuda_maxpool_backward(fp(x), fp(dy), fp(dx), s[0], s[1], s[2], s[3], s[4], stream_);
   }
 
   // ---------------------------------------------------------- pointwise
   void relu_forward(const Tensor& x, Tensor& y) override {
-    check_same(x, y, "relu_forward", "x", "y");
+    check_same(x, y, kDev, "relu_forward", "x", "y");
     cuda_relu_forward(fp(x), fp(y), x.numel(), stream_);
   }
 
   void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx) override {
     const char* op = "relu_backward";
-    check_same(y, dy, op, "y", "dy");
-    check_same(y, dx, op, "y", "dx");
+    check_same(y, dy, kDev, op, "y", "dy");
+    check_same(y, dx, kDev, op, "y", "dx");
     cuda_relu_backward(fp(y), fp(dy), fp(dx), y.numel(), stream_);
   }
 
   void dropout_forward(const Tensor& x, Tensor& y, float p, uint64_t key) override {
-    check_same(x, y, "dropout_forward", "x", "y");
+    check_same(x, y, kDev, "dropout_forward", "x", "y");
     cuda_dropout_forward(fp(x), fp(y), x.numel(), p, key, stream_);
   }
 
   void dropout_backward(const Tensor& dy, Tensor& dx, float p, uint64_t key) override {
-    check_same(dy, dx, "dropout_backward", "dy", "dx");
+    check_same(dy, dx, kDev, "dropout_backward", "dy", "dx");
     cuda_dropout_backward(fp(dy), fp(dx), dy.numel(), p, key, stream_);
   }
 
@@ -299,8 +235,8 @@ class CudaBackend final : public Backend {
   // ------------------------------------------------------- loss, optimiser
   float mse_loss(const Tensor& pred, const Tensor& target, Tensor* dpred) override {
     const char* op = "mse_loss";
-    check_same(pred, target, op, "pred", "target");
-    if (dpred) check_same(pred, *dpred, op, "pred", "dpred");
+    check_same(pred, target, kDev, op, "pred", "target");
+    if (dpred) check_same(pred, *dpred, kDev, op, "pred", "dpred");
     DQ_CHECK(pred.numel() > 0, op, ": pred ", pred.shape().str(), " is empty");
     double* partials = static_cast<double*>(mse_scratch_.get());
     float* loss = reinterpret_cast<float*>(partials + kMseMaxBlocks);
@@ -313,17 +249,17 @@ class CudaBackend final : public Backend {
   void adam_step(Tensor& params, const Tensor& grads, Tensor& m, Tensor& v, const AdamConfig& cfg,
                  int64_t step) override {
     const char* op = "adam_step";
-    check_same(params, grads, op, "params", "grads");
-    check_same(params, m, op, "params", "m");
-    check_same(params, v, op, "params", "v");
+    check_same(params, grads, kDev, op, "params", "grads");
+    check_same(params, m, kDev, op, "params", "m");
+    check_same(params, v, kDev, op, "params", "v");
     DQ_CHECK(step >= 1, op, ": step must be >= 1, got ", step);
     cuda_adam_step(fp(params), fp(grads), fp(m), fp(v), params.numel(), cfg, step, stream_);
   }
 
  private:
   static void pool_shape(const Tensor& x, const Tensor& y, const char* op) {
-    check_activation(x, op, "x");
-    check_f32(y, op, "y");
+    check_activation(x, kDev, op, "x");
+    check_f32(y, kDev, op, "y");
     const Shape& s = x.shape();
     DQ_CHECK(s[1] % 2 == 0 && s[2] % 2 == 0 && s[3] % 2 == 0, op, ": x ", s.str(),
              " must have even D, H and W for 2x2x2 pooling");
@@ -333,9 +269,9 @@ class CudaBackend final : public Backend {
   static int64_t channels(const Tensor& t) { return t.shape()[t.shape().rank() - 1]; }
 
   static int64_t concat_rows(const Tensor& a, const Tensor& b, const Tensor& out, const char* op) {
-    check_f32(a, op, "a");
-    check_f32(b, op, "b");
-    check_f32(out, op, "out");
+    check_f32(a, kDev, op, "a");
+    check_f32(b, kDev, op, "b");
+    check_f32(out, kDev, op, "out");
     int r = a.shape().rank();
     DQ_CHECK(r >= 1 && b.shape().rank() == r, op, ": a ", a.shape().str(), " and b ",
              b.shape().str(), " must have the same rank");

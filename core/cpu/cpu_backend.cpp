@@ -11,6 +11,7 @@
 #include "core/cpu/onednn_conv.h"
 #include "core/cpu/parallel.h"
 #include "core/error.h"
+#include "core/op_checks.h"
 #include "core/philox.h"
 
 namespace dq {
@@ -19,72 +20,7 @@ namespace {
 // Elements per thread below which a pointwise loop stays on one thread.
 constexpr int64_t kGrain = int64_t{1} << 18;
 
-void check_f32(const Tensor& t, const char* op, const char* what) {
-  DQ_CHECK(t.dtype() == DType::f32 && t.device() == Device::cpu, op, ": ", what,
-           " must be an fp32 cpu tensor, got ", dtype_name(t.dtype()), " on ",
-           device_name(t.device()));
-  DQ_CHECK(t.defined(), op, ": ", what, " ", t.shape().str(), " has no storage");
-}
-
-void check_shape(const Tensor& t, const Shape& want, const char* op, const char* what) {
-  DQ_CHECK(t.shape() == want, op, ": ", what, " has shape ", t.shape().str(), ", expected ",
-           want.str());
-}
-
-void check_same(const Tensor& a, const Tensor& b, const char* op, const char* what_a,
-                const char* what_b) {
-  check_f32(a, op, what_a);
-  check_f32(b, op, what_b);
-  DQ_CHECK(a.shape() == b.shape(), op, ": ", what_a, " ", a.shape().str(), " and ", what_b, " ",
-           b.shape().str(), " differ in shape");
-}
-
-// An activation (N, D, H, W, C).
-void check_activation(const Tensor& t, const char* op, const char* what) {
-  check_f32(t, op, what);
-  DQ_CHECK(t.shape().rank() == 5, op, ": ", what, " must be (N, D, H, W, C), got ",
-           t.shape().str());
-}
-
-void check_bias(const Tensor* b, int64_t co, const char* op, const char* what) {
-  if (!b) return;
-  check_f32(*b, op, what);
-  check_shape(*b, Shape{co}, op, what);
-}
-
-// Geometry of a convolution from its input x (N, D, H, W, Ci) and weights
-// w (Co, k, k, k, Ci).
-cpu::ConvShape conv_shape(const Tensor& x, const Tensor& w, const char* op, const char* what_x,
-                          const char* what_w) {
-  check_activation(x, op, what_x);
-  check_f32(w, op, what_w);
-  const Shape& ws = w.shape();
-  DQ_CHECK(ws.rank() == 5 && (ws[1] == 1 || ws[1] == 3) && ws[2] == ws[1] && ws[3] == ws[1], op,
-           ": ", what_w, " must be (Co, k, k, k, Ci) with k 1 or 3, got ", ws.str());
-  DQ_CHECK(ws[4] == x.dim(4), op, ": ", what_w, " ", ws.str(), " expects ", ws[4],
-           " input channels but ", what_x, " ", x.shape().str(), " has ", x.dim(4));
-  return {false, x.dim(0), x.dim(1), x.dim(2), x.dim(3), x.dim(4), ws[0], ws[1]};
-}
-
-// Geometry of a transposed convolution from its input x (N, D, H, W, Ci) and
-// weights w (Ci, 2, 2, 2, Co).
-cpu::ConvShape deconv_shape(const Tensor& x, const Tensor& w, const char* op, const char* what_x,
-                            const char* what_w) {
-  check_activation(x, op, what_x);
-  check_f32(w, op, what_w);
-  const Shape& ws = w.shape();
-  DQ_CHECK(ws.rank() == 5 && ws[1] == 2 && ws[2] == 2 && ws[3] == 2, op, ": ", what_w,
-           " must be (Ci, 2, 2, 2, Co), got ", ws.str());
-  DQ_CHECK(ws[0] == x.dim(4), op, ": ", what_w, " ", ws.str(), " expects ", ws[0],
-           " input channels but ", what_x, " ", x.shape().str(), " has ", x.dim(4));
-  return {true, x.dim(0), x.dim(1), x.dim(2), x.dim(3), x.dim(4), ws[4], 2};
-}
-
-// The output shape (N, D', H', W', Co) of a layer.
-Shape output_shape(const cpu::ConvShape& s) {
-  int64_t f = s.transposed ? 2 : 1;
-  return Shape{s.n, f * s.d, f * s.h, f * s.w, s.co};
-}
+constexpr Device kDev = Device::cpu;
 
 class CpuBackend final : public Backend {
  public:
@@ -99,14 +35,14 @@ class CpuBackend final : public Backend {
   void copy(const Tensor& src, Tensor& dst) override { copy_bytes(src, dst, "copy"); }
 
   void fill(Tensor& t, float value) override {
-    check_f32(t, "fill", "t");
+    check_f32(t, kDev, "fill", "t");
     float* p = t.f32();
     cpu::parallel_for(t.numel(), kGrain,
                       [=](int64_t i0, int64_t i1) { std::fill(p + i0, p + i1, value); });
   }
 
   void axpy(float a, const Tensor& x, Tensor& y) override {
-    check_same(x, y, "axpy", "x", "y");
+    check_same(x, y, kDev, "axpy", "x", "y");
     const float* xp = x.f32();
     float* yp = y.f32();
     cpu::parallel_for(x.numel(), kGrain, [=](int64_t i0, int64_t i1) {
@@ -115,7 +51,7 @@ class CpuBackend final : public Backend {
   }
 
   void scale(Tensor& x, float a) override {
-    check_f32(x, "scale", "x");
+    check_f32(x, kDev, "scale", "x");
     float* p = x.f32();
     cpu::parallel_for(x.numel(), kGrain, [=](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) p[i] *= a;
@@ -126,26 +62,26 @@ class CpuBackend final : public Backend {
   void conv3d_forward(const Tensor& x, const Tensor& w, const Tensor* b, Tensor& y,
                       bool fuse_relu) override {
     const char* op = "conv3d_forward";
-    cpu::ConvShape s = conv_shape(x, w, op, "x", "w");
-    check_bias(b, s.co, op, "b");
-    check_f32(y, op, "y");
+    cpu::ConvShape s = conv_geometry(x, w, kDev, op, "x", "w");
+    check_bias(b, s.co, kDev, op, "b");
+    check_f32(y, kDev, op, "y");
     check_shape(y, output_shape(s), op, "y");
     conv_.forward(s, x.f32(), w.f32(), b ? b->f32() : nullptr, y.f32(), fuse_relu);
   }
 
   void conv3d_backward_data(const Tensor& dy, const Tensor& w, Tensor& dx) override {
     const char* op = "conv3d_backward_data";
-    cpu::ConvShape s = conv_shape(dx, w, op, "dx", "w");
-    check_f32(dy, op, "dy");
+    cpu::ConvShape s = conv_geometry(dx, w, kDev, op, "dx", "w");
+    check_f32(dy, kDev, op, "dy");
     check_shape(dy, output_shape(s), op, "dy");
     conv_.backward_data(s, dy.f32(), w.f32(), dx.f32());
   }
 
   void conv3d_backward_filter(const Tensor& x, const Tensor& dy, Tensor& dw, Tensor* db) override {
     const char* op = "conv3d_backward_filter";
-    cpu::ConvShape s = conv_shape(x, dw, op, "x", "dw");
-    check_bias(db, s.co, op, "db");
-    check_f32(dy, op, "dy");
+    cpu::ConvShape s = conv_geometry(x, dw, kDev, op, "x", "dw");
+    check_bias(db, s.co, kDev, op, "db");
+    check_f32(dy, kDev, op, "dy");
     check_shape(dy, output_shape(s), op, "dy");
     conv_.backward_filter(s, x.f32(), dy.f32(), dw.f32(), db ? db->f32() : nullptr);
   }
@@ -153,17 +89,17 @@ class CpuBackend final : public Backend {
   void deconv3d_forward(const Tensor& x, const Tensor& w, const Tensor* b, Tensor& y,
                         bool fuse_relu) override {
     const char* op = "deconv3d_forward";
-    cpu::ConvShape s = deconv_shape(x, w, op, "x", "w");
-    check_bias(b, s.co, op, "b");
-    check_f32(y, op, "y");
+    cpu::ConvShape s = deconv_geometry(x, w, kDev, op, "x", "w");
+    check_bias(b, s.co, kDev, op, "b");
+    check_f32(y, kDev, op, "y");
     check_shape(y, output_shape(s), op, "y");
     conv_.forward(s, x.f32(), w.f32(), b ? b->f32() : nullptr, y.f32(), fuse_relu);
   }
 
   void deconv3d_backward_data(const Tensor& dy, const Tensor& w, Tensor& dx) override {
     const char* op = "deconv3d_backward_data";
-    cpu::ConvShape s = deconv_shape(dx, w, op, "dx", "w");
-    check_f32(dy, op, "dy");
+    cpu::ConvShape s = deconv_geometry(dx, w, kDev, op, "dx", "w");
+    check_f32(dy, kDev, op, "dy");
     check_shape(dy, output_shape(s), op, "dy");
     conv_.backward_data(s, dy.f32(), w.f32(), dx.f32());
   }
@@ -171,9 +107,9 @@ class CpuBackend final : public Backend {
   void deconv3d_backward_filter(const Tensor& x, const Tensor& dy, Tensor& dw,
                                 Tensor* db) override {
     const char* op = "deconv3d_backward_filter";
-    cpu::ConvShape s = deconv_shape(x, dw, op, "x", "dw");
-    check_bias(db, s.co, op, "db");
-    check_f32(dy, op, "dy");
+    cpu::ConvShape s = deconv_geometry(x, dw, kDev, op, "x", "dw");
+    check_bias(db, s.co, kDev, op, "db");
+    check_f32(dy, kDev, op, "dy");
     check_shape(dy, output_shape(s), op, "dy");
     conv_.backward_filter(s, x.f32(), dy.f32(), dw.f32(), db ? db->f32() : nullptr);
   }
@@ -200,8 +136,8 @@ class CpuBackend final : public Backend {
   void maxpool_backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) override {
     const char* op = "maxpool_backward";
     Pool p = pool_shape(x, y, op);
-    check_same(y, dy, op, "y", "dy");
-    check_same(x, dx, op, "x", "dx");
+    check_same(y, dy, kDev, op, "y", "dy");
+    check_same(x, dx, kDev, op, "x", "dx");
     const float* xp = x.f32();
     const float* dyp = dy.f32();
     float* dxp = dx.f32();
@@ -225,7 +161,7 @@ class CpuBackend final : public Backend {
 
   // ---------------------------------------------------------- pointwise
   void relu_forward(const Tensor& x, Tensor& y) override {
-    check_same(x, y, "relu_forward", "x", "y");
+    check_same(x, y, kDev, "relu_forward", "x", "y");
     const float* xp = x.f32();
     float* yp = y.f32();
     cpu::parallel_for(x.numel(), kGrain, [=](int64_t i0, int64_t i1) {
@@ -235,8 +171,8 @@ class CpuBackend final : public Backend {
 
   void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx) override {
     const char* op = "relu_backward";
-    check_same(y, dy, op, "y", "dy");
-    check_same(y, dx, op, "y", "dx");
+    check_same(y, dy, kDev, op, "y", "dy");
+    check_same(y, dx, kDev, op, "y", "dx");
     const float* yp = y.f32();
     const float* dyp = dy.f32();
     float* dxp = dx.f32();
@@ -246,12 +182,12 @@ class CpuBackend final : public Backend {
   }
 
   void dropout_forward(const Tensor& x, Tensor& y, float p, uint64_t key) override {
-    check_same(x, y, "dropout_forward", "x", "y");
+    check_same(x, y, kDev, "dropout_forward", "x", "y");
     dropout(x.f32(), y.f32(), x.numel(), p, key, "dropout_forward");
   }
 
   void dropout_backward(const Tensor& dy, Tensor& dx, float p, uint64_t key) override {
-    check_same(dy, dx, "dropout_backward", "dy", "dx");
+    check_same(dy, dx, kDev, "dropout_backward", "dy", "dx");
     dropout(dy.f32(), dx.f32(), dy.numel(), p, key, "dropout_backward");
   }
 
@@ -286,8 +222,8 @@ class CpuBackend final : public Backend {
   // ------------------------------------------------------- loss, optimiser
   float mse_loss(const Tensor& pred, const Tensor& target, Tensor* dpred) override {
     const char* op = "mse_loss";
-    check_same(pred, target, op, "pred", "target");
-    if (dpred) check_same(pred, *dpred, op, "pred", "dpred");
+    check_same(pred, target, kDev, op, "pred", "target");
+    if (dpred) check_same(pred, *dpred, kDev, op, "pred", "dpred");
     int64_t n = pred.numel();
     DQ_CHECK(n > 0, op, ": pred ", pred.shape().str(), " is empty");
     const float* pp = pred.f32();
@@ -312,9 +248,9 @@ class CpuBackend final : public Backend {
   void adam_step(Tensor& params, const Tensor& grads, Tensor& m, Tensor& v, const AdamConfig& cfg,
                  int64_t step) override {
     const char* op = "adam_step";
-    check_same(params, grads, op, "params", "grads");
-    check_same(params, m, op, "params", "m");
-    check_same(params, v, op, "params", "v");
+    check_same(params, grads, kDev, op, "params", "grads");
+    check_same(params, m, kDev, op, "params", "m");
+    check_same(params, v, kDev, op, "params", "v");
     DQ_CHECK(step >= 1, op, ": step must be >= 1, got ", step);
     // Bias corrections in double as PyTorch does (Python floats), then the
     // element loop in fp32 in PyTorch's order: p -= step_size * m / denom.
@@ -344,8 +280,8 @@ class CpuBackend final : public Backend {
   };
 
   static Pool pool_shape(const Tensor& x, const Tensor& y, const char* op) {
-    check_activation(x, op, "x");
-    check_f32(y, op, "y");
+    check_activation(x, kDev, op, "x");
+    check_f32(y, kDev, op, "y");
     const Shape& s = x.shape();
     DQ_CHECK(s[1] % 2 == 0 && s[2] % 2 == 0 && s[3] % 2 == 0, op, ": x ", s.str(),
              " must have even D, H and W for 2x2x2 pooling");
@@ -405,9 +341,9 @@ class CpuBackend final : public Backend {
   // Checks a (..., Ca), b (..., Cb), out (..., Ca + Cb) and returns the
   // number of channel vectors (the product of the leading dimensions).
   static int64_t concat_rows(const Tensor& a, const Tensor& b, const Tensor& out, const char* op) {
-    check_f32(a, op, "a");
-    check_f32(b, op, "b");
-    check_f32(out, op, "out");
+    check_f32(a, kDev, op, "a");
+    check_f32(b, kDev, op, "b");
+    check_f32(out, kDev, op, "out");
     int r = a.shape().rank();
     DQ_CHECK(r >= 1 && b.shape().rank() == r, op, ": a ", a.shape().str(), " and b ",
              b.shape().str(), " must have the same rank");

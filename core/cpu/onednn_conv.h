@@ -9,6 +9,8 @@
 #include <memory>
 #include <string>
 
+#include "core/op_checks.h"
+
 namespace dq::cpu {
 
 // One layer's geometry, described by its input x (n, d, h, w, ci):
@@ -16,10 +18,7 @@ namespace dq::cpu {
 //    padding; y (n, d, h, w, co), weights (co, k, k, k, ci).
 //  - transposed convolution: kernel 2, stride 2 (k is ignored);
 //    y (n, 2d, 2h, 2w, co), weights (ci, 2, 2, 2, co).
-struct ConvShape {
-  bool transposed = false;
-  int64_t n = 0, d = 0, h = 0, w = 0, ci = 0, co = 0, k = 1;
-};
+using ConvShape = ConvGeometry;  // core/op_checks.h
 
 class OnednnConv {
  public:
