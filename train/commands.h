@@ -17,5 +17,6 @@ Command add_config_command(CLI::App& app);  // cmd_train.cpp
 Command add_synth_command(CLI::App& app);  // cmd_synth.cpp
 Command add_eval_command(CLI::App& app);  // cmd_eval.cpp
 Command add_invert_command(CLI::App& app);  // cmd_invert.cpp
+Command add_phantom_command(CLI::App& app);  // cmd_phantom.cpp
 
 }  // namespace dq

@@ -1,0 +1,273 @@
+// NIfTI I/O through nifti_clib (see core/nifti_io.h for the contract).
+#include "core/nifti_io.h"
+
+#include <nifti2_io.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "core/error.h"
+
+namespace dq {
+
+// The header of the file a volume came from, data detached (nim->data null).
+struct NiftiHeader {
+  nifti_image* nim = nullptr;
+  ~NiftiHeader() {
+    if (nim) nifti_image_free(nim);
+  }
+};
+
+namespace {
+
+struct NimDeleter {
+  void operator()(nifti_image* p) const {
+    if (p) nifti_image_free(p);
+  }
+};
+using NimPtr = std::unique_ptr<nifti_image, NimDeleter>;
+
+// nifti_clib reports problems on stderr at debug level >= 1, in several
+// lines; we report one line of our own instead.
+void quiet_nifti() {
+  nifti_set_debug_level(0);
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The extension that picks nifti_clib's output format; anything else is refused
+// so that "chi.nii.gz.bak" never silently becomes an uncompressed file.
+std::string output_extension(const std::string& path) {
+  if (ends_with(path, ".nii.gz")) return ".nii.gz";
+  if (ends_with(path, ".nii")) return ".nii";
+  fail(path, ": output file name must end in .nii or .nii.gz");
+}
+
+double to_mm(int xyz_units) {
+  switch (xyz_units) {
+    case NIFTI_UNITS_METER: return 1000.0;
+    case NIFTI_UNITS_MICRON: return 1e-3;
+    default: return 1.0;  // mm, or unknown (the common case for unset units)
+  }
+}
+
+template <typename T>
+void convert(const void* src, int64_t n, double slope, double inter, float* dst) {
+  const T* s = static_cast<const T*>(src);
+  for (int64_t i = 0; i < n; ++i)
+    dst[i] = static_cast<float>(static_cast<double>(s[i]) * slope + inter);
+}
+
+std::array<double, 16> flat(const nifti_dmat44& m) {
+  std::array<double, 16> a{};
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 4; ++c) a[static_cast<size_t>(r * 4 + c)] = m.m[r][c];
+  return a;
+}
+
+// Writes nim (its data pointing at caller memory) to path via a temporary
+// file in the same folder, then renames it into place.
+void write_via_temp(nifti_image* nim, const std::string& path) {
+  const std::string ext = output_extension(path);
+  const std::string stem = path.substr(0, path.size() - ext.size());
+  const std::string tmp = stem + ".tmp" + std::to_string(::getpid()) + ext;
+  std::error_code ec;
+  std::filesystem::remove(tmp, ec);
+  if (nifti_set_filenames(nim, tmp.c_str(), 0, 1) != 0)
+    fail(path, ": cannot use this file name for a NIfTI file");
+  nim->nifti_type =
+      nim->nifti_type == NIFTI_FTYPE_NIFTI2_1 || nim->nifti_type == NIFTI_FTYPE_NIFTI2_2
+          ? NIFTI_FTYPE_NIFTI2_1
+          : NIFTI_FTYPE_NIFTI1_1;
+  nifti_set_iname_offset(nim, nim->nifti_type == NIFTI_FTYPE_NIFTI2_1 ? 2 : 1);
+  nifti_image_write(nim);
+  // nifti_image_write returns nothing; a missing or short file is how a
+  // failure (unwritable folder, full disk) shows.
+  struct stat st {};
+  const int64_t need = nim->nvox * nim->nbyper;
+  const bool gz = ext == ".nii.gz";
+  if (::stat(tmp.c_str(), &st) != 0 || st.st_size == 0 || (!gz && st.st_size < need)) {
+    std::filesystem::remove(tmp, ec);
+    fail(path, ": could not write the file (is the folder writable and the disk not full?)");
+  }
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::filesystem::remove(tmp, ec);
+    fail(path, ": could not move the finished file into place: ", ec.message());
+  }
+}
+
+// The raw voxel bytes, in this CPU's byte order. Read with znzlib rather
+// than nifti_image_load, which silently replaces NaN and Inf floats by 0:
+// inference must see them (NaN is masked out and counted, Inf refused).
+std::vector<unsigned char> read_voxels(const nifti_image& h, const std::string& path) {
+  const size_t bytes = static_cast<size_t>(h.nvox) * static_cast<size_t>(h.nbyper);
+  std::vector<unsigned char> raw(bytes);
+  znzFile fp = znzopen(h.iname, "rb", nifti_is_gzfile(h.iname));
+  if (znz_isnull(fp)) fail(path, ": cannot open the voxel data (", h.iname, ")");
+  // znzseek returns fseek's 0 or gzseek's new offset; -1 on failure either way.
+  const bool ok = znzseek(fp, static_cast<znz_off_t>(h.iname_offset), SEEK_SET) >= 0 &&
+                  znzread(raw.data(), 1, bytes, fp) == bytes;
+  znzclose(fp);
+  if (!ok) fail(path, ": the voxel data could not be read (truncated or corrupt file)");
+  if (h.byteorder != nifti_short_order() && h.swapsize > 1)
+    nifti_swap_Nbytes(h.nvox, h.swapsize, raw.data());
+  return raw;
+}
+
+}  // namespace
+
+Volume read_nifti(const std::string& path) {
+  quiet_nifti();
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) fail(path, ": no such file");
+  if (std::filesystem::is_directory(path, ec)) fail(path, ": is a directory, not a NIfTI file");
+  NimPtr hdr(nifti_image_read(path.c_str(), 0));
+  if (!hdr) fail(path, ": not a readable NIfTI-1/NIfTI-2 file (bad or missing header)");
+  const nifti_image& h = *hdr;
+  const int64_t ndim = h.dim[0];
+  if (ndim < 1 || ndim > 7) fail(path, ": invalid number of dimensions ", ndim);
+  for (int d = 4; d <= ndim; ++d)
+    if (h.dim[d] > 1)
+      fail(path, ": is ", ndim, "D (dim[", d, "] = ", h.dim[d],
+           "); a single 3D volume is needed (split the series first)");
+  if (h.nx < 1 || h.ny < 1 || h.nz < 1) fail(path, ": empty grid ", h.nx, "x", h.ny, "x", h.nz);
+
+  Volume v;
+  v.nx = h.nx;
+  v.ny = ndim >= 2 ? h.ny : 1;
+  v.nz = ndim >= 3 ? h.nz : 1;
+  const double mm = to_mm(h.xyz_units);
+  for (int a = 0; a < 3; ++a) {
+    const double d = ndim > a ? std::fabs(h.pixdim[a + 1]) : 1.0;
+    if (!(d > 0.0) || !std::isfinite(d))
+      fail(path, ": voxel size along axis ", a, " is ", h.pixdim[a + 1], "; it must be positive");
+    v.voxel_mm[static_cast<size_t>(a)] = d * mm;
+  }
+  v.qform_code = h.qform_code;
+  v.sform_code = h.sform_code;
+  v.qform = flat(h.qto_xyz);
+  v.sform = flat(h.sto_xyz);
+  v.datatype = h.datatype;
+
+  switch (h.datatype) {
+    case NIFTI_TYPE_UINT8:
+    case NIFTI_TYPE_INT8:
+    case NIFTI_TYPE_INT16:
+    case NIFTI_TYPE_UINT16:
+    case NIFTI_TYPE_INT32:
+    case NIFTI_TYPE_UINT32:
+    case NIFTI_TYPE_INT64:
+    case NIFTI_TYPE_UINT64:
+    case NIFTI_TYPE_FLOAT32:
+    case NIFTI_TYPE_FLOAT64: break;
+    default:
+      fail(path, ": unsupported datatype ", nifti_datatype_string(h.datatype),
+           " (real integer or floating-point voxels are needed)");
+  }
+
+  const int64_t n = v.numel();
+  if (h.nvox != n) fail(path, ": header says ", h.nvox, " voxels, grid has ", n);
+  const std::vector<unsigned char> raw = read_voxels(h, path);
+  double slope = h.scl_slope, inter = h.scl_inter;
+  // NIfTI: scl_slope = 0 (or not finite) means "no scaling".
+  if (slope == 0.0 || !std::isfinite(slope) || !std::isfinite(inter)) {
+    slope = 1.0;
+    inter = 0.0;
+  }
+  v.data.resize(static_cast<size_t>(n));
+  const void* src = raw.data();
+  switch (h.datatype) {
+    case NIFTI_TYPE_UINT8: convert<uint8_t>(src, n, slope, inter, v.data.data()); break;
+    case NIFTI_TYPE_INT8: convert<int8_t>(src, n, slope, inter, v.data.data()); break;
+    case NIFTI_TYPE_INT16: convert<int16_t>(src, n, slope, inter, v.data.data()); break;
+    case NIFTI_TYPE_UINT16: convert<uint16_t>(src, n, slope, inter, v.data.data()); break;
+    case NIFTI_TYPE_INT32: convert<int32_t>(src, n, slope, inter, v.data.data()); break;
+    case NIFTI_TYPE_UINT32: convert<uint32_t>(src, n, slope, inter, v.data.data()); break;
+    case NIFTI_TYPE_INT64: convert<int64_t>(src, n, slope, inter, v.data.data()); break;
+    case NIFTI_TYPE_UINT64: convert<uint64_t>(src, n, slope, inter, v.data.data()); break;
+    case NIFTI_TYPE_FLOAT32: convert<float>(src, n, slope, inter, v.data.data()); break;
+    default: convert<double>(src, n, slope, inter, v.data.data()); break;
+  }
+
+  // Keep the header only; the voxels now live in v.data.
+  auto keep = std::make_shared<NiftiHeader>();
+  keep->nim = hdr.release();
+  v.header = std::move(keep);
+  return v;
+}
+
+void write_nifti(const std::string& path, const Volume& like, const float* data) {
+  quiet_nifti();
+  if (!like.header || !like.header->nim) {
+    write_nifti_new(path, data, like.nx, like.ny, like.nz, like.voxel_mm);
+    return;
+  }
+  output_extension(path);
+  NimPtr nim(nifti_copy_nim_info(like.header->nim));
+  if (!nim) fail(path, ": could not copy the NIfTI header");
+  if (nim->nx != like.nx || nim->ny != like.ny || nim->nz != like.nz)
+    fail(path, ": volume grid ", like.nx, "x", like.ny, "x", like.nz,
+         " does not match the header it is written with");
+  nim->datatype = NIFTI_TYPE_FLOAT32;
+  nim->nbyper = 4;
+  nim->swapsize = 4;
+  nim->scl_slope = 1.0;
+  nim->scl_inter = 0.0;
+  nim->cal_min = nim->cal_max = 0.0;
+  // nifti_clib only reads from data when writing; the cast is to its C API.
+  nim->data = const_cast<float*>(data);
+  try {
+    write_via_temp(nim.get(), path);
+  } catch (...) {
+    nim->data = nullptr;
+    throw;
+  }
+  nim->data = nullptr;
+}
+
+void write_nifti_new(const std::string& path, const float* data, int64_t nx, int64_t ny, int64_t nz,
+                     const Vec3& voxel_mm) {
+  quiet_nifti();
+  output_extension(path);
+  if (nx < 1 || ny < 1 || nz < 1) fail(path, ": cannot write an empty grid");
+  int64_t dims[8] = {3, nx, ny, nz, 1, 1, 1, 1};
+  NimPtr nim(nifti_make_new_nim(dims, NIFTI_TYPE_FLOAT32, 0));
+  if (!nim) fail(path, ": could not make a NIfTI header");
+  for (int a = 0; a < 3; ++a) nim->pixdim[a + 1] = voxel_mm[static_cast<size_t>(a)];
+  nim->dx = voxel_mm[0];
+  nim->dy = voxel_mm[1];
+  nim->dz = voxel_mm[2];
+  nim->xyz_units = NIFTI_UNITS_MM;
+  // Axis-aligned, scaled by the voxel size, with the grid centre at (0, 0, 0) mm.
+  const double off[3] = {-0.5 * static_cast<double>(nx - 1) * voxel_mm[0],
+                         -0.5 * static_cast<double>(ny - 1) * voxel_mm[1],
+                         -0.5 * static_cast<double>(nz - 1) * voxel_mm[2]};
+  nim->qform_code = NIFTI_XFORM_SCANNER_ANAT;
+  nim->sform_code = NIFTI_XFORM_SCANNER_ANAT;
+  nim->quatern_b = nim->quatern_c = nim->quatern_d = 0.0;
+  nim->qoffset_x = off[0];
+  nim->qoffset_y = off[1];
+  nim->qoffset_z = off[2];
+  nim->qfac = 1.0;
+  nim->qto_xyz = nifti_quatern_to_dmat44(0, 0, 0, off[0], off[1], off[2], voxel_mm[0], voxel_mm[1],
+                                         voxel_mm[2], 1.0);
+  nim->sto_xyz = nim->qto_xyz;
+  nim->data = const_cast<float*>(data);
+  try {
+    write_via_temp(nim.get(), path);
+  } catch (...) {
+    nim->data = nullptr;
+    throw;
+  }
+  nim->data = nullptr;
+}
+
+}  // namespace dq

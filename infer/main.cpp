@@ -1,0 +1,108 @@
+// deepqsm-infer: the lean binary QSM users run. A local field map in, a
+// susceptibility map out (both NIfTI). Options here; the pipeline is in
+// infer/run.cpp. Every failure is one line on stderr and exit status 1.
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <exception>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "infer/run.h"
+
+namespace {
+
+constexpr const char* kVersion = "0.1.0";  // must match project(deepqsm VERSION ...)
+
+constexpr const char* kAbout =
+    "deepqsm-infer runs DeepQSM (Bollmann et al., NeuroImage 2019), a 3D U-Net that inverts\n"
+    "the dipole convolution of quantitative susceptibility mapping: it reads a local\n"
+    "(background-removed) field map and writes the magnetic susceptibility (chi) map in ppm.\n"
+    "\n"
+    "Input: a 3D NIfTI file (.nii or .nii.gz, any numeric datatype; scl_slope/scl_inter\n"
+    "applied). Output: float32 NIfTI with the input's header and affine. Any grid works: the\n"
+    "volume is zero-padded to a multiple of the network's side multiple (16 for 5 levels) and\n"
+    "cropped back, or processed in overlapping tiles (--tile/--halo, or automatically when it\n"
+    "does not fit in memory). NaN voxels are treated as outside the mask (output 0) and\n"
+    "counted in a warning; infinite voxels are an error.\n"
+    "\n"
+    "Units (--units): the network works in ppm. With gamma/2pi = 42.577478 MHz/T,\n"
+    "  hz:  field_ppm = field_Hz / (gamma/2pi * B0) * 1e6\n"
+    "  rad: field_ppm = phase_rad / (2 pi * TE * gamma/2pi * B0) * 1e6\n"
+    "(B0 in tesla from --b0, TE in seconds from --te).\n"
+    "\n"
+    "Geometry: --b0-direction is in the voxel axes of the input (default 0 0 1). When it is\n"
+    "more than 0.5 deg from z, the field is resampled (trilinear) onto a grid where B0 is along\n"
+    "z, inverted there, and resampled back. Voxels whose largest/smallest side ratio exceeds\n"
+    "--max-anisotropy (default 1.1) are resampled to isotropic (the smallest side) and back.\n"
+    "\n"
+    "Model: --model, else $DEEPQSM_MODEL, else models/deepqsm-default.h5 next to the\n"
+    "executable (../models/) or in the source tree. Device: this build runs on the CPU;\n"
+    "--device gpu is refused until the CUDA inference path exists, auto picks cpu.";
+
+std::string one_line(std::string s) {
+  std::replace(s.begin(), s.end(), '\n', ' ');
+  while (!s.empty() && s.back() == ' ') s.pop_back();
+  return s;
+}
+
+std::string usage_failure(const CLI::App*, const CLI::Error& e) {
+  return "deepqsm-infer: " + one_line(e.what()) + " (see deepqsm-infer --help)\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  dq::InferOptions o;
+  std::vector<double> b0_dir;
+  CLI::App app{kAbout, "deepqsm-infer"};
+  app.set_version_flag("--version", std::string("deepqsm-infer ") + kVersion);
+  app.failure_message(usage_failure);
+  app.add_option("field", o.field_path, "Local field map (NIfTI, .nii or .nii.gz)")->required();
+  app.add_option("-o,--output", o.out_path, "Output chi map (.nii or .nii.gz), ppm")->required();
+  app.add_option("--mask", o.mask_path, "Brain mask on the field's grid (voxels > 0.5 are inside)");
+  app.add_option("--model", o.model_path, "Checkpoint (.h5) to use instead of the default model");
+  app.add_option("--units", o.units, "Unit of the field: ppm, hz or rad")
+      ->check(CLI::IsMember({"ppm", "hz", "rad"}))
+      ->capture_default_str();
+  app.add_option("--b0", o.b0_tesla, "Field strength in tesla (needed for hz and rad)");
+  app.add_option("--te", o.te_s, "Echo time in seconds (needed for rad)");
+  app.add_option("--b0-direction", b0_dir,
+                 "B0 direction x y z in the input's voxel axes (default 0 0 1)")
+      ->expected(3);
+  app.add_option("--device", o.device, "auto, cpu or gpu (gpu: not available in this build yet)")
+      ->check(CLI::IsMember({"auto", "cpu", "gpu"}))
+      ->capture_default_str();
+  app.add_option("--tile", o.tile,
+                 "Process in cubes of this side (a multiple of the model's side multiple); "
+                 "0 = whole volume unless it does not fit in memory")
+      ->capture_default_str();
+  app.add_option("--halo", o.halo,
+                 "Overlap kept around each tile's core, voxels (default: the network's receptive "
+                 "radius, or the most the tile holds)");
+  app.add_option("--max-anisotropy", o.max_anisotropy,
+                 "Resample to isotropic voxels above this largest/smallest voxel-side ratio")
+      ->capture_default_str();
+  app.add_option("--preview", o.preview_path,
+                 "Write a PNG of the central axial, coronal and sagittal slices of field and chi");
+  app.footer(
+      "Examples:\n"
+      "  deepqsm-infer field.nii.gz -o chi.nii.gz --mask mask.nii.gz\n"
+      "  deepqsm-infer freq.nii.gz -o chi.nii.gz --units hz --b0 3 --preview chi.png\n"
+      "  deepqsm-infer phase.nii.gz -o chi.nii.gz --units rad --b0 7 --te 0.02 --b0-direction 0 "
+      "0.2 1");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (!b0_dir.empty()) o.b0_dir = {b0_dir[0], b0_dir[1], b0_dir[2]};
+
+  try {
+    return dq::run_inference(o);
+  } catch (const std::exception& e) {
+    std::cerr << "deepqsm-infer: " << one_line(e.what()) << "\n";
+    return 1;
+  }
+}

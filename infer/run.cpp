@@ -1,0 +1,313 @@
+// The deepqsm-infer pipeline (see infer/run.h).
+#include "infer/run.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "core/checkpoint.h"
+#include "core/cpu/cpu_backend.h"
+#include "core/error.h"
+#include "core/nifti_io.h"
+#include "core/png_io.h"
+#include "core/unet.h"
+#include "core/volume_ops.h"
+
+namespace dq {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kDefaultModelName = "deepqsm-default.h5";
+
+int64_t round_up(int64_t n, int64_t m) {
+  return (n + m - 1) / m * m;
+}
+
+// Voxels on each side that can influence an output voxel: every 3x3x3
+// convolution at level l widens it by 2^l (two per level on the way down,
+// two at the bottleneck, two per level on the way up), pooling adds up to
+// 2^(depth-1) - 1 of alignment, a 3x3x3 head one more. The effective field
+// of a trained net is narrower, but only this bound makes tiled and
+// whole-volume passes agree to rounding (tests/test_volume_ops.cpp).
+int64_t receptive_radius(const UNetConfig& c) {
+  int64_t r = 0;
+  for (int l = 0; l < c.depth - 1; ++l) r += 4 * (int64_t{1} << l);
+  r += 2 * (int64_t{1} << (c.depth - 1));
+  r += (int64_t{1} << (c.depth - 1)) - 1;
+  if (c.head_kernel == 3) r += 1;
+  return r;
+}
+
+// Bytes the forward pass needs per voxel of input: activations of F0 channels
+// at full resolution dominate (about 8 of them alive, plus the 2*F0 concat),
+// lower levels add a geometric 1/4 on top; fp32.
+double bytes_per_voxel(const UNetConfig& c) {
+  return 4.0 * 12.0 * c.base_filters * 1.3;
+}
+
+double available_memory_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  double kb = 0;
+  while (f >> key >> kb) {
+    if (key == "MemAvailable:") return kb * 1024.0;
+    f.ignore(256, '\n');
+  }
+  return static_cast<double>(sysconf(_SC_AVPHYS_PAGES)) *
+         static_cast<double>(sysconf(_SC_PAGESIZE));
+}
+
+std::string dims_str(const Dims3& d) {
+  std::ostringstream os;
+  os << d.nx << "x" << d.ny << "x" << d.nz;
+  return os.str();
+}
+
+std::string vec_str(const Vec3& v) {
+  std::ostringstream os;
+  os.precision(4);
+  os << v[0] << " x " << v[1] << " x " << v[2];
+  return os.str();
+}
+
+std::string exe_dir() {
+  std::error_code ec;
+  const fs::path p = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string() : p.parent_path().string();
+}
+
+}  // namespace
+
+std::string default_model_path() {
+  if (const char* env = std::getenv("DEEPQSM_MODEL"); env && *env) return env;
+  std::vector<fs::path> candidates;
+  const std::string dir = exe_dir();
+  if (!dir.empty()) {
+    candidates.push_back(fs::path(dir) / ".." / "models" / kDefaultModelName);
+    candidates.push_back(fs::path(dir) / "models" / kDefaultModelName);
+    candidates.push_back(fs::path(dir) / ".." / "share" / "deepqsm" / kDefaultModelName);
+  }
+  // The source tree this file was compiled from (CMake passes absolute paths),
+  // so a build directory anywhere still finds the shipped model.
+  candidates.push_back(fs::path(__FILE__).parent_path().parent_path() / "models" /
+                       kDefaultModelName);
+  std::error_code ec;
+  for (const fs::path& c : candidates)
+    if (fs::is_regular_file(c, ec)) return fs::weakly_canonical(c, ec).string();
+  fail("no default model found (looked for models/", kDefaultModelName,
+       " next to the executable and in the source tree); pass --model or set DEEPQSM_MODEL");
+}
+
+int run_inference(const InferOptions& opt) {
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+
+  if (opt.device == "gpu")
+    fail(
+        "--device gpu: this build's GPU inference path is not available yet (no CUDA backend); "
+        "use --device cpu or auto");
+  if (opt.device != "auto" && opt.device != "cpu")
+    fail("--device must be auto, cpu or gpu, got '", opt.device, "'");
+  if (opt.out_path.empty()) fail("an output path is needed (-o chi.nii.gz)");
+
+  // Model first: a bad model file should fail before minutes of work.
+  const std::string model_path = opt.model_path.empty() ? default_model_path() : opt.model_path;
+  CheckpointData ck = load_checkpoint(model_path, true);
+  UNet net(ck.model);
+  const int64_t mult = net.side_multiple();
+
+  Volume field = read_nifti(opt.field_path);
+  const Dims3 dims = field.dims();
+  const int64_t n = field.numel();
+  const FieldUnit unit = field_unit_from_name(opt.units);
+  const double factor = to_ppm_factor(unit, opt.b0_tesla, opt.te_s);
+
+  std::vector<uint8_t> mask(static_cast<size_t>(n), 1);
+  if (!opt.mask_path.empty()) {
+    const Volume m = read_nifti(opt.mask_path);
+    if (m.nx != field.nx || m.ny != field.ny || m.nz != field.nz)
+      fail(opt.mask_path, ": mask grid ", dims_str(m.dims()), " differs from the field's grid ",
+           dims_str(dims), " (", opt.field_path, ")");
+    for (int64_t i = 0; i < n; ++i)
+      mask[static_cast<size_t>(i)] = m.data[static_cast<size_t>(i)] > 0.5f;
+  }
+  int64_t n_nan = 0, n_inf = 0, n_in = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    float& v = field.data[static_cast<size_t>(i)];
+    if (std::isnan(v)) {
+      ++n_nan;
+      mask[static_cast<size_t>(i)] = 0;
+      v = 0.0f;
+    } else if (std::isinf(v) && mask[static_cast<size_t>(i)]) {
+      ++n_inf;  // outside the mask an Inf is dropped like any other value
+    }
+    v = static_cast<float>(v * factor);
+    if (!mask[static_cast<size_t>(i)]) v = 0.0f;
+    n_in += mask[static_cast<size_t>(i)];
+  }
+  if (n_inf > 0)
+    fail(opt.field_path, ": ", n_inf,
+         " voxels inside the mask are infinite; fix the field map (or set them to NaN "
+         "to treat them as outside the mask)");
+  if (n_in == 0) fail(opt.field_path, ": no voxel is inside the mask (and finite)");
+  if (n_nan > 0)
+    std::cerr << "deepqsm-infer: warning: " << n_nan << " NaN voxels in " << opt.field_path
+              << " are treated as outside the mask (output 0 there)\n";
+
+  std::printf("input:  %s, grid %s, voxel %s mm, %lld voxels in the mask\n", opt.field_path.c_str(),
+              dims_str(dims).c_str(), vec_str(field.voxel_mm).c_str(),
+              static_cast<long long>(n_in));
+  if (unit == FieldUnit::ppm)
+    std::printf("units:  ppm (as given)\n");
+  else
+    std::printf("units:  %s -> ppm, x %.6g (B0 %.4g T%s)\n", opt.units.c_str(), factor,
+                opt.b0_tesla,
+                unit == FieldUnit::rad ? (", TE " + std::to_string(opt.te_s) + " s").c_str() : "");
+
+  // ---- geometry: work on an isotropic grid with B0 along z.
+  const double tilt = angle_to_z_deg(opt.b0_dir);
+  const double vmin = *std::min_element(field.voxel_mm.begin(), field.voxel_mm.end());
+  const double vmax = *std::max_element(field.voxel_mm.begin(), field.voxel_mm.end());
+  const bool rotate = tilt > opt.max_tilt_deg;
+  const bool iso = vmax / vmin > opt.max_anisotropy;
+  const Grid in_grid{dims, field.voxel_mm};
+  Grid work{dims, field.voxel_mm};
+  // R takes the input's axes to the work axes (R b = z); resample() reads
+  // in(M p), so going to the work grid uses M = R^T and coming back M = R.
+  const Mat3 R = rotate ? rotation_to_z(opt.b0_dir) : Mat3{1, 0, 0, 0, 1, 0, 0, 0, 1};
+  std::vector<float> wfield;
+  std::vector<uint8_t> wmask;
+  if (rotate || iso) {
+    work = rotated_bounding_grid(in_grid, transpose(R), vmin);
+    wfield = resample(field.data.data(), in_grid, work, transpose(R));
+    std::vector<float> mf(mask.begin(), mask.end());
+    const std::vector<float> wm = resample(mf.data(), in_grid, work, transpose(R));
+    wmask.resize(wm.size());
+    for (size_t i = 0; i < wm.size(); ++i) wmask[i] = wm[i] > 0.5f;
+    if (rotate)
+      std::printf(
+          "B0:     direction %s is %.2f deg from z: resampled (trilinear) so B0 is along z, "
+          "inverted, resampled back\n",
+          vec_str(opt.b0_dir).c_str(), tilt);
+    if (iso)
+      std::printf(
+          "voxels: anisotropic (ratio %.3f > %.3f): resampled to %.4g mm isotropic and back\n",
+          vmax / vmin, opt.max_anisotropy, vmin);
+    std::printf("work:   grid %s, voxel %s mm\n", dims_str(work.dims).c_str(),
+                vec_str(work.voxel_mm).c_str());
+  } else {
+    std::printf("B0:     along z%s; voxels isotropic within %.2f: no resampling\n",
+                tilt > 0 ? " (within the tolerance)" : "", opt.max_anisotropy);
+  }
+  const float* wf = wfield.empty() ? field.data.data() : wfield.data();
+  const Dims3 wd = work.dims;
+
+  // ---- network on the work grid: whole volume (padded) or tiles.
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  std::printf("model:  %s (U-Net depth %d, base %d filters, trained %lld steps)\n",
+              model_path.c_str(), ck.model.depth, ck.model.base_filters,
+              static_cast<long long>(ck.step));
+  std::printf("device: %s%s\n", be->name().c_str(),
+              opt.device == "auto" ? " (auto: this build has no GPU inference path yet)" : "");
+  Tensor params = be->alloc(ck.params.shape());
+  be->upload(ck.params, params);
+  const VolumeFn run_net = [&](const Dims3& td, const std::vector<float>& in,
+                               std::vector<float>& out) {
+    const Shape s{1, td.nz, td.ny, td.nx, 1};
+    // The backend only reads the input; wrap's pointer is non-const by design.
+    Tensor host_in = Tensor::wrap(const_cast<float*>(in.data()), s, DType::f32, Device::cpu);
+    Tensor x = be->alloc(s), y = be->alloc(s);
+    be->upload(host_in, x);
+    net.forward(*be, params, x, y, false);
+    Tensor host_out = Tensor::wrap(out.data(), s, DType::f32, Device::cpu);
+    be->download(y, host_out);
+  };
+
+  const PadPlan plan = pad_plan(wd, mult);
+  const double need = static_cast<double>(plan.out.numel()) * bytes_per_voxel(ck.model);
+  const double avail = available_memory_bytes();
+  int64_t tile = opt.tile;
+  if (tile == 0 && need > 0.5 * avail) {
+    // The largest tile whose pass fits in half the available memory.
+    tile = std::max<int64_t>(
+        mult,
+        static_cast<int64_t>(std::cbrt(0.5 * avail / bytes_per_voxel(ck.model))) / mult * mult);
+    std::printf("memory: a whole-volume pass needs ~%.1f GiB, %.1f GiB available: tiling\n",
+                need / 1073741824.0, avail / 1073741824.0);
+  }
+  const std::vector<float> padded = pad_volume(wf, plan);
+  std::vector<float> wchi;
+  if (tile > 0) {
+    if (tile % mult != 0) fail("--tile ", tile, " must be a multiple of ", mult, " for this model");
+    int64_t halo = opt.halo;
+    if (halo < 0) {
+      // The receptive radius makes tiles agree with a whole-volume pass up to
+      // rounding; a tile too small for it gets the largest halo it can hold.
+      halo = round_up(receptive_radius(ck.model), mult);
+      const int64_t fit = (tile - mult) / 2 / mult * mult;
+      if (halo > fit) {
+        std::printf(
+            "note:   halo %lld < receptive radius %lld for tile %lld: results may differ "
+            "slightly near tile borders (use a larger --tile)\n",
+            static_cast<long long>(fit), static_cast<long long>(receptive_radius(ck.model)),
+            static_cast<long long>(tile));
+        halo = fit;
+      }
+    }
+    // Tiles cover the padded grid, so they sit on the whole pass's pooling grid.
+    const std::vector<Tile> tiles = make_tiles(plan.out, tile, halo, mult);
+    std::printf("pad:    %s -> %s (multiple of %lld)\n", dims_str(wd).c_str(),
+                dims_str(plan.out).c_str(), static_cast<long long>(mult));
+    std::printf("tiles:  %zu tiles of %lld^3 with a %lld-voxel halo (receptive radius %lld)\n",
+                tiles.size(), static_cast<long long>(tile), static_cast<long long>(halo),
+                static_cast<long long>(receptive_radius(ck.model)));
+    std::vector<float> out(padded.size(), 0.0f);
+    run_tiled(padded.data(), plan.out, tiles, run_net, out.data());
+    wchi = crop_volume(out.data(), plan);
+  } else {
+    std::printf("pad:    %s -> %s (multiple of %lld), one pass\n", dims_str(wd).c_str(),
+                dims_str(plan.out).c_str(), static_cast<long long>(mult));
+    std::vector<float> out(padded.size());
+    run_net(plan.out, padded, out);
+    wchi = crop_volume(out.data(), plan);
+  }
+
+  // ---- back to the input grid, masked.
+  std::vector<float> chi;
+  if (rotate || iso) {
+    apply_mask(wchi.data(), wmask.data(), wd.numel());
+    chi = resample(wchi.data(), work, in_grid, R);
+  } else {
+    chi = std::move(wchi);
+  }
+  apply_mask(chi.data(), mask.data(), n);
+  write_nifti(opt.out_path, field, chi.data());
+  std::printf("output: %s (chi, ppm, float32, the input's header and affine)\n",
+              opt.out_path.c_str());
+
+  if (!opt.preview_path.empty()) {
+    const auto fw = robust_window(field.data.data(), n);
+    const auto cw = robust_window(chi.data(), n);
+    write_slices_png(opt.preview_path,
+                     {{"field (ppm)", field.data.data(), dims, fw.first, fw.second},
+                      {"chi (ppm)", chi.data(), dims, cw.first, cw.second}});
+    std::printf("preview: %s (central axial, coronal, sagittal slices)\n",
+                opt.preview_path.c_str());
+  }
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::printf("done in %.1f s%s\n", secs,
+              n_nan > 0 ? (" (" + std::to_string(n_nan) + " NaN voxels set to 0)").c_str() : "");
+  return 0;
+}
+
+}  // namespace dq

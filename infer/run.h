@@ -1,0 +1,33 @@
+// The deepqsm-infer pipeline: read the field (and mask), convert to ppm,
+// resample when B0 is tilted or voxels are anisotropic, pad or tile, run the
+// U-Net on the CPU backend, undo the geometry, mask, write chi and a preview.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "core/dipole.h"
+
+namespace dq {
+
+struct InferOptions {
+  std::string field_path, out_path, mask_path, model_path, preview_path;
+  std::string units = "ppm";  // ppm | hz | rad
+  double b0_tesla = 0, te_s = 0;
+  Vec3 b0_dir{0.0, 0.0, 1.0};   // (x, y, z) in the voxel axes of the input
+  std::string device = "auto";  // auto | cpu | gpu
+  int64_t tile = 0;             // 0 = whole volume unless it does not fit in memory
+  int64_t halo = -1;            // -1 = from the network's receptive field
+  double max_anisotropy = 1.1;  // largest/smallest voxel side above which we resample
+  double max_tilt_deg = 0.5;    // B0 tilts up to this are treated as along z
+};
+
+// Runs the pipeline, printing what it did on stdout (warnings on stderr).
+// Failures are dq::Error with a one-line message. Returns the exit status.
+int run_inference(const InferOptions& opt);
+
+// The model used when --model is not given: $DEEPQSM_MODEL, else
+// models/deepqsm-default.h5 next to the executable's folder (<exe>/../models,
+// <exe>/models), else in the source tree this binary was built from.
+std::string default_model_path();
+
+}  // namespace dq

@@ -1,0 +1,54 @@
+// `deepqsm phantom`: writes the head-like susceptibility phantom
+// (core/phantom.h) and its local field as NIfTI, for demos and tests when no
+// measured field map is at hand.
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "core/nifti_io.h"
+#include "core/phantom.h"
+#include "train/commands.h"
+
+namespace dq {
+
+Command add_phantom_command(CLI::App& app) {
+  struct Opts {
+    std::string field, chi, mask;
+    int64_t size = 160;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* cmd = app.add_subcommand("phantom",
+                                     "Write a head-like chi phantom's local field (ppm, B0 along "
+                                     "z), and optionally chi and mask.");
+  cmd->footer(
+      "Ellipsoids with literature chi values (ppm, relative to CSF): grey matter 0.02, white\n"
+      "matter -0.03, CSF 0, caudate 0.06, putamen 0.05, globus pallidus 0.17, thalamus 0.01,\n"
+      "substantia nigra 0.14, red nucleus 0.10, veins 0.35 (references in core/phantom.cpp).\n"
+      "The field of view is 160 mm, so --size sets the voxel size (160 / size mm).");
+  cmd->add_option("-o,--output", o->field, "Field map to write (.nii or .nii.gz), ppm")->required();
+  cmd->add_option("--chi", o->chi, "Also write the true chi map here (ppm)");
+  cmd->add_option("--mask", o->mask, "Also write the brain mask here (0/1)");
+  cmd->add_option("--size", o->size, "Voxels per side")
+      ->capture_default_str()
+      ->check(CLI::Range(16, 512));
+  return {cmd, [o]() {
+            const Phantom p = make_head_phantom(o->size);
+            const Dims3& d = p.dims;
+            write_nifti_new(o->field, p.field.data(), d.nx, d.ny, d.nz, p.voxel_mm);
+            std::printf("field: %s (%lldx%lldx%lld, %.4g mm, ppm, B0 along z)\n", o->field.c_str(),
+                        static_cast<long long>(d.nx), static_cast<long long>(d.ny),
+                        static_cast<long long>(d.nz), p.voxel_mm[0]);
+            if (!o->chi.empty()) {
+              write_nifti_new(o->chi, p.chi.data(), d.nx, d.ny, d.nz, p.voxel_mm);
+              std::printf("chi:   %s (ppm)\n", o->chi.c_str());
+            }
+            if (!o->mask.empty()) {
+              const std::vector<float> m(p.mask.begin(), p.mask.end());
+              write_nifti_new(o->mask, m.data(), d.nx, d.ny, d.nz, p.voxel_mm);
+              std::printf("mask:  %s\n", o->mask.c_str());
+            }
+            return 0;
+          }};
+}
+
+}  // namespace dq
