@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
   app.add_option("--b0-direction", b0_dir,
                  "B0 direction x y z in the input's voxel axes (default 0 0 1)")
       ->expected(3);
-  app.add_option("--device", o.device, "auto, cpu or gpu (gpu: not available in this build yet)")
+  app.add_option("--device", o.device, "auto (the GPU when one is visible), cpu or gpu")
       ->check(CLI::IsMember({"auto", "cpu", "gpu"}))
       ->capture_default_str();
   app.add_option("--tile", o.tile,
@@ -83,6 +83,11 @@ int main(int argc, char** argv) {
   app.add_option("--max-anisotropy", o.max_anisotropy,
                  "Resample to isotropic voxels above this largest/smallest voxel-side ratio")
       ->capture_default_str();
+  app.add_option("--refine", o.refine,
+                 "Conjugate-gradient iterations of data consistency after the network: minimise "
+                 "|D*chi - field|^2 + lambda |chi - chi_net|^2 inside the mask (0 = off)")
+      ->capture_default_str();
+  app.add_option("--refine-lambda", o.refine_lambda, "lambda of --refine")->capture_default_str();
   app.add_option("--preview", o.preview_path,
                  "Write a PNG of the central axial, coronal and sagittal slices of field and chi");
   app.footer(

@@ -19,7 +19,11 @@
 #include "core/nifti_io.h"
 #include "core/png_io.h"
 #include "core/unet.h"
+#include "core/refine.h"
 #include "core/volume_ops.h"
+#include "cuda/cuda_backend.h"
+#include "cuda/device.h"
+#include "cuda/inversion.h"
 
 namespace dq {
 
@@ -112,11 +116,7 @@ int run_inference(const InferOptions& opt) {
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
 
-  if (opt.device == "gpu")
-    fail(
-        "--device gpu: this build's GPU inference path is not available yet (no CUDA backend); "
-        "use --device cpu or auto");
-  if (opt.device != "auto" && opt.device != "cpu")
+  if (opt.device != "gpu" && opt.device != "auto" && opt.device != "cpu")
     fail("--device must be auto, cpu or gpu, got '", opt.device, "'");
   if (opt.out_path.empty()) fail("an output path is needed (-o chi.nii.gz)");
 
@@ -213,12 +213,14 @@ int run_inference(const InferOptions& opt) {
   const Dims3 wd = work.dims;
 
   // ---- network on the work grid: whole volume (padded) or tiles.
-  std::unique_ptr<Backend> be = make_cpu_backend();
+  // auto takes the GPU when one is visible; the CUDA backend fails with a
+  // clear message when gpu is asked for and there is none.
+  const bool gpu = opt.device == "gpu" || (opt.device == "auto" && cuda_device_count() > 0);
+  std::unique_ptr<Backend> be = gpu ? make_cuda_backend(CudaBackendOptions{}) : make_cpu_backend();
   std::printf("model:  %s (U-Net depth %d, base %d filters, trained %lld steps)\n",
               model_path.c_str(), ck.model.depth, ck.model.base_filters,
               static_cast<long long>(ck.step));
-  std::printf("device: %s%s\n", be->name().c_str(),
-              opt.device == "auto" ? " (auto: this build has no GPU inference path yet)" : "");
+  std::printf("device: %s\n", be->name().c_str());
   Tensor params = be->alloc(ck.params.shape());
   be->upload(ck.params, params);
   const VolumeFn run_net = [&](const Dims3& td, const std::vector<float>& in,
@@ -291,6 +293,26 @@ int run_inference(const InferOptions& opt) {
     chi = std::move(wchi);
   }
   apply_mask(chi.data(), mask.data(), n);
+  if (opt.refine > 0) {
+    // Data consistency after the network: CG on |D*chi - f|^2 + lambda |chi - chi_net|^2
+    // inside the mask, on the input grid.
+    RefineOptions ro;
+    ro.iterations = opt.refine;
+    ro.lambda = opt.refine_lambda;
+    std::vector<float> refined(chi.size());
+    std::vector<double> objective;
+    if (gpu)
+      cuda_refine_chi(field.data.data(), chi.data(), mask.data(), dims, field.voxel_mm,
+                      opt.b0_dir, ro, refined.data(), &objective);
+    else
+      refine_chi(field.data.data(), chi.data(), mask.data(), dims, field.voxel_mm, opt.b0_dir, ro,
+                 refined.data(), &objective);
+    chi = std::move(refined);
+    apply_mask(chi.data(), mask.data(), n);
+    std::printf("refine: %d conjugate-gradient iterations, lambda %g: objective %.4g -> %.4g\n",
+                opt.refine, opt.refine_lambda, objective.empty() ? 0.0 : objective.front(),
+                objective.empty() ? 0.0 : objective.back());
+  }
   write_nifti(opt.out_path, field, chi.data());
   std::printf("output: %s (chi, ppm, float32, the input's header and affine)\n",
               opt.out_path.c_str());

@@ -1,6 +1,7 @@
 // The deepqsm-infer pipeline: read the field (and mask), convert to ppm,
 // resample when B0 is tilted or voxels are anisotropic, pad or tile, run the
-// U-Net on the CPU backend, undo the geometry, mask, write chi and a preview.
+// U-Net on the CPU or CUDA backend, optionally refine for data consistency,
+// undo the geometry, mask, write chi and a preview.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -19,6 +20,8 @@ struct InferOptions {
   int64_t halo = -1;            // -1 = from the network's receptive field
   double max_anisotropy = 1.1;  // largest/smallest voxel side above which we resample
   double max_tilt_deg = 0.5;    // B0 tilts up to this are treated as along z
+  int refine = 0;               // conjugate-gradient data-consistency iterations after the net
+  double refine_lambda = 1e-2;  // weight of |chi - chi_net|^2 in the refinement
 };
 
 // Runs the pipeline, printing what it did on stdout (warnings on stderr).
