@@ -9,56 +9,19 @@
 #include <sstream>
 #include <string>
 
+#include "tests/test_util.h"
 #include "train/config.h"
 
 namespace {
+
+using namespace dq::test;
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
 using Catch::Matchers::StartsWith;
 
-// A fresh directory under the system temp dir, removed with its contents.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "deepqsm-cli-XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string write(const std::string& name, const std::string& text) const {
-    const fs::path p = path / name;
-    std::ofstream(p) << text;
-    return p.string();
-  }
-};
-
-struct Run {
-  int status = -1;  // raw wait status from std::system
-  std::string out, err;
-  bool exited() const { return WIFEXITED(status); }
-  int code() const { return WEXITSTATUS(status); }
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 Run run(const TempDir& dir, const std::string& args) {
-  const fs::path out = dir.path / "stdout.txt", err = dir.path / "stderr.txt";
-  const std::string cmd = std::string("'") + DEEPQSM_BINARY + "' " + args + " >'" + out.string() +
-                          "' 2>'" + err.string() + "'";
-  Run r;
-  r.status = std::system(cmd.c_str());
-  r.out = slurp(out);
-  r.err = slurp(err);
-  return r;
+  return run_program(dir, DEEPQSM_BINARY, args);
 }
 
 // A failure as the CLI promises it: exit status 1, one stderr line.
@@ -73,7 +36,7 @@ void check_one_line_failure(const Run& r, const std::string& key) {
 }  // namespace
 
 TEST_CASE("bad configs fail with one line naming the key", "[cli]") {
-  TempDir dir;
+  TempDir dir("deepqsm-cli");
   struct Case {
     const char* file;
     const char* text;
@@ -100,14 +63,14 @@ TEST_CASE("bad configs fail with one line naming the key", "[cli]") {
 }
 
 TEST_CASE("a missing config file fails with one line", "[cli]") {
-  TempDir dir;
+  TempDir dir("deepqsm-cli");
   const std::string path = (dir.path / "absent.json").string();
   check_one_line_failure(run(dir, "train --config '" + path + "'"), "absent.json");
   check_one_line_failure(run(dir, "config show '" + path + "'"), "absent.json");
 }
 
 TEST_CASE("config check and show accept the shipped configs", "[cli]") {
-  TempDir dir;
+  TempDir dir("deepqsm-cli");
   const std::string smoke = std::string(DEEPQSM_SOURCE_DIR) + "/configs/smoke-cpu.json";
   const Run check = run(dir, "config check '" + smoke + "'");
   REQUIRE(check.exited());
@@ -121,7 +84,7 @@ TEST_CASE("config check and show accept the shipped configs", "[cli]") {
 }
 
 TEST_CASE("train --print-config applies overrides without training", "[cli]") {
-  TempDir dir;
+  TempDir dir("deepqsm-cli");
   const Run r = run(dir, "train --steps 7 --out runs/elsewhere --device gpu --print-config");
   REQUIRE(r.exited());
   CHECK(r.code() == 0);
@@ -132,7 +95,7 @@ TEST_CASE("train --print-config applies overrides without training", "[cli]") {
 }
 
 TEST_CASE("usage errors exit non-zero without a crash", "[cli]") {
-  TempDir dir;
+  TempDir dir("deepqsm-cli");
   for (const char* args : {"", "train --steps 0", "train --device tpu", "frobnicate"}) {
     INFO(args);
     const Run r = run(dir, args);
@@ -143,7 +106,7 @@ TEST_CASE("usage errors exit non-zero without a crash", "[cli]") {
 }
 
 TEST_CASE("help texts describe the tool", "[cli]") {
-  TempDir dir;
+  TempDir dir("deepqsm-cli");
   const Run top = run(dir, "--help");
   REQUIRE(top.exited());
   CHECK(top.code() == 0);

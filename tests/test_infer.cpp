@@ -22,8 +22,11 @@
 #include "core/tkd.h"
 #include "core/unet.h"
 #include "cuda/device.h"
+#include "tests/test_util.h"
 
 namespace {
+
+using namespace dq::test;
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
@@ -32,43 +35,8 @@ using Catch::Matchers::StartsWith;
 // deepqsm-infer is built next to deepqsm (same CMake binary directory).
 const std::string kInfer = (fs::path(DEEPQSM_BINARY).parent_path() / "deepqsm-infer").string();
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "deepqsm-infer-XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-struct Run {
-  int status = -1;
-  std::string out, err;
-  bool exited() const { return WIFEXITED(status); }
-  int code() const { return WEXITSTATUS(status); }
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 Run run(const TempDir& dir, const std::string& args, const std::string& env = "") {
-  const fs::path out = dir.path / "stdout.txt", err = dir.path / "stderr.txt";
-  const std::string cmd =
-      env + " '" + kInfer + "' " + args + " >'" + out.string() + "' 2>'" + err.string() + "'";
-  Run r;
-  r.status = std::system(cmd.c_str());
-  r.out = slurp(out);
-  r.err = slurp(err);
-  return r;
+  return run_program(dir, kInfer, args, env);
 }
 
 void check_one_line_failure(const Run& r, const std::string& what) {
@@ -115,7 +83,7 @@ std::string q(const std::string& s) {
 
 TEST_CASE("bad inputs fail with one line and a non-zero exit", "[infer]") {
   REQUIRE(fs::exists(kInfer));
-  TempDir dir;
+  TempDir dir("deepqsm-infer");
   const std::string model = small_model(dir);
   const PhantomFiles ph = phantom_files(dir);
   const std::string out = " -o " + q(dir.file("chi.nii.gz")) + " --model " + q(model);
@@ -193,7 +161,7 @@ TEST_CASE("bad inputs fail with one line and a non-zero exit", "[infer]") {
 }
 
 TEST_CASE("NaN voxels are masked out and counted in a warning", "[infer]") {
-  TempDir dir;
+  TempDir dir("deepqsm-infer");
   const std::string model = small_model(dir);
   const PhantomFiles ph = phantom_files(dir);
   std::vector<float> v = ph.ph.field;
@@ -214,7 +182,7 @@ TEST_CASE("NaN voxels are masked out and counted in a warning", "[infer]") {
 }
 
 TEST_CASE("infer writes chi on the input's grid, masked, with a preview", "[infer]") {
-  TempDir dir;
+  TempDir dir("deepqsm-infer");
   const std::string model = small_model(dir);
   const PhantomFiles ph = phantom_files(dir);
   const std::string chi_path = dir.file("chi.nii"), png = dir.file("preview.png");
@@ -303,7 +271,7 @@ TEST_CASE("the default model is found and beats TKD on the 2016 challenge", "[in
     SUCCEED();
     return;
   }
-  TempDir dir;
+  TempDir dir("deepqsm-infer");
   const std::string out = dir.file("chi.nii.gz");
   const Run r = run(dir,
                     q((data / "phs_tissue.nii.gz").string()) + " -o " + q(out) + " --mask " +
@@ -337,7 +305,7 @@ TEST_CASE("the default model is found and beats TKD on the 2016 challenge", "[in
 }
 
 TEST_CASE("deepqsm phantom writes field, chi and mask on one grid", "[infer]") {
-  TempDir dir;
+  TempDir dir("deepqsm-infer");
   const std::string f = dir.file("f.nii.gz"), c = dir.file("c.nii.gz"), m = dir.file("m.nii");
   const std::string cmd = std::string("'") + DEEPQSM_BINARY + "' phantom -o " + q(f) + " --chi " +
                           q(c) + " --mask " + q(m) + " --size 32 >/dev/null";

@@ -12,25 +12,14 @@
 
 #include "core/error.h"
 #include "core/nifti_io.h"
+#include "tests/test_util.h"
 
 namespace {
 
+using namespace dq::test;
+
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "deepqsm-nifti-XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 // An int16 volume with scaling and an oblique qform plus a different sform,
 // written by nifti_clib itself so our reader is checked against the library.
@@ -82,7 +71,7 @@ void check_same_geometry(const dq::Volume& a, const dq::Volume& b) {
 }  // namespace
 
 TEST_CASE("int16 with scl_slope/scl_inter reads as scaled floats", "[nifti]") {
-  TempDir dir;
+  TempDir dir("deepqsm-nifti");
   for (const std::string ext : {".nii", ".nii.gz"}) {
     const std::string in = dir.file("in16" + ext);
     write_int16_oblique(in, 7, 5, 3);
@@ -106,7 +95,7 @@ TEST_CASE("int16 with scl_slope/scl_inter reads as scaled floats", "[nifti]") {
 }
 
 TEST_CASE("write_nifti keeps the input's header and affine", "[nifti]") {
-  TempDir dir;
+  TempDir dir("deepqsm-nifti");
   const std::string in = dir.file("in16.nii.gz");
   write_int16_oblique(in, 9, 4, 6);
   const dq::Volume v = dq::read_nifti(in);
@@ -127,7 +116,7 @@ TEST_CASE("write_nifti keeps the input's header and affine", "[nifti]") {
 }
 
 TEST_CASE("write_nifti_new writes a centred axis-aligned affine", "[nifti]") {
-  TempDir dir;
+  TempDir dir("deepqsm-nifti");
   const int64_t nx = 5, ny = 6, nz = 7;
   std::vector<float> data(static_cast<size_t>(nx * ny * nz));
   for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<float>(i);
@@ -149,7 +138,7 @@ TEST_CASE("write_nifti_new writes a centred axis-aligned affine", "[nifti]") {
 }
 
 TEST_CASE("bad NIfTI files fail with one line naming the file", "[nifti]") {
-  TempDir dir;
+  TempDir dir("deepqsm-nifti");
   auto message = [](const std::string& path) {
     try {
       dq::read_nifti(path);

@@ -18,57 +18,22 @@
 #include "core/nifti_io.h"
 #include "synth/recipe_json.h"
 #include "synth/synth.h"
+#include "tests/test_util.h"
 
 namespace {
+
+using namespace dq::test;
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
 using Catch::Matchers::StartsWith;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "deepqsm-synth-XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string write(const std::string& name, const std::string& text) const {
-    const fs::path p = path / name;
-    std::ofstream(p) << text;
-    return p.string();
-  }
-};
-
-struct Run {
-  int status = -1;
-  std::string out, err;
-  int code() const { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-Run run(const TempDir& dir, const std::string& args) {
-  const fs::path out = dir.path / "stdout.txt", err = dir.path / "stderr.txt";
-  const std::string cmd = std::string("'") + DEEPQSM_BINARY + "' " + args + " >'" + out.string() +
-                          "' 2>'" + err.string() + "'";
-  Run r;
-  r.status = std::system(cmd.c_str());
-  r.out = slurp(out);
-  r.err = slurp(err);
-  return r;
-}
-
 // A (3,) float64 attribute of the root group, read with the plain HDF5 API
 // as h5py would see it.
+Run run(const TempDir& dir, const std::string& args) {
+  return run_program(dir, DEEPQSM_BINARY, args);
+}
+
 std::vector<double> vec3_attr(const std::string& file, const char* name) {
   const hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   REQUIRE(f >= 0);
@@ -106,7 +71,7 @@ const char* kTinyRecipe = R"({
 }  // namespace
 
 TEST_CASE("synth writes the documented HDF5 layout", "[synth_cli]") {
-  TempDir dir;
+  TempDir dir("deepqsm-synth");
   const std::string cfg = dir.write("recipe.json", kTinyRecipe);
   const std::string out = (dir.path / "patches.h5").string();
   const std::string vols = (dir.path / "vols").string();
@@ -162,7 +127,7 @@ TEST_CASE("synth writes the documented HDF5 layout", "[synth_cli]") {
 }
 
 TEST_CASE("synth reads a training config's data section and seed", "[synth_cli]") {
-  TempDir dir;
+  TempDir dir("deepqsm-synth");
   const std::string cfg = std::string(DEEPQSM_SOURCE_DIR) + "/configs/test-tiny.json";
   const std::string out = (dir.path / "p.h5").string();
   const Run r = run(dir, "synth --quiet --config '" + cfg + "' --volumes 1 --out '" + out + "'");
@@ -175,7 +140,7 @@ TEST_CASE("synth reads a training config's data section and seed", "[synth_cli]"
 }
 
 TEST_CASE("synth refuses invalid recipes with one line", "[synth_cli]") {
-  TempDir dir;
+  TempDir dir("deepqsm-synth");
   struct Case {
     const char* text;
     const char* key;

@@ -1,0 +1,66 @@
+// Helpers shared by the tests that run the built binaries: a temporary
+// directory that cleans up after itself, and running a program through the
+// shell with its exit status, stdout and stderr captured.
+#pragma once
+#include <sys/wait.h>
+
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+namespace dq::test {
+
+namespace fs = std::filesystem;
+
+// A fresh directory under the system temp dir, removed with its contents.
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& tag = "deepqsm") {
+    std::string tmpl = (fs::temp_directory_path() / (tag + "-XXXXXX")).string();
+    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string file(const std::string& name) const { return (path / name).string(); }
+  std::string write(const std::string& name, const std::string& text) const {
+    std::ofstream(path / name) << text;
+    return file(name);
+  }
+};
+
+inline std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+struct Run {
+  int status = -1;  // raw wait status from std::system
+  std::string out, err;
+  bool exited() const { return WIFEXITED(status); }  // false when killed by a signal
+  int code() const { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
+};
+
+// Runs `env 'program' args` through the shell, capturing both streams in `dir`.
+inline Run run_program(const TempDir& dir, const std::string& program, const std::string& args,
+                       const std::string& env = "") {
+  const fs::path out = dir.path / "stdout.txt", err = dir.path / "stderr.txt";
+  const std::string cmd =
+      env + " '" + program + "' " + args + " >'" + out.string() + "' 2>'" + err.string() + "'";
+  Run r;
+  r.status = std::system(cmd.c_str());
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+}  // namespace dq::test
