@@ -152,6 +152,10 @@ TEST_CASE("out-of-range values are refused", "[config]") {
   CHECK_THAT(error_of(R"({"train": {"seed": -1}})"), Contains("train.seed"));
   CHECK_THAT(error_of(R"({"train": {"device": "tpu"}})"), Contains("train.device"));
   CHECK_THAT(error_of(R"({"train": {"precision": "fp8"}})"), Contains("train.precision"));
+  CHECK_NOTHROW(
+      dq::parse_train_config(R"({"data": {"source": "stream", "train_volumes": 0}})", "t"));
+  CHECK_THAT(error_of(R"({"data": {"source": "stream", "refresh_every": 4}})"),
+             Contains("data.refresh_every"));
   CHECK_THAT(error_of(R"({"data": {"train_volumes": 0}})"), Contains("data.train_volumes"));
   CHECK_THAT(error_of(R"({"data": {"cubes": [1, 3000000000]}})"), Contains("data.cubes[1]"));
 }

@@ -143,9 +143,8 @@ TEST_CASE("A run killed with SIGKILL resumes from its last checkpoint", "[resume
   REQUIRE(k >= 6);
   const int64_t target = k + 4;
 
-  const pid_t resumed = start_binary({"train", "--config", config, "--resume", "--quiet", "--steps",
-                                      std::to_string(target)},
-                                     log);
+  const pid_t resumed = start_binary(
+      {"train", "--config", config, "--resume", "--quiet", "--steps", std::to_string(target)}, log);
   REQUIRE(wait_exit(resumed) == 0);
 
   TrainConfig straight = tiny("deepqsm-test-kill-straight");
@@ -202,4 +201,34 @@ TEST_CASE("Resume refuses damaged checkpoints and empty folders", "[resume]") {
   cfg.steps = 4;
   CHECK_THROWS_WITH(run_training(cfg, resume),
                     Contains(step_file) && (Contains("truncated") || Contains("corrupt")));
+}
+
+TEST_CASE("Training from the patch stream resumes bit-identically", "[resume]") {
+  // The stream deals batch k as a pure function of (seed, k), and a resumed
+  // run restarts the producer at its step; fresh volumes every group.
+  auto stream_cfg = [](const std::string& out) {
+    TrainConfig cfg = tiny(out);
+    cfg.source = "stream";
+    cfg.refresh_every = 0;
+    cfg.train_volumes = 0;
+    cfg.steps = 6;
+    return cfg;
+  };
+  TrainOptions opt;
+  opt.quiet = true;
+  const TrainResult a = run_training(stream_cfg("deepqsm-test-stream-a"), opt);
+  REQUIRE(a.steps == 6);
+
+  TrainConfig split = stream_cfg("deepqsm-test-stream-b");
+  TrainOptions half = opt;
+  half.steps_override = 3;
+  REQUIRE(run_training(split, half).steps == 3);
+  TrainOptions rest = opt;
+  rest.resume = true;
+  const TrainResult b = run_training(split, rest);
+  CHECK(b.resumed_from == 3);  // the half run checkpoints at its last step
+  CHECK(b.final_loss == a.final_loss);
+  const CheckpointData ca = load_checkpoint(a.checkpoint), cb = load_checkpoint(b.checkpoint);
+  require_same(ca, cb);
+  CHECK(ca.state.data_position == 5);  // the stream's position is the step
 }

@@ -48,135 +48,147 @@ const KeyTable& known_keys() {
 }
 
 void parse_model(const json& obj, UNetConfig& m) {
-  for_each_key(obj, "model", known_keys(), [&](const std::string& key, const json& v, const std::string& path) {
-    if (key == "depth") {
-      m.depth = read_int32(v, path);
-      check(m.depth >= 2 && m.depth <= 6, path, "in 2..6", std::to_string(m.depth));
-    } else if (key == "base_filters") {
-      m.base_filters = read_int32(v, path);
-      // The deepest level has base_filters * 2^(depth-1) channels; 1024 keeps
-      // that far from int overflow and far beyond any useful width.
-      check(m.base_filters >= 1 && m.base_filters <= 1024, path, "in 1..1024",
-            std::to_string(m.base_filters));
-    } else if (key == "dropout") {
-      m.dropout = read_float(v, path);
-      check(m.dropout >= 0 && m.dropout < 1, path, "in [0, 1)", num(m.dropout));
-    } else if (key == "residual") {
-      m.residual = read_bool(v, path);
-    } else if (key == "head_kernel") {
-      m.head_kernel = read_int32(v, path);
-      check(m.head_kernel == 1 || m.head_kernel == 3, path, "1 or 3",
-            std::to_string(m.head_kernel));
-    }
-  });
+  for_each_key(obj, "model", known_keys(),
+               [&](const std::string& key, const json& v, const std::string& path) {
+                 if (key == "depth") {
+                   m.depth = read_int32(v, path);
+                   check(m.depth >= 2 && m.depth <= 6, path, "in 2..6", std::to_string(m.depth));
+                 } else if (key == "base_filters") {
+                   m.base_filters = read_int32(v, path);
+                   // The deepest level has base_filters * 2^(depth-1) channels; 1024 keeps
+                   // that far from int overflow and far beyond any useful width.
+                   check(m.base_filters >= 1 && m.base_filters <= 1024, path, "in 1..1024",
+                         std::to_string(m.base_filters));
+                 } else if (key == "dropout") {
+                   m.dropout = read_float(v, path);
+                   check(m.dropout >= 0 && m.dropout < 1, path, "in [0, 1)", num(m.dropout));
+                 } else if (key == "residual") {
+                   m.residual = read_bool(v, path);
+                 } else if (key == "head_kernel") {
+                   m.head_kernel = read_int32(v, path);
+                   check(m.head_kernel == 1 || m.head_kernel == 3, path, "1 or 3",
+                         std::to_string(m.head_kernel));
+                 }
+               });
 }
 
 void parse_data(const json& obj, TrainConfig& cfg) {
-  for_each_key(obj, "data", known_keys(), [&](const std::string& key, const json& v,
-                                              const std::string& path) {
-    if (read_recipe_key(cfg.data, key, v, path)) return;
-    if (key == "source") {
-      cfg.source = read_string(v, path);
-      check(cfg.source == "generator" || cfg.source == "hdf5", path,
-            "\"generator\" or \"hdf5\"", "\"" + cfg.source + "\"");
-    } else if (key == "patch_file") {
-      cfg.patch_file = read_string(v, path);
-    } else if (key == "refresh_every") {
-      cfg.refresh_every = read_int(v, path);
-      check(cfg.refresh_every >= 0, path, ">= 0 (0 = one fixed training set)",
-            std::to_string(cfg.refresh_every));
-    } else if (key == "train_volumes") {
-      cfg.train_volumes = read_int(v, path);
-      check(cfg.train_volumes >= 1, path, ">= 1", std::to_string(cfg.train_volumes));
-    } else if (key == "val_volumes") {
-      cfg.val_volumes = read_int(v, path);
-      check(cfg.val_volumes >= 1, path, ">= 1 (validation compares with TKD on them)",
-            std::to_string(cfg.val_volumes));
-    }
-  });
+  for_each_key(obj, "data", known_keys(),
+               [&](const std::string& key, const json& v, const std::string& path) {
+                 if (read_recipe_key(cfg.data, key, v, path)) return;
+                 if (key == "source") {
+                   cfg.source = read_string(v, path);
+                   check(
+                       cfg.source == "generator" || cfg.source == "stream" || cfg.source == "hdf5",
+                       path, "\"generator\", \"stream\" or \"hdf5\"", "\"" + cfg.source + "\"");
+                 } else if (key == "patch_file") {
+                   cfg.patch_file = read_string(v, path);
+                 } else if (key == "refresh_every") {
+                   cfg.refresh_every = read_int(v, path);
+                   check(cfg.refresh_every >= 0, path, ">= 0 (0 = one fixed training set)",
+                         std::to_string(cfg.refresh_every));
+                 } else if (key == "train_volumes") {
+                   cfg.train_volumes = read_int(v, path);
+                   check(cfg.train_volumes >= 0, path,
+                         ">= 1 (0: fresh volumes, data.source \"stream\" only)",
+                         std::to_string(cfg.train_volumes));
+                 } else if (key == "val_volumes") {
+                   cfg.val_volumes = read_int(v, path);
+                   check(cfg.val_volumes >= 1, path, ">= 1 (validation compares with TKD on them)",
+                         std::to_string(cfg.val_volumes));
+                 }
+               });
 }
 
 void parse_optim(const json& obj, AdamConfig& o) {
-  for_each_key(obj, "optim", known_keys(), [&](const std::string& key, const json& v, const std::string& path) {
-    const float x = read_float(v, path);
-    if (key == "lr") {
-      check(x > 0, path, "> 0", num(x));
-      o.lr = x;
-    } else if (key == "beta1" || key == "beta2") {
-      check(x >= 0 && x < 1, path, "in [0, 1)", num(x));
-      (key == "beta1" ? o.beta1 : o.beta2) = x;
-    } else if (key == "eps") {
-      check(x > 0, path, "> 0", num(x));
-      o.eps = x;
-    }
-  });
+  for_each_key(obj, "optim", known_keys(),
+               [&](const std::string& key, const json& v, const std::string& path) {
+                 const float x = read_float(v, path);
+                 if (key == "lr") {
+                   check(x > 0, path, "> 0", num(x));
+                   o.lr = x;
+                 } else if (key == "beta1" || key == "beta2") {
+                   check(x >= 0 && x < 1, path, "in [0, 1)", num(x));
+                   (key == "beta1" ? o.beta1 : o.beta2) = x;
+                 } else if (key == "eps") {
+                   check(x > 0, path, "> 0", num(x));
+                   o.eps = x;
+                 }
+               });
 }
 
 void parse_train(const json& obj, TrainConfig& cfg) {
-  for_each_key(obj, "train", known_keys(), [&](const std::string& key, const json& v, const std::string& path) {
-    if (key == "steps") {
-      cfg.steps = read_int(v, path);
-      check(cfg.steps >= 1, path, ">= 1", std::to_string(cfg.steps));
-    } else if (key == "batch") {
-      cfg.batch = read_int(v, path);
-      check(cfg.batch >= 1, path, ">= 1", std::to_string(cfg.batch));
-    } else if (key == "device") {
-      cfg.device = read_string(v, path);
-      check(cfg.device == "cpu" || cfg.device == "gpu", path, "\"cpu\" or \"gpu\"",
-            "\"" + cfg.device + "\"");
-    } else if (key == "precision") {
-      cfg.precision = read_string(v, path);
-      const std::set<std::string> ok = {"fp32", "tf32", "bf16", "fp16"};
-      check(ok.count(cfg.precision) > 0, path, "one of fp32, tf32, bf16, fp16",
-            "\"" + cfg.precision + "\"");
-    } else if (key == "checkpoint_every") {
-      cfg.checkpoint_every = read_int(v, path);
-      check(cfg.checkpoint_every >= 0, path, ">= 0 (0 = only at the end)",
-            std::to_string(cfg.checkpoint_every));
-    } else if (key == "keep_checkpoints") {
-      cfg.keep_checkpoints = read_int(v, path);
-      check(cfg.keep_checkpoints >= 1, path, ">= 1", std::to_string(cfg.keep_checkpoints));
-    } else if (key == "validate_every") {
-      cfg.validate_every = read_int(v, path);
-      check(cfg.validate_every >= 0, path, ">= 0 (0 = only at the end)",
-            std::to_string(cfg.validate_every));
-    } else if (key == "log_every") {
-      cfg.log_every = read_int(v, path);
-      check(cfg.log_every >= 1, path, ">= 1", std::to_string(cfg.log_every));
-    } else if (key == "seed") {
-      if (v.is_number_unsigned()) {
-        cfg.seed = v.get<uint64_t>();
-      } else {
-        const int64_t s = read_int(v, path);
-        check(s >= 0, path, ">= 0", std::to_string(s));
-        cfg.seed = static_cast<uint64_t>(s);
-      }
-    } else if (key == "out_dir") {
-      cfg.out_dir = read_string(v, path);
-      check(!cfg.out_dir.empty(), path, "a directory", "an empty string");
-    } else if (key == "log_file") {
-      cfg.log_file = read_string(v, path);
-      check(!cfg.log_file.empty(), path, "a file name", "an empty string");
-    } else if (key == "tensorboard") {
-      cfg.tensorboard = read_bool(v, path);
-    } else if (key == "reference_field") {
-      cfg.reference_field = read_string(v, path);
-    } else if (key == "reference_chi") {
-      cfg.reference_chi = read_string(v, path);
-    } else if (key == "reference_mask") {
-      cfg.reference_mask = read_string(v, path);
-    }
-  });
+  for_each_key(obj, "train", known_keys(),
+               [&](const std::string& key, const json& v, const std::string& path) {
+                 if (key == "steps") {
+                   cfg.steps = read_int(v, path);
+                   check(cfg.steps >= 1, path, ">= 1", std::to_string(cfg.steps));
+                 } else if (key == "batch") {
+                   cfg.batch = read_int(v, path);
+                   check(cfg.batch >= 1, path, ">= 1", std::to_string(cfg.batch));
+                 } else if (key == "device") {
+                   cfg.device = read_string(v, path);
+                   check(cfg.device == "cpu" || cfg.device == "gpu", path, "\"cpu\" or \"gpu\"",
+                         "\"" + cfg.device + "\"");
+                 } else if (key == "precision") {
+                   cfg.precision = read_string(v, path);
+                   const std::set<std::string> ok = {"fp32", "tf32", "bf16", "fp16"};
+                   check(ok.count(cfg.precision) > 0, path, "one of fp32, tf32, bf16, fp16",
+                         "\"" + cfg.precision + "\"");
+                 } else if (key == "checkpoint_every") {
+                   cfg.checkpoint_every = read_int(v, path);
+                   check(cfg.checkpoint_every >= 0, path, ">= 0 (0 = only at the end)",
+                         std::to_string(cfg.checkpoint_every));
+                 } else if (key == "keep_checkpoints") {
+                   cfg.keep_checkpoints = read_int(v, path);
+                   check(cfg.keep_checkpoints >= 1, path, ">= 1",
+                         std::to_string(cfg.keep_checkpoints));
+                 } else if (key == "validate_every") {
+                   cfg.validate_every = read_int(v, path);
+                   check(cfg.validate_every >= 0, path, ">= 0 (0 = only at the end)",
+                         std::to_string(cfg.validate_every));
+                 } else if (key == "log_every") {
+                   cfg.log_every = read_int(v, path);
+                   check(cfg.log_every >= 1, path, ">= 1", std::to_string(cfg.log_every));
+                 } else if (key == "seed") {
+                   if (v.is_number_unsigned()) {
+                     cfg.seed = v.get<uint64_t>();
+                   } else {
+                     const int64_t s = read_int(v, path);
+                     check(s >= 0, path, ">= 0", std::to_string(s));
+                     cfg.seed = static_cast<uint64_t>(s);
+                   }
+                 } else if (key == "out_dir") {
+                   cfg.out_dir = read_string(v, path);
+                   check(!cfg.out_dir.empty(), path, "a directory", "an empty string");
+                 } else if (key == "log_file") {
+                   cfg.log_file = read_string(v, path);
+                   check(!cfg.log_file.empty(), path, "a file name", "an empty string");
+                 } else if (key == "tensorboard") {
+                   cfg.tensorboard = read_bool(v, path);
+                 } else if (key == "reference_field") {
+                   cfg.reference_field = read_string(v, path);
+                 } else if (key == "reference_chi") {
+                   cfg.reference_chi = read_string(v, path);
+                 } else if (key == "reference_mask") {
+                   cfg.reference_mask = read_string(v, path);
+                 }
+               });
 }
 
 // Rules that involve more than one key.
 void check_combinations(const TrainConfig& cfg) {
   if (cfg.source == "hdf5" && cfg.patch_file.empty())
     fail("data.patch_file: must name an HDF5 file when data.source is \"hdf5\"");
-  if (cfg.source == "generator" && !cfg.patch_file.empty())
-    fail("data.patch_file: is only read when data.source is \"hdf5\" (it is \"generator\")");
-  if (cfg.source == "hdf5" && cfg.refresh_every > 0)
-    fail("data.refresh_every: fresh volumes need data.source \"generator\", not \"hdf5\"");
+  if (cfg.source != "hdf5" && !cfg.patch_file.empty())
+    fail("data.patch_file: is only read when data.source is \"hdf5\" (it is \"", cfg.source, "\")");
+  if (cfg.source != "generator" && cfg.refresh_every > 0)
+    fail("data.refresh_every: fresh blocks of volumes need data.source \"generator\", not \"",
+         cfg.source, "\" (the stream draws fresh volumes with data.train_volumes 0)");
+  if (cfg.train_volumes == 0 && cfg.source != "stream")
+    fail(
+        "data.train_volumes: must be >= 1, got 0 (0 means fresh volumes, data.source \"stream\" "
+        "only)");
   if (cfg.reference_field.empty() != cfg.reference_chi.empty())
     fail(cfg.reference_field.empty() ? "train.reference_field" : "train.reference_chi",
          ": train.reference_field and train.reference_chi go together (set both or neither)");
@@ -271,18 +283,19 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
       fail(json_syntax_message(e, json_text));
     }
     TrainConfig cfg;
-    for_each_key(root, "", known_keys(), [&](const std::string& key, const json& v, const std::string& path) {
-      if (key == "name")
-        cfg.name = read_string(v, path);
-      else if (key == "model")
-        parse_model(v, cfg.model);
-      else if (key == "data")
-        parse_data(v, cfg);
-      else if (key == "optim")
-        parse_optim(v, cfg.optim);
-      else if (key == "train")
-        parse_train(v, cfg);
-    });
+    for_each_key(root, "", known_keys(),
+                 [&](const std::string& key, const json& v, const std::string& path) {
+                   if (key == "name")
+                     cfg.name = read_string(v, path);
+                   else if (key == "model")
+                     parse_model(v, cfg.model);
+                   else if (key == "data")
+                     parse_data(v, cfg);
+                   else if (key == "optim")
+                     parse_optim(v, cfg.optim);
+                   else if (key == "train")
+                     parse_train(v, cfg);
+                 });
     cfg.data.validate();
     check_combinations(cfg);
     const int64_t multiple = int64_t{1} << (cfg.model.depth - 1);

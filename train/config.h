@@ -15,10 +15,10 @@ struct TrainConfig {
   std::string name = "deepqsm";
   UNetConfig model;
   Recipe data;                     // "data": the generator recipe
-  std::string source = "generator";  // "generator" | "hdf5": where training patches come from
+  std::string source = "generator";  // "generator" | "stream" | "hdf5": where patches come from
   std::string patch_file;          // source "hdf5": datasets field, chi (N, P, P, P[, 1])
   int64_t refresh_every = 0;       // steps; > 0: fresh train_volumes every this many steps
-  int64_t train_volumes = 8;       // volumes generated for the training set (per refresh)
+  int64_t train_volumes = 8;       // volumes of the training set (per refresh); stream: 0 = fresh
   int64_t val_volumes = 1;         // held-out volumes, from their own seed range
   AdamConfig optim;
   std::string device = "cpu";      // "cpu" | "gpu"

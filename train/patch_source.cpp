@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/h5io.h"
+#include "synth/stream.h"
 #include "synth/synth.h"
 
 namespace dq {
@@ -20,12 +21,13 @@ class GeneratorSource final : public PatchSource {
     const int64_t P = cfg.data.patch_size;
     const double bytes = 2.0 * static_cast<double>(cfg.train_volumes) *
                          cfg.data.patches_per_volume * static_cast<double>(P * P * P) * 4.0;
-    const double ram = static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
-                       static_cast<double>(sysconf(_SC_PAGE_SIZE));
+    const double ram =
+        static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
     if (ram > 0 && bytes > 0.75 * ram)
       fail("data: ", cfg.train_volumes, " training volumes x ", cfg.data.patches_per_volume,
            " patches of ", P, "^3 need ", bytes / 1e9, " GB in memory, more than 3/4 of the ",
-           ram / 1e9, " GB here; stream fresh volumes (data.refresh_every) or train from a patch "
+           ram / 1e9,
+           " GB here; stream fresh volumes (data.refresh_every) or train from a patch "
            "file (data.source \"hdf5\")");
   }
   bool prepare(int64_t step) override {
@@ -43,7 +45,8 @@ class GeneratorSource final : public PatchSource {
     const int64_t per = set_.field.numel() / set_.field.dim(0);
     for (size_t b = 0; b < idx.size(); ++b) {
       const int64_t off = static_cast<int64_t>(b) * per;
-      std::copy(set_.field.f32() + idx[b] * per, set_.field.f32() + (idx[b] + 1) * per, field + off);
+      std::copy(set_.field.f32() + idx[b] * per, set_.field.f32() + (idx[b] + 1) * per,
+                field + off);
       std::copy(set_.chi.f32() + idx[b] * per, set_.chi.f32() + (idx[b] + 1) * per, chi + off);
     }
   }
@@ -64,6 +67,52 @@ class GeneratorSource final : public PatchSource {
   int64_t block_ = -1;
 };
 
+class StreamSource final : public PatchSource {
+ public:
+  explicit StreamSource(const TrainConfig& cfg) {
+    sc_.recipe = cfg.data;
+    sc_.seed = cfg.seed;
+    sc_.batch = cfg.batch;
+    sc_.train_volumes = cfg.train_volumes;
+    sc_.device = cfg.device;
+    sc_.validate();
+  }
+  // The stream starts at the first step asked for (a resumed run's step) and
+  // then hands out consecutive batches; a step out of order restarts it.
+  bool prepare(int64_t step) override {
+    if (stream_ && batch_.step == step && batch_.field.defined()) return false;
+    if (!stream_ || stream_->next_step() != step)
+      stream_ = std::make_unique<PatchStream>(sc_, step);
+    batch_ = stream_->next();
+    return false;
+  }
+  int64_t size() const override { return sc_.batch; }
+  int64_t position(int64_t step) const override { return step; }
+  void gather(const std::vector<int64_t>& idx, float* field, float* chi) override {
+    const int64_t per = batch_.field.numel() / batch_.field.dim(0);
+    for (size_t b = 0; b < idx.size(); ++b) {
+      const int64_t off = static_cast<int64_t>(b) * per;
+      std::copy(batch_.field.f32() + idx[b] * per, batch_.field.f32() + (idx[b] + 1) * per,
+                field + off);
+      std::copy(batch_.chi.f32() + idx[b] * per, batch_.chi.f32() + (idx[b] + 1) * per, chi + off);
+    }
+  }
+  std::string describe() const override {
+    std::ostringstream os;
+    os << "synthetic stream, " << sc_.group_volumes() << " volumes per pool, "
+       << (sc_.train_volumes > 0 ? std::to_string(sc_.train_volumes) + " volumes cycled"
+                                 : std::string("a fresh volume every time"));
+    if (stream_) os << ", " << stream_->wait_seconds() << " s waited so far";
+    return os.str();
+  }
+  bool deals_batches() const override { return true; }
+
+ private:
+  StreamConfig sc_;
+  std::unique_ptr<PatchStream> stream_;
+  Batch batch_;
+};
+
 // An HDF5 handle closed on scope exit.
 struct H5Id {
   hid_t id = -1;
@@ -80,10 +129,18 @@ struct H5Id {
     if (id >= 0 && close) close(id);
   }
 };
-void close_file(hid_t i) { H5Fclose(i); }
-void close_dataset(hid_t i) { H5Dclose(i); }
-void close_space(hid_t i) { H5Sclose(i); }
-void close_type(hid_t i) { H5Tclose(i); }
+void close_file(hid_t i) {
+  H5Fclose(i);
+}
+void close_dataset(hid_t i) {
+  H5Dclose(i);
+}
+void close_space(hid_t i) {
+  H5Sclose(i);
+}
+void close_type(hid_t i) {
+  H5Tclose(i);
+}
 
 class Hdf5Source final : public PatchSource {
  public:
@@ -96,7 +153,8 @@ class Hdf5Source final : public PatchSource {
     field_ = open("field");
     chi_ = open("chi");
     if (n_field_ != n_chi_)
-      fail(path_, ": data.patch_file has ", n_field_, " field patches but ", n_chi_, " chi patches");
+      fail(path_, ": data.patch_file has ", n_field_, " field patches but ", n_chi_,
+           " chi patches");
     n_ = n_field_;
     if (n_ < 1) fail(path_, ": data.patch_file holds no patches");
   }
@@ -155,7 +213,8 @@ class Hdf5Source final : public PatchSource {
     H5Id mem_space(H5Screate_simple(1, mem_dims, nullptr), close_space);
     if (H5Sselect_hyperslab(file_space.id, H5S_SELECT_SET, start, nullptr, count, nullptr) < 0 ||
         H5Dread(d.ds.id, H5T_NATIVE_FLOAT, mem_space.id, file_space.id, H5P_DEFAULT, out) < 0)
-      fail(path_, ": cannot read patch ", i, " of dataset '", name, "' (truncated or corrupt file?)");
+      fail(path_, ": cannot read patch ", i, " of dataset '", name,
+           "' (truncated or corrupt file?)");
   }
 
   std::string path_;
@@ -168,6 +227,7 @@ class Hdf5Source final : public PatchSource {
 
 std::unique_ptr<PatchSource> make_patch_source(const TrainConfig& cfg) {
   if (cfg.source == "hdf5") return std::make_unique<Hdf5Source>(cfg);
+  if (cfg.source == "stream") return std::make_unique<StreamSource>(cfg);
   return std::make_unique<GeneratorSource>(cfg);
 }
 

@@ -8,6 +8,12 @@
 //       block b, the fresh volumes b*train_volumes .. (b+1)*train_volumes-1,
 //       generated when the block starts. The block index is the checkpoint's
 //       data_position; a resumed run regenerates the same block.
+//   stream                              synth/stream.h's PatchStream: a producer
+//       thread generates volumes ahead of the trainer into pools of patches
+//       from several volumes and deals them into whole batches, so the step
+//       does not wait on generation in steady state. Batch k is a pure
+//       function of (seed, k); train_volumes cycles a finite set, 0 draws a
+//       fresh volume every time. Ranks take their slice of each batch.
 //   hdf5                                a patch file, read patch by patch (an
 //       HDF5 hyperslab per patch) so it may be far larger than memory.
 //       Layout: float32 datasets "field" and "chi" (ppm), shape (N, P, P, P)
@@ -15,7 +21,8 @@
 //       is the dipole field of patch i of "chi". Attributes are ignored.
 //
 // Every rank opens its own source; batches are chosen by the trainer from a
-// counter RNG over [0, size()), so ranks agree on them without talking.
+// counter RNG over [0, size()) (or dealt by the stream), so ranks agree on
+// them without talking.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -39,6 +46,10 @@ class PatchSource {
   // Copies patches idx[0..n) into field and chi, each (n, P, P, P, 1) floats.
   virtual void gather(const std::vector<int64_t>& idx, float* field, float* chi) = 0;
   virtual std::string describe() const = 0;  // one line for the log
+  // True when the source deals whole batches itself: patch i of the current
+  // step's batch is index i, and the trainer takes its slice in order
+  // instead of drawing indices.
+  virtual bool deals_batches() const { return false; }
 };
 
 std::unique_ptr<PatchSource> make_patch_source(const TrainConfig& cfg);

@@ -24,6 +24,7 @@
 #include "core/tkd.h"
 #include "cuda/check.h"
 #include "cuda/cuda_backend.h"
+#include "synth/stream.h"  // kValidationVolumeBase, shared with the stream
 #include "synth/synth.h"
 #include "train/comm.h"
 #include "train/patch_source.h"
@@ -36,10 +37,6 @@ using json = nlohmann::json;
 
 namespace {
 
-// Held-out volumes come from their own index range, far from any training
-// volume (streaming included: 2^40 volumes is beyond any run), so the two
-// sets never share a shape.
-constexpr int64_t kValidationVolumeBase = int64_t{1} << 40;
 constexpr uint64_t kBatchPurpose = 1, kDropoutPurpose = 2, kInitPurpose = 3;
 
 // Called after the communicator, which has made this rank's GPU current.
@@ -51,8 +48,9 @@ std::unique_ptr<Backend> make_backend(const TrainConfig& cfg) {
     return make_cpu_backend();
   }
   if (cfg.precision == "fp16")
-    fail("train.precision \"fp16\": the trainer does not drive dynamic loss scaling yet, "
-         "without which fp16 gradients underflow; use \"bf16\", \"tf32\" or \"fp32\"");
+    fail(
+        "train.precision \"fp16\": the trainer does not drive dynamic loss scaling yet, "
+        "without which fp16 gradients underflow; use \"bf16\", \"tf32\" or \"fp32\"");
   CudaBackendOptions o;
   DQ_CUDA(cudaGetDevice(&o.device));
   o.precision = cfg.precision;
@@ -104,11 +102,19 @@ std::map<int64_t, fs::path> step_checkpoints(const std::string& dir) {
 // the trajectory: how long, where, how often to report, and on what device.
 // Everything else (model, data, optimiser, seed, batch, precision) must match.
 const std::set<std::string>& resume_free_keys() {
-  static const std::set<std::string> keys = {
-      "name",           "train.steps",        "train.out_dir",        "train.checkpoint_every",
-      "train.keep_checkpoints", "train.validate_every", "train.log_every", "train.log_file",
-      "train.tensorboard", "train.reference_field", "train.reference_chi",
-      "train.reference_mask", "train.device"};
+  static const std::set<std::string> keys = {"name",
+                                             "train.steps",
+                                             "train.out_dir",
+                                             "train.checkpoint_every",
+                                             "train.keep_checkpoints",
+                                             "train.validate_every",
+                                             "train.log_every",
+                                             "train.log_file",
+                                             "train.tensorboard",
+                                             "train.reference_field",
+                                             "train.reference_chi",
+                                             "train.reference_mask",
+                                             "train.device"};
   return keys;
 }
 
@@ -117,7 +123,9 @@ void check_resumable(const std::string& path, const std::string& stored, const T
   try {
     a = json::parse(stored);
   } catch (const json::exception&) {
-    fail(path, ": the stored config is not valid JSON; cannot check that --resume continues the same run");
+    fail(
+        path,
+        ": the stored config is not valid JSON; cannot check that --resume continues the same run");
   }
   const json b = json::parse(train_config_to_json(cfg));
   std::vector<std::string> diffs;
@@ -200,11 +208,13 @@ ReferencePair load_reference(const TrainConfig& cfg, int64_t multiple) {
   r.field = read_nifti(cfg.reference_field);
   r.chi = read_nifti(cfg.reference_chi);
   if (!same_grid(r.field, r.chi))
-    fail("train.reference_chi ", cfg.reference_chi, " has a different grid than train.reference_field");
+    fail("train.reference_chi ", cfg.reference_chi,
+         " has a different grid than train.reference_field");
   if (!cfg.reference_mask.empty()) {
     const Volume m = read_nifti(cfg.reference_mask);
     if (!same_grid(m, r.field))
-      fail("train.reference_mask ", cfg.reference_mask, " has a different grid than train.reference_field");
+      fail("train.reference_mask ", cfg.reference_mask,
+           " has a different grid than train.reference_field");
     r.mask.resize(m.data.size());
     for (size_t i = 0; i < m.data.size(); ++i) r.mask[i] = m.data[i] != 0.0f;
   }
@@ -220,9 +230,9 @@ struct Trainer {
   const TrainOptions& opt;
   std::unique_ptr<Communicator> comm;
   std::unique_ptr<Backend> be;
-  UNet net, eval_net;                // eval_net keeps validation buffers apart from training's
-  std::unique_ptr<UNet> ref_net;     // the reference volume's (large) buffers, if any
-  Tensor params, m, v;               // on the backend's device, layout of net
+  UNet net, eval_net;                   // eval_net keeps validation buffers apart from training's
+  std::unique_ptr<UNet> ref_net;        // the reference volume's (large) buffers, if any
+  Tensor params, m, v;                  // on the backend's device, layout of net
   Tensor reduce_buf, grads, loss_slot;  // reduce_buf = [grads | loss | pad]
   std::unique_ptr<PatchSource> source;
   PatchSet val_set;
@@ -235,8 +245,13 @@ struct Trainer {
   bool tty = false;
 
   Trainer(const TrainConfig& c, const TrainOptions& o)
-      : cfg(c), opt(o), comm(make_communicator(c.device)), be(make_backend(c)), net(c.model),
-        eval_net(c.model), config_json(train_config_to_json(c)) {
+      : cfg(c),
+        opt(o),
+        comm(make_communicator(c.device)),
+        be(make_backend(c)),
+        net(c.model),
+        eval_net(c.model),
+        config_json(train_config_to_json(c)) {
     lead = comm->rank() == 0;
     tty = lead && !opt.quiet && isatty(fileno(stdout));
   }
@@ -472,7 +487,8 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
     const int world = t.comm->size(), rank = t.comm->rank();
     const int64_t P = cfg.data.patch_size, G = cfg.batch, B = G / world;
     const Shape bs{B, P, P, P, 1};
-    Tensor host_field = Tensor::zeros(bs), host_chi = Tensor::zeros(bs), host_loss = Tensor::zeros({1});
+    Tensor host_field = Tensor::zeros(bs), host_chi = Tensor::zeros(bs),
+           host_loss = Tensor::zeros({1});
     Tensor batch_field = t.be->alloc(bs), batch_chi = t.be->alloc(bs), pred = t.be->alloc(bs),
            dpred = t.be->alloc(bs);
     std::vector<int64_t> idx(static_cast<size_t>(B));
@@ -490,8 +506,11 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
       const uint64_t bkey = key_for(key_for(cfg.seed, kBatchPurpose), static_cast<uint64_t>(step));
       for (int64_t b = 0; b < B; ++b) {
         const uint64_t draw = static_cast<uint64_t>(rank * B + b);
-        idx[static_cast<size_t>(b)] = std::min<int64_t>(
-            n_train - 1, static_cast<int64_t>(philox_uniform(bkey, draw) * static_cast<float>(n_train)));
+        idx[static_cast<size_t>(b)] =
+            t.source->deals_batches()
+                ? rank * B + b  // the stream dealt the global batch; this rank's slice
+                : std::min<int64_t>(n_train - 1, static_cast<int64_t>(philox_uniform(bkey, draw) *
+                                                                      static_cast<float>(n_train)));
       }
       t.source->gather(idx, host_field.f32(), host_chi.f32());
       t.be->upload(host_field, batch_field);
@@ -499,9 +518,9 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
 
       // Dropout masks are keyed by rank too: each rank's patches get their
       // own masks (as the samples of one large batch would).
-      const uint64_t dkey = key_for(
-          key_for(key_for(cfg.seed, kDropoutPurpose), static_cast<uint64_t>(step)),
-          static_cast<uint64_t>(rank));
+      const uint64_t dkey =
+          key_for(key_for(key_for(cfg.seed, kDropoutPurpose), static_cast<uint64_t>(step)),
+                  static_cast<uint64_t>(rank));
       t.net.forward(*t.be, t.params, batch_field, pred, true, dkey);
       const float local_loss = t.be->mse_loss(pred, batch_chi, &dpred);
       t.net.backward(*t.be, t.params, dpred, t.grads);
@@ -529,7 +548,8 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
       const double sps = static_cast<double>((done - start) * G) / std::max(elapsed, 1e-9);
       const bool last = done == steps;
       if (done % cfg.log_every == 0 || last) {
-        const double eta = elapsed / static_cast<double>(done - start) * static_cast<double>(steps - done);
+        const double eta =
+            elapsed / static_cast<double>(done - start) * static_cast<double>(steps - done);
         std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4e  %.1f samples/s  ETA %s",
                       static_cast<long long>(done), static_cast<long long>(steps), loss, sps,
                       format_duration(eta).c_str());
@@ -539,7 +559,8 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
         } else {
           t.say(line);
         }
-        t.log_json({{"step", done}, {"loss", loss}, {"samples_per_s", sps}, {"elapsed_s", elapsed}});
+        t.log_json(
+            {{"step", done}, {"loss", loss}, {"samples_per_s", sps}, {"elapsed_s", elapsed}});
         t.tb_scalars(done, {{"train/loss", loss}, {"train/samples_per_s", sps}});
       }
       if (t.lead && ((cfg.validate_every > 0 && done % cfg.validate_every == 0) || last)) {
