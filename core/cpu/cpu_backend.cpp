@@ -1,5 +1,6 @@
-// The CPU backend: argument checks, then oneDNN (core/cpu/onednn_conv.cpp)
-// for the convolutions and plain loops for everything else. The loops are
+// The CPU backend: argument checks, then oneDNN for the convolutions
+// (core/cpu/onednn_conv.cpp) and max-pooling (core/cpu/onednn_pool.cpp), and
+// plain loops for everything else. The loops are
 // written to be read as the spec of each op in core/backend.h.
 #include "core/cpu/cpu_backend.h"
 
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "core/cpu/onednn_conv.h"
+#include "core/cpu/onednn_pool.h"
 #include "core/cpu/parallel.h"
 #include "core/error.h"
 #include "core/op_checks.h"
@@ -120,17 +122,7 @@ class CpuBackend final : public Backend {
   // (first maximum in window order) must hold exactly on every backend.
   void maxpool_forward(const Tensor& x, Tensor& y) override {
     Pool p = pool_shape(x, y, "maxpool_forward");
-    const float* xp = x.f32();
-    float* yp = y.f32();
-    for_each_window(p, [&](int64_t out, const int64_t* in) {
-      // out: the offset of y[n, d, h, w, 0]; in[j]: the offset of the j-th
-      // window element x[n, 2d+a, 2h+b, 2w+c, 0], j = 4a + 2b + c.
-      for (int64_t c = 0; c < p.c; ++c) {
-        float m = xp[in[0] + c];
-        for (int j = 1; j < 8; ++j) m = xp[in[j] + c] > m ? xp[in[j] + c] : m;
-        yp[out + c] = m;
-      }
-    });
+    pool_.forward(p.n, 2 * p.d, 2 * p.h, 2 * p.w, p.c, x.f32(), y.f32());
   }
 
   void maxpool_backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) override {
@@ -138,25 +130,9 @@ class CpuBackend final : public Backend {
     Pool p = pool_shape(x, y, op);
     check_same(y, dy, kDev, op, "y", "dy");
     check_same(x, dx, kDev, op, "x", "dx");
-    const float* xp = x.f32();
-    const float* dyp = dy.f32();
-    float* dxp = dx.f32();
-    // The argmax is recomputed from x with the forward's strict comparison,
-    // so ties go to the first maximum in window order; windows do not
-    // overlap, so every dx element is written exactly once.
-    for_each_window(p, [&](int64_t out, const int64_t* in) {
-      for (int64_t c = 0; c < p.c; ++c) {
-        int arg = 0;
-        float m = xp[in[0] + c];
-        for (int j = 1; j < 8; ++j) {
-          if (xp[in[j] + c] > m) {
-            m = xp[in[j] + c];
-            arg = j;
-          }
-        }
-        for (int j = 0; j < 8; ++j) dxp[in[j] + c] = j == arg ? dyp[out + c] : 0.0f;
-      }
-    });
+    // The argmax is recomputed from x (oneDNN's training-mode workspace), so
+    // y is only checked; windows do not overlap, so dx is fully overwritten.
+    pool_.backward(p.n, 2 * p.d, 2 * p.h, 2 * p.w, p.c, x.f32(), dy.f32(), dx.f32());
   }
 
   // ---------------------------------------------------------- pointwise
@@ -290,27 +266,6 @@ class CpuBackend final : public Backend {
     return p;
   }
 
-  // Calls f(out, in) for every output voxel, where out is the offset of its
-  // channel vector in y and in[8] those of its window in x, in window order.
-  template <class F>
-  static void for_each_window(const Pool& p, const F& f) {
-    int64_t sw = p.c, sh = 2 * p.w * sw, sd = 2 * p.h * sh;  // x strides
-    int64_t grain = std::max<int64_t>(1, kGrain / (8 * p.h * p.w * p.c));
-    cpu::parallel_for(p.n * p.d, grain, [&](int64_t r0, int64_t r1) {
-      int64_t in[8];
-      for (int64_t r = r0; r < r1; ++r) {  // r = n * d + od
-        for (int64_t oh = 0; oh < p.h; ++oh) {
-          for (int64_t ow = 0; ow < p.w; ++ow) {
-            int64_t base = 2 * r * sd + 2 * oh * sh + 2 * ow * sw;
-            for (int j = 0; j < 8; ++j)
-              in[j] = base + (j >> 2) * sd + ((j >> 1) & 1) * sh + (j & 1) * sw;
-            f(((r * p.h + oh) * p.w + ow) * p.c, in);
-          }
-        }
-      }
-    });
-  }
-
   static void copy_bytes(const Tensor& src, Tensor& dst, const char* op) {
     DQ_CHECK(src.device() == Device::cpu && dst.device() == Device::cpu, op,
              ": the cpu backend copies host tensors only, got ", device_name(src.device()), " -> ",
@@ -359,6 +314,7 @@ class CpuBackend final : public Backend {
   }
 
   cpu::OnednnConv conv_;
+  cpu::OnednnPool pool_;
 };
 
 }  // namespace

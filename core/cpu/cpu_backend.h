@@ -1,5 +1,5 @@
-// The CPU backend: oneDNN for convolutions and transposed convolutions;
-// plain loops for the rest (max-pool included, so its tie rule is exact).
+// The CPU backend: oneDNN for convolutions, transposed convolutions and
+// max-pooling; plain loops for the rest.
 // fp32 only. It is the reference every other backend is tested against, and
 // the CPU fallback for inference.
 #pragma once
