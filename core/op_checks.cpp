@@ -1,5 +1,8 @@
 #include "core/op_checks.h"
 
+#include <algorithm>
+#include <vector>
+
 #include "core/error.h"
 
 namespace dq {
@@ -34,6 +37,25 @@ void check_bias(const Tensor* b, int64_t co, Device dev, const char* op, const c
   if (!b) return;
   check_f32(*b, dev, op, what);
   check_shape(*b, Shape{co}, op, what);
+}
+
+int64_t check_concat(const Tensor& a, const Tensor& b, const Tensor& out, Device dev,
+                     const char* op) {
+  check_f32(a, dev, op, "a");
+  check_f32(b, dev, op, "b");
+  check_f32(out, dev, op, "out");
+  const int r = a.shape().rank();
+  DQ_CHECK(r >= 1 && b.shape().rank() == r, op, ": a ", a.shape().str(), " and b ", b.shape().str(),
+           " must have the same rank");
+  std::vector<int64_t> lead(a.shape().dims.begin(), a.shape().dims.end() - 1);
+  DQ_CHECK(std::equal(lead.begin(), lead.end(), b.shape().dims.begin()), op, ": a ",
+           a.shape().str(), " and b ", b.shape().str(), " differ outside the channel axis");
+  std::vector<int64_t> want = lead;
+  want.push_back(a.shape()[r - 1] + b.shape()[r - 1]);
+  check_shape(out, Shape(want), op, "out");
+  int64_t rows = 1;
+  for (int64_t d : lead) rows *= d;
+  return rows;
 }
 
 ConvGeometry conv_geometry(const Tensor& x, const Tensor& w, Device dev, const char* op,

@@ -24,6 +24,11 @@ void check_same(const Tensor& a, const Tensor& b, Device dev, const char* op, co
 void check_activation(const Tensor& t, Device dev, const char* op, const char* what);
 void check_bias(const Tensor* b, int64_t co, Device dev, const char* op, const char* what);
 
+// a (..., Ca), b (..., Cb), out (..., Ca + Cb): returns the number of channel
+// vectors (the product of the leading dimensions).
+int64_t check_concat(const Tensor& a, const Tensor& b, const Tensor& out, Device dev,
+                     const char* op);
+
 // Geometry from x and conv weights (Co, k, k, k, Ci) or transposed-conv
 // weights (Ci, 2, 2, 2, Co), checking both.
 ConvGeometry conv_geometry(const Tensor& x, const Tensor& w, Device dev, const char* op,

@@ -223,12 +223,12 @@ class CudaBackend final : public Backend {
   }
 
   void concat_channels(const Tensor& a, const Tensor& b, Tensor& out) override {
-    int64_t rows = concat_rows(a, b, out, "concat_channels");
+    int64_t rows = check_concat(a, b, out, kDev, "concat_channels");
     cuda_concat_channels(fp(a), fp(b), fp(out), rows, channels(a), channels(b), stream_);
   }
 
   void split_channels(const Tensor& out, Tensor& a, Tensor& b) override {
-    int64_t rows = concat_rows(a, b, out, "split_channels");
+    int64_t rows = check_concat(a, b, out, kDev, "split_channels");
     cuda_split_channels(fp(out), fp(a), fp(b), rows, channels(a), channels(b), stream_);
   }
 
@@ -267,24 +267,6 @@ class CudaBackend final : public Backend {
   }
 
   static int64_t channels(const Tensor& t) { return t.shape()[t.shape().rank() - 1]; }
-
-  static int64_t concat_rows(const Tensor& a, const Tensor& b, const Tensor& out, const char* op) {
-    check_f32(a, kDev, op, "a");
-    check_f32(b, kDev, op, "b");
-    check_f32(out, kDev, op, "out");
-    int r = a.shape().rank();
-    DQ_CHECK(r >= 1 && b.shape().rank() == r, op, ": a ", a.shape().str(), " and b ",
-             b.shape().str(), " must have the same rank");
-    std::vector<int64_t> lead(a.shape().dims.begin(), a.shape().dims.end() - 1);
-    DQ_CHECK(std::equal(lead.begin(), lead.end(), b.shape().dims.begin()), op, ": a ",
-             a.shape().str(), " and b ", b.shape().str(), " differ outside the channel axis");
-    std::vector<int64_t> want = lead;
-    want.push_back(channels(a) + channels(b));
-    check_shape(out, Shape(want), op, "out");
-    int64_t rows = 1;
-    for (int64_t d : lead) rows *= d;
-    return rows;
-  }
 
   static void check_bytes(const Tensor& src, Device src_dev, const Tensor& dst, Device dst_dev,
                           const char* op) {

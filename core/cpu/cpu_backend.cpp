@@ -168,7 +168,7 @@ class CpuBackend final : public Backend {
   }
 
   void concat_channels(const Tensor& a, const Tensor& b, Tensor& out) override {
-    int64_t rows = concat_rows(a, b, out, "concat_channels");
+    int64_t rows = check_concat(a, b, out, kDev, "concat_channels");
     int64_t ca = a.shape()[a.shape().rank() - 1], cb = b.shape()[b.shape().rank() - 1];
     const float* ap = a.f32();
     const float* bp = b.f32();
@@ -182,7 +182,7 @@ class CpuBackend final : public Backend {
   }
 
   void split_channels(const Tensor& out, Tensor& a, Tensor& b) override {
-    int64_t rows = concat_rows(a, b, out, "split_channels");
+    int64_t rows = check_concat(a, b, out, kDev, "split_channels");
     int64_t ca = a.shape()[a.shape().rank() - 1], cb = b.shape()[b.shape().rank() - 1];
     const float* op = out.f32();
     float* ap = a.f32();
@@ -291,26 +291,6 @@ class CpuBackend final : public Backend {
           y[i] = u[j] >= p ? x[i] * keep_scale : 0.0f;
       }
     });
-  }
-
-  // Checks a (..., Ca), b (..., Cb), out (..., Ca + Cb) and returns the
-  // number of channel vectors (the product of the leading dimensions).
-  static int64_t concat_rows(const Tensor& a, const Tensor& b, const Tensor& out, const char* op) {
-    check_f32(a, kDev, op, "a");
-    check_f32(b, kDev, op, "b");
-    check_f32(out, kDev, op, "out");
-    int r = a.shape().rank();
-    DQ_CHECK(r >= 1 && b.shape().rank() == r, op, ": a ", a.shape().str(), " and b ",
-             b.shape().str(), " must have the same rank");
-    std::vector<int64_t> lead(a.shape().dims.begin(), a.shape().dims.end() - 1);
-    DQ_CHECK(std::equal(lead.begin(), lead.end(), b.shape().dims.begin()), op, ": a ",
-             a.shape().str(), " and b ", b.shape().str(), " differ outside the channel axis");
-    std::vector<int64_t> want = lead;
-    want.push_back(a.shape()[r - 1] + b.shape()[r - 1]);
-    check_shape(out, Shape(want), op, "out");
-    int64_t rows = 1;
-    for (int64_t d : lead) rows *= d;
-    return rows;
   }
 
   cpu::OnednnConv conv_;

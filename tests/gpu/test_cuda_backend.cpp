@@ -21,28 +21,12 @@
 #include "core/unet.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/loss_scale.h"
+#include "tests/compare_util.h"
 
 using namespace dq;
+using namespace dq::test;
 
 namespace {
-
-Tensor random_host(const Shape& s, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(lo, hi);
-  Tensor t = Tensor::zeros(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = u(rng);
-  return t;
-}
-
-double rel_error(const Tensor& got, const Tensor& want) {
-  REQUIRE(got.shape() == want.shape());
-  double num = 0.0, den = 0.0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    num = std::max(num, std::abs(double{got.f32()[i]} - double{want.f32()[i]}));
-    den = std::max(den, std::abs(double{want.f32()[i]}));
-  }
-  return num / std::max(den, 1e-30);
-}
 
 Tensor upload(Backend& g, const Tensor& host) {
   Tensor d = g.alloc(host.shape());
@@ -92,8 +76,8 @@ struct Layer {
 // Runs every pass of one layer on both backends and checks the outputs.
 void check_layer(Backend& cpu, Backend& gpu, const Layer& L, double tol, uint32_t seed) {
   const bool t = L.k == 2;
-  Tensor x = random_host(L.x(), seed), w = random_host(L.weights(), seed + 1, -0.3f, 0.3f);
-  Tensor b = random_host(Shape{L.co}, seed + 2), dy = random_host(L.y(), seed + 3);
+  Tensor x = random_tensor(L.x(), seed), w = random_tensor(L.weights(), seed + 1, -0.3f, 0.3f);
+  Tensor b = random_tensor(Shape{L.co}, seed + 2), dy = random_tensor(L.y(), seed + 3);
   Tensor gx = upload(gpu, x), gw = upload(gpu, w), gb = upload(gpu, b), gdy = upload(gpu, dy);
 
   for (int variant = 0; variant < 3; ++variant) {
@@ -184,8 +168,8 @@ TEST_CASE("cuda backend: fused and unfused bias + ReLU agree", "[gpu][ops]") {
   auto fused = gpu_backend("fp32", true), plain = gpu_backend("fp32", false);
   for (const Layer& L : kLayers) {
     CAPTURE(L.n, L.d, L.h, L.w, L.ci, L.co, L.k);
-    Tensor x = random_host(L.x(), 7), w = random_host(L.weights(), 8, -0.3f, 0.3f);
-    Tensor b = random_host(Shape{L.co}, 9);
+    Tensor x = random_tensor(L.x(), 7), w = random_tensor(L.weights(), 8, -0.3f, 0.3f);
+    Tensor b = random_tensor(Shape{L.co}, 9);
     Tensor y[2];
     Backend* bes[2] = {fused.get(), plain.get()};
     for (int i = 0; i < 2; ++i) {
@@ -208,7 +192,7 @@ TEST_CASE("cuda backend pointwise, pooling, loss and Adam ops match the CPU back
   auto cpu = make_cpu_backend();
   auto gpu = gpu_backend("fp32");
   const Shape s{2, 4, 6, 8, 3}, half{2, 2, 3, 4, 3};
-  Tensor x = random_host(s, 1), z = random_host(s, 2), dy = random_host(half, 3);
+  Tensor x = random_tensor(s, 1), z = random_tensor(s, 2), dy = random_tensor(half, 3);
 
   Tensor gx = upload(*gpu, x), gz = upload(*gpu, z);
   CHECK(rel_error(download(*gpu, gx), x) == 0.0);
@@ -268,12 +252,12 @@ TEST_CASE("cuda backend pointwise, pooling, loss and Adam ops match the CPU back
   CHECK(rel_error(download(*gpu, gdpred), dpred) < 1e-6);
   CHECK(gpu->mse_loss(gx, gz, nullptr) == gloss);
 
-  Tensor params = random_host(Shape{1001}, 5), m = Tensor::zeros(Shape{1001}),
+  Tensor params = random_tensor(Shape{1001}, 5), m = Tensor::zeros(Shape{1001}),
          v = Tensor::zeros(Shape{1001});
   Tensor gparams = upload(*gpu, params), gm = gpu->alloc(Shape{1001}), gv = gpu->alloc(Shape{1001});
   AdamConfig cfg;
   for (int64_t step = 1; step <= 3; ++step) {
-    Tensor grad = random_host(Shape{1001}, 50 + static_cast<uint32_t>(step));
+    Tensor grad = random_tensor(Shape{1001}, 50 + static_cast<uint32_t>(step));
     cpu->adam_step(params, grad, m, v, cfg, step);
     Tensor ggrad = upload(*gpu, grad);
     gpu->adam_step(gparams, ggrad, gm, gv, cfg, step);
@@ -295,7 +279,7 @@ TEST_CASE("cuda loss scaler unscales, detects inf/NaN and adapts the scale", "[g
   cfg.initial_scale = 1024.0f;
   cfg.growth_interval = 3;
   LossScaler scaler(cfg, cuda_stream(*gpu));
-  Tensor h = random_host(Shape{5000}, 3);
+  Tensor h = random_tensor(Shape{5000}, 3);
   Tensor hs = Tensor::zeros(h.shape());
   for (int64_t i = 0; i < h.numel(); ++i) hs.f32()[i] = h.f32()[i] * 1024.0f;
   Tensor g = upload(*gpu, hs);
@@ -323,7 +307,7 @@ TEST_CASE("cuda loss scaler unscales, detects inf/NaN and adapts the scale", "[g
 TEST_CASE("cuda backend: the U-Net's loss and parameter gradients match the CPU backend", "[gpu]") {
   auto cpu = make_cpu_backend();
   const Shape in{2, 16, 16, 16, 1};
-  Tensor x = random_host(in, 11), target = random_host(in, 12, -0.2f, 0.2f);
+  Tensor x = random_tensor(in, 11), target = random_tensor(in, 12, -0.2f, 0.2f);
   struct UMode {
     const char* precision;
     double loss_tol, grad_tol;
@@ -382,7 +366,7 @@ TEST_CASE("cuda backend: 50 fp32 training steps track the CPU backend", "[gpu]")
   for (int64_t step = 1; step <= 50; ++step) {
     // A fresh batch each step; the target is a smoothed copy of the input,
     // so there is something to learn.
-    Tensor x = random_host(in, 1000 + static_cast<uint32_t>(step));
+    Tensor x = random_tensor(in, 1000 + static_cast<uint32_t>(step));
     Tensor t = Tensor::zeros(in);
     for (int64_t i = 0; i < x.numel(); ++i)
       t.f32()[i] = 0.5f * x.f32()[i] + 0.25f * x.f32()[(i + 1) % x.numel()];

@@ -20,29 +20,12 @@
 #include "cuda/check.h"
 #include "cuda/kernels.h"
 #include "cuda/memory.h"
+#include "tests/compare_util.h"
 
 using namespace dq;
+using namespace dq::test;
 
 namespace {
-
-Tensor random_tensor(const Shape& s, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(lo, hi);
-  Tensor t = Tensor::zeros(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = u(rng);
-  return t;
-}
-
-// max |got - want| / max |want|: the error relative to the output's scale.
-double rel_err(const Tensor& got, const Tensor& want) {
-  REQUIRE(got.shape() == want.shape());
-  double num = 0.0, den = 0.0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    num = std::max(num, std::abs(double{got.f32()[i]} - double{want.f32()[i]}));
-    den = std::max(den, std::abs(double{want.f32()[i]}));
-  }
-  return num / std::max(den, 1e-30);
-}
 
 bool bitwise_equal(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
@@ -128,12 +111,12 @@ TEST_CASE("cuda fill, copy, axpy and scale match the CPU backend", "[gpu]") {
       cpu->axpy(-0.3f, x, want);
       dy = up(y);
       cuda_axpy(-0.3f, dev(dx), dev(dy), n, nullptr);
-      CHECK(rel_err(to_host(dy), want) < 1e-5);
+      CHECK(rel_error(to_host(dy), want) < 1e-5);
 
       want = host_copy(x);
       cpu->scale(want, 1.7f);
       cuda_scale(dev(dx), 1.7f, n, nullptr);
-      CHECK(rel_err(to_host(dx), want) < 1e-5);
+      CHECK(rel_error(to_host(dx), want) < 1e-5);
     }
   }
 }
@@ -189,8 +172,8 @@ TEST_CASE("cuda dropout draws the CPU backend's mask exactly", "[gpu]") {
         mask_mismatch += (hdx.f32()[i] == 0.0f) != (dx.f32()[i] == 0.0f);
       }
       CHECK(mask_mismatch == 0);
-      CHECK(rel_err(hy, y) < 1e-5);
-      CHECK(rel_err(hdx, dx) < 1e-5);
+      CHECK(rel_error(hy, y) < 1e-5);
+      CHECK(rel_error(hdx, dx) < 1e-5);
 
       // In place gives the same result.
       cuda_dropout_forward(dev(gx), dev(gx), n, p, key, nullptr);
@@ -270,7 +253,7 @@ TEST_CASE("cuda MSE loss matches the CPU backend and is deterministic", "[gpu]")
     cuda_mse_loss(dev(gp), dev(gt), dev(gd), n, scratch, dev(loss), nullptr);
     float got = to_host(loss).f32()[0];
     CHECK(std::abs(double{got} - want) <= 1e-6 * std::abs(double{want}));
-    CHECK(rel_err(to_host(gd), dpred) < 1e-5);
+    CHECK(rel_error(to_host(gd), dpred) < 1e-5);
 
     // Bit-identical on a second run, and without the gradient.
     cuda_mse_loss(dev(gp), dev(gt), nullptr, n, scratch, dev(loss), nullptr);
@@ -298,9 +281,9 @@ TEST_CASE("cuda Adam matches the CPU backend over several steps", "[gpu]") {
         Tensor gg = up(g);
         cuda_adam_step(dev(gp), dev(gg), dev(gm), dev(gv), n, cfg, step, nullptr);
       }
-      CHECK(rel_err(to_host(gp), p) < 1e-6);
-      CHECK(rel_err(to_host(gm), m) < 1e-6);
-      CHECK(rel_err(to_host(gv), v) < 1e-6);
+      CHECK(rel_error(to_host(gp), p) < 1e-6);
+      CHECK(rel_error(to_host(gm), m) < 1e-6);
+      CHECK(rel_error(to_host(gv), v) < 1e-6);
     }
   }
 }

@@ -16,20 +16,12 @@
 #include "cuda/memory.h"
 #include "synth/stream.h"
 #include "synth/synth_gpu.h"
+#include "tests/compare_util.h"
 
 using namespace dq;
+using namespace dq::test;
 
 namespace {
-
-// max |got - want| / max |want|.
-double rel_err(const float* got, const float* want, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    num = std::max(num, std::fabs(double{got[i]} - double{want[i]}));
-    den = std::max(den, std::fabs(double{want[i]}));
-  }
-  return num / std::max(den, 1e-30);
-}
 
 Recipe gpu_recipe() {
   Recipe r;
@@ -85,7 +77,7 @@ TEST_CASE("GPU forward model equals the CPU one to 1e-5", "[gpu]") {
       std::vector<float> want(chi.size()), got(chi.size());
       forward_field(chi.data(), d, voxel, b, k0, pad, want.data());
       cuda_forward_field(chi.data(), d, voxel, b, k0, pad, got.data());
-      CHECK(rel_err(got.data(), want.data(), d.numel()) <= 1e-5);
+      CHECK(rel_error(got.data(), want.data(), d.numel()) <= 1e-5);
     }
   }
 }
@@ -117,12 +109,12 @@ TEST_CASE("CPU and GPU generators make the same volumes and patches", "[gpu]") {
       std::vector<float> chi(static_cast<size_t>(total)), field(chi.size());
       gen.download(chi.data(), field.data());
       CHECK(chi == cpu.chi);
-      CHECK(rel_err(field.data(), cpu.field.data(), total) <= 1e-5);
+      CHECK(rel_error(field.data(), cpu.field.data(), total) <= 1e-5);
     }
     const PatchSet want = generate_patches(r, 8, 2, 3), got = generate_patches_gpu(r, 8, 2, 3);
     REQUIRE(got.chi.shape() == want.chi.shape());
     CHECK(std::memcmp(got.chi.raw(), want.chi.raw(), want.chi.nbytes()) == 0);
-    CHECK(rel_err(got.field.f32(), want.field.f32(), want.field.numel()) <= 1e-5);
+    CHECK(rel_error(got.field.f32(), want.field.f32(), want.field.numel()) <= 1e-5);
   }
 }
 
@@ -137,6 +129,6 @@ TEST_CASE("the GPU stream deals the CPU stream's batches", "[gpu]") {
     const Batch got = s.next(), want = make_batch(cfg, k);
     CHECK(got.step == k);
     CHECK(std::memcmp(got.chi.raw(), want.chi.raw(), want.chi.nbytes()) == 0);
-    CHECK(rel_err(got.field.f32(), want.field.f32(), want.field.numel()) <= 1e-5);
+    CHECK(rel_error(got.field.f32(), want.field.f32(), want.field.numel()) <= 1e-5);
   }
 }
