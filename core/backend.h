@@ -18,8 +18,10 @@
 //  - maxpool: window 2x2x2, stride 2, sides must be even. The backward pass
 //    routes the gradient to the first maximum in window order (a, b, c).
 //  - fuse_relu: y = max(0, conv + b); the caller then uses relu_backward on y.
-//  - dropout keeps element i when philox_uniform(key, i) >= p and scales the
-//    kept ones by 1 / (1 - p); p = 0 is the identity.
+//  - dropout keeps element i when philox_uniform(key, offset + i) >= p and
+//    scales the kept ones by 1 / (1 - p); p = 0 is the identity. The offset
+//    lets a shard of a larger batch (one data-parallel rank's samples) draw
+//    exactly the masks the whole batch would have drawn.
 //  - mse_loss = mean((pred - target)^2) over all elements; its gradient
 //    2 (pred - target) / numel is written to dpred when dpred is non-null.
 //    The reduction order is fixed (deterministic), accumulated in double.
@@ -72,12 +74,15 @@ class Backend {
   // Pooling and pointwise ops. relu_forward and relu_backward may run in
   // place (y == x, dx == dy or dx == y).
   virtual void maxpool_forward(const Tensor& x, Tensor& y) = 0;
-  virtual void maxpool_backward(const Tensor& x, const Tensor& y, const Tensor& dy,
-                                Tensor& dx) = 0;
+  virtual void maxpool_backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) = 0;
   virtual void relu_forward(const Tensor& x, Tensor& y) = 0;
   virtual void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx) = 0;
-  virtual void dropout_forward(const Tensor& x, Tensor& y, float p, uint64_t key) = 0;
-  virtual void dropout_backward(const Tensor& dy, Tensor& dx, float p, uint64_t key) = 0;
+  void dropout_forward(const Tensor& x, Tensor& y, float p, uint64_t key, uint64_t offset = 0) {
+    dropout_forward_at(x, y, p, key, offset);
+  }
+  void dropout_backward(const Tensor& dy, Tensor& dx, float p, uint64_t key, uint64_t offset = 0) {
+    dropout_backward_at(dy, dx, p, key, offset);
+  }
 
   // out (N, D, H, W, Ca + Cb) = [a | b] along channels, and its inverse.
   virtual void concat_channels(const Tensor& a, const Tensor& b, Tensor& out) = 0;
@@ -86,6 +91,14 @@ class Backend {
   virtual float mse_loss(const Tensor& pred, const Tensor& target, Tensor* dpred) = 0;
   virtual void adam_step(Tensor& params, const Tensor& grads, Tensor& m, Tensor& v,
                          const AdamConfig& cfg, int64_t step) = 0;
+
+ protected:
+  // The implementations behind dropout_forward / dropout_backward (kept
+  // apart so the offset's default lives in one non-virtual place).
+  virtual void dropout_forward_at(const Tensor& x, Tensor& y, float p, uint64_t key,
+                                  uint64_t offset) = 0;
+  virtual void dropout_backward_at(const Tensor& dy, Tensor& dx, float p, uint64_t key,
+                                   uint64_t offset) = 0;
 };
 
 }  // namespace dq

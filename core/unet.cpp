@@ -9,10 +9,23 @@ namespace dq {
 
 namespace {
 
-std::string lvl(const char* prefix, int i) { return prefix + std::to_string(i); }
+std::string lvl(const char* prefix, int i) {
+  return prefix + std::to_string(i);
+}
 
-Shape with_channels(const Shape& s, int64_t c) { return Shape{s[0], s[1], s[2], s[3], c}; }
-Shape halved(const Shape& s, int64_t c) { return Shape{s[0], s[1] / 2, s[2] / 2, s[3] / 2, c}; }
+Shape with_channels(const Shape& s, int64_t c) {
+  return Shape{s[0], s[1], s[2], s[3], c};
+}
+Shape halved(const Shape& s, int64_t c) {
+  return Shape{s[0], s[1] / 2, s[2] / 2, s[3] / 2, c};
+}
+
+// Index of the first element of a (N, D, H, W, C) activation in the same
+// layer of the whole data-parallel batch, when its first sample is sample
+// `sample_offset` of that batch.
+uint64_t mask_offset(const Shape& s, int64_t sample_offset) {
+  return static_cast<uint64_t>(sample_offset) * static_cast<uint64_t>(s.numel() / s[0]);
+}
 
 }  // namespace
 
@@ -44,9 +57,9 @@ void UNet::check_input(const Shape& x) const {
   int64_t m = side_multiple();
   for (int a = 1; a <= 3; ++a) {
     if (x[a] < m || x[a] % m != 0)
-      fail("input of ", x[3], " x ", x[2], " x ", x[1], " voxels: every side must be a multiple of ",
-           m, " (the U-Net with depth ", cfg_.depth, " pools ", cfg_.depth - 1,
-           " times); pad the volume");
+      fail("input of ", x[3], " x ", x[2], " x ", x[1],
+           " voxels: every side must be a multiple of ", m, " (the U-Net with depth ", cfg_.depth,
+           " pools ", cfg_.depth - 1, " times); pad the volume");
   }
 }
 
@@ -61,9 +74,9 @@ void UNet::init_he(Tensor& host_params, uint64_t seed) const {
     // stride-2 transposed convolution each output voxel sees one input voxel,
     // so Ci (the first weight dimension).
     bool deconv = info.name.rfind("up", 0) == 0;
-    double fan_in = deconv ? static_cast<double>(info.shape[0])
-                           : static_cast<double>(info.shape[1] * info.shape[2] * info.shape[3] *
-                                                 info.shape[4]);
+    double fan_in =
+        deconv ? static_cast<double>(info.shape[0])
+               : static_cast<double>(info.shape[1] * info.shape[2] * info.shape[3] * info.shape[4]);
     double stddev = std::sqrt(2.0 / fan_in);
     uint64_t key = key_for(seed, static_cast<uint64_t>(t));
     for (int64_t i = 0; i < info.shape.numel(); ++i) {
@@ -87,7 +100,7 @@ Tensor& UNet::buf(Backend& be, const std::string& name, const Shape& shape) {
 }
 
 void UNet::forward(Backend& be, const Tensor& params, const Tensor& x, Tensor& y, bool train,
-                   uint64_t dropout_key) {
+                   uint64_t dropout_key, int64_t sample_offset) {
   check_input(x.shape());
   DQ_CHECK(y.shape() == x.shape(), "output shape ", y.shape().str(), " != input ", x.shape().str());
   auto P = [&](const std::string& name) { return layout_.view(params, layout_.find(name)); };
@@ -106,7 +119,8 @@ void UNet::forward(Backend& be, const Tensor& params, const Tensor& x, Tensor& y
     Tensor* d0 = &a0;
     if (drop) {
       d0 = &buf(be, e + ".d0", s);
-      be.dropout_forward(a0, *d0, cfg_.dropout, key_for(dropout_key, 2 * i));
+      be.dropout_forward(a0, *d0, cfg_.dropout, key_for(dropout_key, 2 * i),
+                         mask_offset(s, sample_offset));
     }
     Tensor& a1 = buf(be, e + ".a1", s);
     Tensor qw = P(e + ".conv1.w"), qb = P(e + ".conv1.b");
@@ -114,7 +128,8 @@ void UNet::forward(Backend& be, const Tensor& params, const Tensor& x, Tensor& y
     Tensor* d1 = &a1;
     if (drop) {
       d1 = &buf(be, e + ".d1", s);
-      be.dropout_forward(a1, *d1, cfg_.dropout, key_for(dropout_key, 2 * i + 1));
+      be.dropout_forward(a1, *d1, cfg_.dropout, key_for(dropout_key, 2 * i + 1),
+                         mask_offset(s, sample_offset));
     }
     if (i < L - 1) {
       Tensor& pooled = buf(be, e + ".pool", halved(s, filters(i)));
@@ -151,6 +166,7 @@ void UNet::forward(Backend& be, const Tensor& params, const Tensor& x, Tensor& y
 
   have_forward_ = train;
   last_dropout_key_ = dropout_key;
+  last_sample_offset_ = sample_offset;
   last_input_ = x.shape();
   if (train) bufs_.insert_or_assign("input", x);  // a view: the caller keeps x alive until backward
 }
@@ -198,8 +214,8 @@ void UNet::backward(Backend& be, const Tensor& params, const Tensor& dy, Tensor&
     const Tensor& up = bufs_.at(u + ".out");
     be.relu_backward(up, dup, dup);
     // The deconvolution's input: the bottleneck output, or the level below's b1.
-    const Tensor& below =
-        i == L - 2 ? bufs_.at(lvl("enc", L - 1) + (drop ? ".d1" : ".a1")) : bufs_.at(lvl("dec", i + 1) + ".b1");
+    const Tensor& below = i == L - 2 ? bufs_.at(lvl("enc", L - 1) + (drop ? ".d1" : ".a1"))
+                                     : bufs_.at(lvl("dec", i + 1) + ".b1");
     Tensor guw = G(u + ".w"), gub = G(u + ".b");
     be.deconv3d_backward_filter(below, dup, guw, &gub);
     dcur = &buf(be, "g.below" + std::to_string(i + 1), below.shape());
@@ -224,7 +240,8 @@ void UNet::backward(Backend& be, const Tensor& params, const Tensor& dy, Tensor&
     }
     Tensor& g = buf(be, "g." + e + ".scratch", a1.shape());
     if (drop) {
-      be.dropout_backward(gd1, g, cfg_.dropout, key_for(last_dropout_key_, 2 * i + 1));
+      be.dropout_backward(gd1, g, cfg_.dropout, key_for(last_dropout_key_, 2 * i + 1),
+                          mask_offset(a1.shape(), last_sample_offset_));
       be.relu_backward(a1, g, g);
     } else {
       be.relu_backward(a1, gd1, g);
@@ -234,7 +251,8 @@ void UNet::backward(Backend& be, const Tensor& params, const Tensor& dy, Tensor&
     Tensor& gd0 = buf(be, "g." + e + ".d0", a0.shape());
     be.conv3d_backward_data(g, P(e + ".conv1.w"), gd0);
     if (drop) {
-      be.dropout_backward(gd0, g, cfg_.dropout, key_for(last_dropout_key_, 2 * i));
+      be.dropout_backward(gd0, g, cfg_.dropout, key_for(last_dropout_key_, 2 * i),
+                          mask_offset(a0.shape(), last_sample_offset_));
       be.relu_backward(a0, g, g);
     } else {
       be.relu_backward(a0, gd0, g);
@@ -255,10 +273,10 @@ double UNet::forward_flops(int64_t d, int64_t h, int64_t w) const {
   for (int i = 0; i < cfg_.depth; ++i) {
     double v = vox / std::pow(8.0, i);
     double fi = filters(i), fin = i == 0 ? 1 : filters(i - 1);
-    flops += 2 * v * 27 * (fin * fi + fi * fi);                 // encoder convolutions
+    flops += 2 * v * 27 * (fin * fi + fi * fi);  // encoder convolutions
     if (i < cfg_.depth - 1) {
-      flops += 2 * v * filters(i + 1) * fi;                     // transposed conv (one tap per output)
-      flops += 2 * v * 27 * (2 * fi * fi + fi * fi);            // decoder convolutions
+      flops += 2 * v * filters(i + 1) * fi;           // transposed conv (one tap per output)
+      flops += 2 * v * 27 * (2 * fi * fi + fi * fi);  // decoder convolutions
     }
   }
   flops += 2 * vox * std::pow(cfg_.head_kernel, 3) * filters(0);  // head

@@ -51,8 +51,11 @@ class UNet {
   // Forward pass. With train = true, dropout is applied with masks keyed by
   // dropout_key and every activation the backward pass needs is kept.
   // x (N, D, H, W, 1) -> y (N, D, H, W, 1), both on the backend's device.
+  // sample_offset: the index of x's first sample in a larger batch split
+  // over data-parallel ranks, so each sample draws the same dropout masks
+  // whichever rank holds it.
   void forward(Backend& be, const Tensor& params, const Tensor& x, Tensor& y, bool train,
-               uint64_t dropout_key = 0);
+               uint64_t dropout_key = 0, int64_t sample_offset = 0);
   // Gradient of the loss with respect to every parameter, given dL/dy, for
   // the most recent forward(train = true). dparams has the layout of params
   // and is overwritten.
@@ -75,6 +78,7 @@ class UNet {
   Shape last_input_;
   bool have_forward_ = false;
   uint64_t last_dropout_key_ = 0;  // the masks of the last training forward
+  int64_t last_sample_offset_ = 0;
 };
 
 }  // namespace dq

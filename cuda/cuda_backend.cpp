@@ -212,14 +212,16 @@ class CudaBackend final : public Backend {
     cuda_relu_backward(fp(y), fp(dy), fp(dx), y.numel(), stream_);
   }
 
-  void dropout_forward(const Tensor& x, Tensor& y, float p, uint64_t key) override {
+  void dropout_forward_at(const Tensor& x, Tensor& y, float p, uint64_t key,
+                          uint64_t offset) override {
     check_same(x, y, kDev, "dropout_forward", "x", "y");
-    cuda_dropout_forward(fp(x), fp(y), x.numel(), p, key, stream_);
+    cuda_dropout_forward(fp(x), fp(y), x.numel(), p, key, stream_, offset);
   }
 
-  void dropout_backward(const Tensor& dy, Tensor& dx, float p, uint64_t key) override {
+  void dropout_backward_at(const Tensor& dy, Tensor& dx, float p, uint64_t key,
+                           uint64_t offset) override {
     check_same(dy, dx, kDev, "dropout_backward", "dy", "dx");
-    cuda_dropout_backward(fp(dy), fp(dx), dy.numel(), p, key, stream_);
+    cuda_dropout_backward(fp(dy), fp(dx), dy.numel(), p, key, stream_, offset);
   }
 
   void concat_channels(const Tensor& a, const Tensor& b, Tensor& out) override {

@@ -32,13 +32,13 @@ void cuda_relu_forward(const float* x, float* y, int64_t n, cudaStream_t s);
 // dx = y > 0 ? dy : 0, with y the ReLU output; may run in place (dx == dy or dx == y).
 void cuda_relu_backward(const float* y, const float* dy, float* dx, int64_t n, cudaStream_t s);
 
-// Keeps element i when philox_uniform(key, i) >= p and scales it by
-// 1 / (1 - p); the mask is bit-identical to the CPU backend's. 0 <= p < 1;
-// may run in place.
+// Keeps element i when philox_uniform(key, offset + i) >= p and scales it
+// by 1 / (1 - p); the mask is bit-identical to the CPU backend's.
+// 0 <= p < 1; may run in place.
 void cuda_dropout_forward(const float* x, float* y, int64_t n, float p, uint64_t key,
-                          cudaStream_t s);
+                          cudaStream_t s, uint64_t offset = 0);
 void cuda_dropout_backward(const float* dy, float* dx, int64_t n, float p, uint64_t key,
-                           cudaStream_t s);
+                           cudaStream_t s, uint64_t offset = 0);
 
 // out (m, ca + cb) = [a (m, ca) | b (m, cb)] along the last (channel) axis,
 // m = N * D * H * W, and its inverse. Buffers must not overlap.

@@ -108,9 +108,9 @@ unsigned grid_for_vec(int64_t n, bool vec) {
 // backend does, so the mask is bit-identical; the hash dominates the cost,
 // so there is no vector path.
 __global__ void dropout_kernel(const float* x, float* y, int64_t n, float p, float scale,
-                               uint64_t key) {
+                               uint64_t key, uint64_t offset) {
   for (int64_t i = thread_index(); i < n; i += grid_stride()) {
-    bool keep = philox_uniform(key, static_cast<uint64_t>(i)) >= p;
+    bool keep = philox_uniform(key, offset + static_cast<uint64_t>(i)) >= p;
     y[i] = keep ? x[i] * scale : 0.0f;
   }
 }
@@ -186,18 +186,18 @@ void cuda_relu_backward(const float* y, const float* dy, float* dx, int64_t n, c
 }
 
 void cuda_dropout_forward(const float* x, float* y, int64_t n, float p, uint64_t key,
-                          cudaStream_t s) {
+                          cudaStream_t s, uint64_t offset) {
   DQ_CHECK(p >= 0.0f && p < 1.0f, "dropout probability must be in [0, 1), got ", p);
   if (n <= 0) return;
   if (p == 0.0f) return cuda_copy(x, y, n, s);  // every u >= 0: the identity, skip the hashing
-  dropout_kernel<<<grid_for(n), kThreads, 0, s>>>(x, y, n, p, 1.0f / (1.0f - p), key);
+  dropout_kernel<<<grid_for(n), kThreads, 0, s>>>(x, y, n, p, 1.0f / (1.0f - p), key, offset);
   DQ_CUDA(cudaGetLastError());
 }
 
 void cuda_dropout_backward(const float* dy, float* dx, int64_t n, float p, uint64_t key,
-                           cudaStream_t s) {
+                           cudaStream_t s, uint64_t offset) {
   // The backward pass is the same masked scaling applied to the gradient.
-  cuda_dropout_forward(dy, dx, n, p, key, s);
+  cuda_dropout_forward(dy, dx, n, p, key, s, offset);
 }
 
 void cuda_concat_channels(const float* a, const float* b, float* out, int64_t m, int64_t ca,

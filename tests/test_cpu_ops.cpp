@@ -461,6 +461,31 @@ TEST_CASE("cpu dropout keeps by the Philox draw, scales, and reuses the mask", "
   for (int64_t i = 0; i < x.numel(); ++i) REQUIRE(y.f32()[i] == x.f32()[i]);
 }
 
+TEST_CASE("cpu dropout with an offset draws the masks of that slice of a larger batch",
+          "[cpu_ops]") {
+  // A data-parallel rank holding samples [r B, (r+1) B) of the global batch
+  // passes offset r B * (elements per sample); odd offsets and sizes check
+  // the groups of four that share a Philox call.
+  auto be = make_cpu_backend();
+  std::mt19937 rng(9);
+  const float p = 0.25f;
+  const uint64_t key = key_for(5, 11);
+  Tensor whole = random_tensor({1, 1, 1, 1, 1001}, rng);
+  Tensor y_whole = be->alloc(whole.shape());
+  be->dropout_forward(whole, y_whole, p, key);
+  for (int64_t offset : {0, 1, 3, 4, 517}) {
+    const int64_t n = std::min<int64_t>(333, whole.numel() - offset);
+    Tensor part = whole.slice(offset, Shape{1, 1, 1, 1, n});
+    Tensor y = be->alloc(part.shape()), dx = be->alloc(part.shape());
+    be->dropout_forward(part, y, p, key, static_cast<uint64_t>(offset));
+    be->dropout_backward(part, dx, p, key, static_cast<uint64_t>(offset));
+    for (int64_t i = 0; i < n; ++i) {
+      REQUIRE(y.f32()[i] == y_whole.f32()[offset + i]);
+      REQUIRE(dx.f32()[i] == y_whole.f32()[offset + i]);
+    }
+  }
+}
+
 TEST_CASE("cpu concat and split channels round-trip", "[cpu_ops]") {
   auto be = make_cpu_backend();
   std::mt19937 rng(9);

@@ -516,12 +516,12 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
       t.be->upload(host_field, batch_field);
       t.be->upload(host_chi, batch_chi);
 
-      // Dropout masks are keyed by rank too: each rank's patches get their
-      // own masks (as the samples of one large batch would).
+      // Dropout masks are keyed by step, and each rank's samples take the
+      // masks of their place in the global batch, so W ranks x B draw
+      // exactly the masks of 1 rank x WB.
       const uint64_t dkey =
-          key_for(key_for(key_for(cfg.seed, kDropoutPurpose), static_cast<uint64_t>(step)),
-                  static_cast<uint64_t>(rank));
-      t.net.forward(*t.be, t.params, batch_field, pred, true, dkey);
+          key_for(key_for(cfg.seed, kDropoutPurpose), static_cast<uint64_t>(step));
+      t.net.forward(*t.be, t.params, batch_field, pred, true, dkey, rank * B);
       const float local_loss = t.be->mse_loss(pred, batch_chi, &dpred);
       t.net.backward(*t.be, t.params, dpred, t.grads);
       // Each rank's loss is the mean over its B patches; the mean over ranks

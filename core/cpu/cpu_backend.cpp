@@ -157,14 +157,16 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void dropout_forward(const Tensor& x, Tensor& y, float p, uint64_t key) override {
+  void dropout_forward_at(const Tensor& x, Tensor& y, float p, uint64_t key,
+                          uint64_t offset) override {
     check_same(x, y, kDev, "dropout_forward", "x", "y");
-    dropout(x.f32(), y.f32(), x.numel(), p, key, "dropout_forward");
+    dropout(x.f32(), y.f32(), x.numel(), p, key, offset, "dropout_forward");
   }
 
-  void dropout_backward(const Tensor& dy, Tensor& dx, float p, uint64_t key) override {
+  void dropout_backward_at(const Tensor& dy, Tensor& dx, float p, uint64_t key,
+                           uint64_t offset) override {
     check_same(dy, dx, kDev, "dropout_backward", "dy", "dx");
-    dropout(dy.f32(), dx.f32(), dy.numel(), p, key, "dropout_backward");
+    dropout(dy.f32(), dx.f32(), dy.numel(), p, key, offset, "dropout_backward");
   }
 
   void concat_channels(const Tensor& a, const Tensor& b, Tensor& out) override {
@@ -276,21 +278,30 @@ class CpuBackend final : public Backend {
     if (src.nbytes() > 0 && src.raw() != dst.raw()) std::memcpy(dst.raw(), src.raw(), src.nbytes());
   }
 
-  // y[i] = x[i] / (1 - p) where philox_uniform(key, i) >= p, else 0. The
-  // backward pass is the same map applied to dy.
-  static void dropout(const float* x, float* y, int64_t n, float p, uint64_t key, const char* op) {
+  // y[i] = x[i] / (1 - p) where philox_uniform(key, offset + i) >= p, else
+  // 0. The backward pass is the same map applied to dy.
+  static void dropout(const float* x, float* y, int64_t n, float p, uint64_t key, uint64_t offset,
+                      const char* op) {
     DQ_CHECK(p >= 0.0f && p < 1.0f, op, ": drop probability must be in [0, 1), got ", p);
+    if (n <= 0) return;
     float keep_scale = 1.0f / (1.0f - p);
-    // Chunks start on multiples of four so each Philox call serves four elements.
-    const int64_t groups = (n + 3) / 4;
-    cpu::parallel_for(groups, kGrain / 32, [=](int64_t g0, int64_t g1) {
-      float u[4];
-      for (int64_t g = g0; g < g1; ++g) {
-        philox_uniform4(key, static_cast<uint64_t>(g), u);
-        for (int64_t j = 0, i = 4 * g; j < 4 && i < n; ++j, ++i)
-          y[i] = u[j] >= p ? x[i] * keep_scale : 0.0f;
-      }
-    });
+    // One Philox call serves the four indices 4g .. 4g+3; the groups are
+    // those of the global indices offset .. offset + n - 1.
+    const uint64_t g_first = offset / 4, g_end = (offset + static_cast<uint64_t>(n) + 3) / 4;
+    cpu::parallel_for(static_cast<int64_t>(g_end - g_first), kGrain / 32,
+                      [=](int64_t g0, int64_t g1) {
+                        float u[4];
+                        for (int64_t gl = g0; gl < g1; ++gl) {
+                          const uint64_t g = g_first + static_cast<uint64_t>(gl);
+                          philox_uniform4(key, g, u);
+                          for (uint64_t j = 0; j < 4; ++j) {
+                            const uint64_t gi = 4 * g + j;
+                            if (gi < offset || gi >= offset + static_cast<uint64_t>(n)) continue;
+                            const int64_t i = static_cast<int64_t>(gi - offset);
+                            y[i] = u[j] >= p ? x[i] * keep_scale : 0.0f;
+                          }
+                        }
+                      });
   }
 
   cpu::OnednnConv conv_;
