@@ -150,14 +150,18 @@ double tv_objective(const float* chi, const float* field, const Dims3& g, const 
   return 0.5 * data + lambda * tv;
 }
 
+void TvOptions::validate(int64_t pad) const {
+  if (pad < 0) fail("TV padding must be >= 0, got ", pad);
+  if (!(lambda > 0.0)) fail("TV lambda must be positive, got ", lambda);
+  if (!(rho > 0.0)) fail("TV rho must be positive, got ", rho);
+  if (iterations < 1) fail("TV needs at least 1 iteration, got ", iterations);
+  if (!(tolerance >= 0.0)) fail("TV tolerance must be >= 0, got ", tolerance);
+}
+
 int tv_admm(const float* field, const uint8_t* mask, const Dims3& dims, const Vec3& voxel_mm,
             const Vec3& b0_dir, const TvOptions& opt, double k0_value, int64_t pad, float* chi,
             std::vector<double>* objective) {
-  if (pad < 0) fail("TV padding must be >= 0, got ", pad);
-  if (!(opt.lambda > 0.0)) fail("TV lambda must be positive, got ", opt.lambda);
-  if (!(opt.rho > 0.0)) fail("TV rho must be positive, got ", opt.rho);
-  if (opt.iterations < 1) fail("TV needs at least 1 iteration, got ", opt.iterations);
-  if (!(opt.tolerance >= 0.0)) fail("TV tolerance must be >= 0, got ", opt.tolerance);
+  opt.validate(pad);
   check_voxel(voxel_mm);
 
   const Dims3 g = dims.padded(pad);

@@ -56,6 +56,10 @@ struct TvOptions {
   double rho = kTvRhoOverLambda * kTvLambda;  // ADMM penalty, in lambda's units
   int iterations = kTvIterations;             // upper bound
   double tolerance = kTvTolerance;            // relative chi change; 0 runs every iteration
+
+  // Refuses settings (and a zero-padding width) the solver cannot use; the
+  // CPU and GPU solvers both call it, so they refuse alike.
+  void validate(int64_t pad) const;
 };
 
 // |G(k)|^2 on the R2C half spectrum of `dims`, (nz, ny, nx/2 + 1), in mm^-2.

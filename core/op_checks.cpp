@@ -58,6 +58,15 @@ int64_t check_concat(const Tensor& a, const Tensor& b, const Tensor& out, Device
   return rows;
 }
 
+void check_adam(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
+                int64_t step, Device dev) {
+  const char* op = "adam_step";
+  check_same(params, grads, dev, op, "params", "grads");
+  check_same(params, m, dev, op, "params", "m");
+  check_same(params, v, dev, op, "params", "v");
+  DQ_CHECK(step >= 1, op, ": step must be >= 1, got ", step);
+}
+
 ConvGeometry conv_geometry(const Tensor& x, const Tensor& w, Device dev, const char* op,
                            const char* what_x, const char* what_w) {
   check_activation(x, dev, op, what_x);

@@ -29,6 +29,10 @@ void check_bias(const Tensor* b, int64_t co, Device dev, const char* op, const c
 int64_t check_concat(const Tensor& a, const Tensor& b, const Tensor& out, Device dev,
                      const char* op);
 
+// Adam's operands: params, grads and both moments alike; step >= 1.
+void check_adam(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
+                int64_t step, Device dev);
+
 // Geometry from x and conv weights (Co, k, k, k, Ci) or transposed-conv
 // weights (Ci, 2, 2, 2, Co), checking both.
 ConvGeometry conv_geometry(const Tensor& x, const Tensor& w, Device dev, const char* op,

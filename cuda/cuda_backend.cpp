@@ -250,11 +250,7 @@ class CudaBackend final : public Backend {
 
   void adam_step(Tensor& params, const Tensor& grads, Tensor& m, Tensor& v, const AdamConfig& cfg,
                  int64_t step) override {
-    const char* op = "adam_step";
-    check_same(params, grads, kDev, op, "params", "grads");
-    check_same(params, m, kDev, op, "params", "m");
-    check_same(params, v, kDev, op, "params", "v");
-    DQ_CHECK(step >= 1, op, ": step must be >= 1, got ", step);
+    check_adam(params, grads, m, v, step, kDev);
     cuda_adam_step(fp(params), fp(grads), fp(m), fp(v), params.numel(), cfg, step, stream_);
   }
 

@@ -312,11 +312,7 @@ void cuda_tikhonov(const float* field, const uint8_t* mask, const Dims3& dims, c
 int cuda_tv_admm(const float* field, const uint8_t* mask, const Dims3& dims, const Vec3& voxel_mm,
                  const Vec3& b0_dir, const TvOptions& opt, double k0_value, int64_t pad, float* chi,
                  std::vector<double>* objective) {
-  if (pad < 0) fail("TV padding must be >= 0, got ", pad);
-  if (!(opt.lambda > 0.0)) fail("TV lambda must be positive, got ", opt.lambda);
-  if (!(opt.rho > 0.0)) fail("TV rho must be positive, got ", opt.rho);
-  if (opt.iterations < 1) fail("TV needs at least 1 iteration, got ", opt.iterations);
-  if (!(opt.tolerance >= 0.0)) fail("TV tolerance must be >= 0, got ", opt.tolerance);
+  opt.validate(pad);
 
   const Dims3 g = dims.padded(pad);
   const int64_t n = g.numel(), nh = g.half_numel();

@@ -56,6 +56,31 @@ std::string write_config(const TrainConfig& cfg, const std::string& name) {
   return p.string();
 }
 
+TrainOptions quiet() {
+  TrainOptions opt;
+  opt.quiet = true;
+  return opt;
+}
+
+// Trains `straight` to its end in one run, and `split` (the same config in
+// another folder) for `half` steps, then --resume to the end.
+struct StraightAndResumed {
+  TrainResult straight, resumed;
+};
+StraightAndResumed straight_and_resumed(const TrainConfig& straight, const TrainConfig& split,
+                                        int64_t half) {
+  StraightAndResumed r;
+  r.straight = run_training(straight, quiet());
+  REQUIRE(r.straight.steps == straight.steps);
+  TrainOptions first = quiet();
+  first.steps_override = half;
+  REQUIRE(run_training(split, first).steps == half);
+  TrainOptions rest = quiet();
+  rest.resume = true;
+  r.resumed = run_training(split, rest);
+  return r;
+}
+
 // Starts the deepqsm binary with output to files; returns its pid.
 pid_t start_binary(const std::vector<std::string>& args, const std::string& log) {
   const pid_t pid = fork();
@@ -82,19 +107,11 @@ int wait_exit(pid_t pid) {
 }  // namespace
 
 TEST_CASE("N steps straight and N/2 + resume give bit-identical checkpoints", "[resume]") {
-  TrainOptions opt;
-  opt.quiet = true;
-  TrainConfig straight = tiny("deepqsm-test-resume-a");
-  const TrainResult a = run_training(straight, opt);
+  const TrainConfig split = tiny("deepqsm-test-resume-b");
+  const auto [a, b] = straight_and_resumed(tiny("deepqsm-test-resume-a"), split, 4);
   REQUIRE(a.steps == 8);
-
-  TrainConfig split = tiny("deepqsm-test-resume-b");
-  TrainOptions half = opt;
-  half.steps_override = 4;
-  REQUIRE(run_training(split, half).steps == 4);
-  TrainOptions rest = opt;
+  TrainOptions rest = quiet();
   rest.resume = true;
-  const TrainResult b = run_training(split, rest);
   CHECK(b.resumed_from == 4);
   CHECK(b.steps == 8);
   CHECK(b.final_loss == a.final_loss);
@@ -150,8 +167,7 @@ TEST_CASE("A run killed with SIGKILL resumes from its last checkpoint", "[resume
   TrainConfig straight = tiny("deepqsm-test-kill-straight");
   straight.checkpoint_every = 3;
   straight.steps = target;
-  TrainOptions opt;
-  opt.quiet = true;
+  TrainOptions opt = quiet();
   const TrainResult s = run_training(straight, opt);
   require_same(load_checkpoint(newest_checkpoint(cfg.out_dir)), load_checkpoint(s.checkpoint));
 }
@@ -163,8 +179,7 @@ TEST_CASE("A non-finite loss stops the run naming the step", "[resume]") {
   cfg.optim.lr = 1e30f;
   cfg.checkpoint_every = 1;
   cfg.steps = 20;
-  TrainOptions opt;
-  opt.quiet = true;
+  TrainOptions opt = quiet();
   int64_t bad_step = -1;
   try {
     run_training(cfg, opt);
@@ -185,8 +200,7 @@ TEST_CASE("A non-finite loss stops the run naming the step", "[resume]") {
 TEST_CASE("Resume refuses damaged checkpoints and empty folders", "[resume]") {
   TrainConfig cfg = tiny("deepqsm-test-resume-damaged");
   cfg.steps = 2;
-  TrainOptions opt;
-  opt.quiet = true;
+  TrainOptions opt = quiet();
   TrainOptions resume = opt;
   resume.resume = true;
   CHECK_THROWS_WITH(run_training(cfg, resume), Contains("no checkpoint in"));
@@ -214,18 +228,9 @@ TEST_CASE("Training from the patch stream resumes bit-identically", "[resume]") 
     cfg.steps = 6;
     return cfg;
   };
-  TrainOptions opt;
-  opt.quiet = true;
-  const TrainResult a = run_training(stream_cfg("deepqsm-test-stream-a"), opt);
+  const auto [a, b] = straight_and_resumed(stream_cfg("deepqsm-test-stream-a"),
+                                           stream_cfg("deepqsm-test-stream-b"), 3);
   REQUIRE(a.steps == 6);
-
-  TrainConfig split = stream_cfg("deepqsm-test-stream-b");
-  TrainOptions half = opt;
-  half.steps_override = 3;
-  REQUIRE(run_training(split, half).steps == 3);
-  TrainOptions rest = opt;
-  rest.resume = true;
-  const TrainResult b = run_training(split, rest);
   CHECK(b.resumed_from == 3);  // the half run checkpoints at its last step
   CHECK(b.final_loss == a.final_loss);
   const CheckpointData ca = load_checkpoint(a.checkpoint), cb = load_checkpoint(b.checkpoint);

@@ -225,11 +225,7 @@ class CpuBackend final : public Backend {
 
   void adam_step(Tensor& params, const Tensor& grads, Tensor& m, Tensor& v, const AdamConfig& cfg,
                  int64_t step) override {
-    const char* op = "adam_step";
-    check_same(params, grads, kDev, op, "params", "grads");
-    check_same(params, m, kDev, op, "params", "m");
-    check_same(params, v, kDev, op, "params", "v");
-    DQ_CHECK(step >= 1, op, ": step must be >= 1, got ", step);
+    check_adam(params, grads, m, v, step, kDev);
     // Bias corrections in double as PyTorch does (Python floats), then the
     // element loop in fp32 in PyTorch's order: p -= step_size * m / denom.
     double t = static_cast<double>(step);
