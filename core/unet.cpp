@@ -171,12 +171,17 @@ void UNet::forward(Backend& be, const Tensor& params, const Tensor& x, Tensor& y
   if (train) bufs_.insert_or_assign("input", x);  // a view: the caller keeps x alive until backward
 }
 
-void UNet::backward(Backend& be, const Tensor& params, const Tensor& dy, Tensor& dparams) {
+void UNet::backward(Backend& be, const Tensor& params, const Tensor& dy, Tensor& dparams,
+                    const GradsReady& on_ready) {
   DQ_CHECK(have_forward_, "UNet::backward needs a preceding forward(train = true)");
   DQ_CHECK(dy.shape() == last_input_, "dy shape ", dy.shape().str(), " != forward input ",
            last_input_.str());
   auto P = [&](const std::string& name) { return layout_.view(params, layout_.find(name)); };
   auto G = [&](const std::string& name) { return layout_.view(dparams, layout_.find(name)); };
+  // Everything from the first parameter of `name` to the end is final.
+  auto ready = [&](const std::string& first_param) {
+    if (on_ready) on_ready(layout_[layout_.find(first_param)].offset);
+  };
   const bool drop = cfg_.dropout > 0.0f;
   const int L = cfg_.depth;
   const Tensor& x = bufs_.at("input");
@@ -190,6 +195,7 @@ void UNet::backward(Backend& be, const Tensor& params, const Tensor& dy, Tensor&
   be.conv3d_backward_filter(top, dy, gh, &ghb);
   Tensor* dcur = &buf(be, "g.dec0.b1", top.shape());
   be.conv3d_backward_data(dy, P("head.w"), *dcur);
+  ready("head.w");
 
   // Decoder, top (level 0) to bottom (level L-2). dcur holds dL/d(b1_i).
   for (int i = 0; i <= L - 2; ++i) {
@@ -220,6 +226,7 @@ void UNet::backward(Backend& be, const Tensor& params, const Tensor& dy, Tensor&
     be.deconv3d_backward_filter(below, dup, guw, &gub);
     dcur = &buf(be, "g.below" + std::to_string(i + 1), below.shape());
     be.deconv3d_backward_data(dup, P(u + ".w"), *dcur);
+    ready(u + ".w");  // up{i} precedes dec{i} in the buffer
   }
 
   // Encoder, bottom (bottleneck) to top. dcur holds dL/d(d1) of the bottleneck;
@@ -264,6 +271,7 @@ void UNet::backward(Backend& be, const Tensor& params, const Tensor& dy, Tensor&
       dpooled = &buf(be, "g." + e + ".in", in.shape());
       be.conv3d_backward_data(g, P(e + ".conv0.w"), *dpooled);
     }
+    ready(e + ".conv0.w");  // for enc0 that is offset 0: the whole buffer
   }
 }
 

@@ -16,6 +16,7 @@
 // Input sides must be multiples of 2^(depth-1) (16 for the paper's 5 levels).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -59,7 +60,18 @@ class UNet {
   // Gradient of the loss with respect to every parameter, given dL/dy, for
   // the most recent forward(train = true). dparams has the layout of params
   // and is overwritten.
-  void backward(Backend& be, const Tensor& params, const Tensor& dy, Tensor& dparams);
+  //
+  // on_ready, when given, is called as blocks of gradients become final:
+  // on_ready(k) means dparams[k, total) will not be written again (the
+  // backward pass runs from the head, at the end of the flat buffer, down to
+  // enc0 at its start, so the final part is always a suffix). k decreases
+  // from call to call and the last call has k = 0. On a GPU backend the
+  // gradients are final in stream order: work queued after the call sees
+  // them. The trainer uses it to start all-reducing the tail of the buffer
+  // while the earlier layers are still being differentiated.
+  using GradsReady = std::function<void(int64_t ready_from)>;
+  void backward(Backend& be, const Tensor& params, const Tensor& dy, Tensor& dparams,
+                const GradsReady& on_ready = {});
 
   // Floating-point operations (2 per multiply-add) of the convolutions in one
   // forward pass over an input of (1, D, H, W, 1); backward costs about 2x.

@@ -169,3 +169,39 @@ TEST_CASE("Inference forward equals training forward without dropout", "[unet]")
   net.forward(*be, params, x, y2, false);
   CHECK(std::equal(y1.f32(), y1.f32() + y1.numel(), y2.f32()));
 }
+
+TEST_CASE("Backward reports a shrinking suffix of final gradients, ending at 0", "[unet]") {
+  // The all-reduce overlap relies on this: once on_ready(k) is called,
+  // dparams[k, total) must not change until backward returns.
+  auto be = make_cpu_backend();
+  UNetConfig cfg;
+  cfg.depth = 3;
+  cfg.base_filters = 4;
+  cfg.dropout = 0.1f;
+  UNet net(cfg);
+  std::mt19937 rng(5);
+  Shape xs{2, 16, 16, 16, 1};
+  Tensor x = random_tensor(xs, rng), y = be->alloc(xs), dy = random_tensor(xs, rng);
+  Tensor params = Tensor::zeros(Shape{net.layout().total()});
+  net.init_he(params, 2);
+  net.forward(*be, params, x, y, true, 4);
+  Tensor grads = Tensor::zeros(Shape{net.layout().total()});
+  std::vector<int64_t> calls;
+  std::vector<std::vector<float>> snapshots;  // the final suffix as it was reported
+  net.backward(*be, params, dy, grads, [&](int64_t k) {
+    calls.push_back(k);
+    snapshots.emplace_back(grads.f32() + k, grads.f32() + grads.numel());
+  });
+  // Head, one per decoder level, one per encoder level.
+  REQUIRE(calls.size() == static_cast<size_t>(1 + (cfg.depth - 1) + cfg.depth));
+  CHECK(calls.back() == 0);
+  for (size_t c = 1; c < calls.size(); ++c) CHECK(calls[c] < calls[c - 1]);
+  for (size_t c = 0; c < calls.size(); ++c) {
+    const float* now = grads.f32() + calls[c];
+    CHECK(std::equal(snapshots[c].begin(), snapshots[c].end(), now));
+  }
+  // Without a callback the gradients are the same.
+  Tensor plain = Tensor::zeros(Shape{net.layout().total()});
+  net.backward(*be, params, dy, plain);
+  CHECK(std::equal(plain.f32(), plain.f32() + plain.numel(), grads.f32()));
+}
