@@ -9,8 +9,11 @@
 #include <sstream>
 #include <string>
 
+#include "core/checkpoint.h"
+#include "core/unet.h"
 #include "tests/test_util.h"
 #include "train/config.h"
+#include "train/trainer.h"
 
 namespace {
 
@@ -121,4 +124,38 @@ TEST_CASE("help texts describe the tool", "[cli]") {
   REQUIRE(version.exited());
   CHECK(version.code() == 0);
   CHECK_THAT(version.out, StartsWith("deepqsm "));
+}
+
+TEST_CASE("export strips a checkpoint to weights that load identically", "[cli]") {
+  TempDir dir("deepqsm-cli");
+  const std::string cfg = std::string(DEEPQSM_SOURCE_DIR) + "/configs/test-tiny.json";
+  const std::string run_dir = dir.file("run");
+  Run t = run(dir, "train --config '" + cfg + "' --out '" + run_dir + "' --steps 3 --quiet");
+  INFO("stderr: " << t.err);
+  REQUIRE(t.code() == 0);
+
+  // A run folder exports its newest checkpoint.
+  const std::string model = dir.file("model.h5");
+  Run e = run(dir, "export '" + run_dir + "' -o '" + model + "'");
+  INFO("stderr: " << e.err);
+  REQUIRE(e.code() == 0);
+  CHECK_THAT(e.out, Contains("step 3"));
+  const dq::CheckpointData full = dq::load_checkpoint(dq::newest_checkpoint(run_dir));
+  const dq::CheckpointData slim = dq::load_checkpoint(model);
+  CHECK_FALSE(slim.adam_m.defined());
+  CHECK_FALSE(slim.adam_v.defined());
+  CHECK(slim.step == 3);
+  CHECK(slim.config_json == full.config_json);
+  REQUIRE(slim.params.numel() == full.params.numel());
+  CHECK(std::equal(slim.params.f32(), slim.params.f32() + slim.params.numel(), full.params.f32()));
+  CHECK(fs::file_size(model) < fs::file_size(dq::newest_checkpoint(run_dir)) / 2);
+
+  // An empty folder and a non-checkpoint file are refused in one line.
+  fs::create_directory(dir.file("empty"));
+  check_one_line_failure(run(dir, "export '" + dir.file("empty") + "' -o '" + model + "'"),
+                         "no checkpoint");
+  const std::string junk = dir.write("junk.h5", "not hdf5");
+  check_one_line_failure(run(dir, "export '" + junk + "' -o '" + dir.file("m2.h5") + "'"),
+                         "junk.h5");
+  CHECK_FALSE(fs::exists(dir.file("m2.h5")));
 }

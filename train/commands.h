@@ -18,5 +18,6 @@ Command add_synth_command(CLI::App& app);  // cmd_synth.cpp
 Command add_eval_command(CLI::App& app);  // cmd_eval.cpp
 Command add_invert_command(CLI::App& app);  // cmd_invert.cpp
 Command add_phantom_command(CLI::App& app);  // cmd_phantom.cpp
+Command add_export_command(CLI::App& app);  // cmd_export.cpp
 
 }  // namespace dq

@@ -49,14 +49,15 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("deepqsm ") + kVersion);
   app.require_subcommand(1);
   app.failure_message(usage_failure);
-  const std::vector<dq::Command> commands = {dq::add_train_command(app),
-                                             dq::add_config_command(app),
-                                             dq::add_synth_command(app),
-                                             dq::add_eval_command(app), dq::add_invert_command(app), dq::add_phantom_command(app)};
+  const std::vector<dq::Command> commands = {
+      dq::add_train_command(app),  dq::add_config_command(app), dq::add_synth_command(app),
+      dq::add_eval_command(app),   dq::add_invert_command(app), dq::add_phantom_command(app),
+      dq::add_export_command(app)};
   app.footer(
       "Examples:\n"
       "  deepqsm train                                  # the quick CPU demo\n"
       "  deepqsm train --config configs/deepqsm-paper.json --out runs/paper\n"
+      "  deepqsm export runs/paper -o paper.h5            # weights only, for deepqsm-infer\n"
       "  deepqsm config check my.json");
 
   try {
