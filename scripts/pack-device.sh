@@ -19,6 +19,8 @@
 #   export DEEPQSM_LIBS=pack/device/lib:$cudnn:$nccl:$cufft:/usr/local/cuda/lib64
 #   bash scripts/gpu-check.sh pack/device/bin
 #
+# scripts/device-session.sh does all of this, in three calls' worth of phases.
+#
 # pack/device/bin holds wrappers that start each binary through the packed
 # loader with DEEPQSM_LIBS as its library path.
 set -euo pipefail
@@ -54,6 +56,13 @@ SH
   chmod +x "$out/bin/$b"
 done
 cp -r models "$out/"
+# The 2016 challenge brain, for GPU inference and evaluation on the device
+# (scripts/device-session.sh compare); it is not part of the archive.
+if [ -d ../shared/data/qsm2016 ]; then
+  rm -rf pack/qsm2016
+  cp -r ../shared/data/qsm2016 pack/qsm2016
+  chmod -R u+w pack/qsm2016
+fi
 tar -C pack -cf - device | zstd -q -19 -T0 -o pack/deepqsm-device.tar.zst
 echo "pack-device: pack/deepqsm-device.tar.zst ($(du -h pack/deepqsm-device.tar.zst | cut -f1)," \
   "$(ls "$out/lib" | wc -l) libraries, binaries for sm_$(grep '^CMAKE_CUDA_ARCHITECTURES:' "$build/CMakeCache.txt" | cut -d= -f2))"
