@@ -41,6 +41,12 @@ const char* cufft_error_string(cufftResult r) {
     case CUFFT_EXEC_FAILED: return "execution failed";
     case CUFFT_SETUP_FAILED: return "setup failed";
     case CUFFT_INVALID_SIZE: return "invalid size";
+    case CUFFT_INVALID_TYPE: return "invalid type";
+    case CUFFT_UNALIGNED_DATA: return "unaligned data";
+    case CUFFT_INVALID_DEVICE: return "invalid device";
+    case CUFFT_NO_WORKSPACE: return "no workspace";
+    case CUFFT_NOT_IMPLEMENTED: return "not implemented";
+    case CUFFT_NOT_SUPPORTED: return "not supported";
     default: return "cuFFT error";
   }
 }

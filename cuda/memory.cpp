@@ -11,8 +11,14 @@ DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
   cudaError_t e = cudaMalloc(&ptr_, bytes);
   if (e != cudaSuccess) {
     cudaGetLastError();  // clear it so the next unrelated check does not report it again
-    fail("out of GPU memory allocating ", bytes / (1024 * 1024), " MiB (", bytes,
-         " bytes): ", cudaGetErrorString(e), "; reduce the batch or patch size");
+    // Only cudaErrorMemoryAllocation means the memory ran out; a missing
+    // device, a driver too old for the runtime, or an earlier kernel's
+    // sticky fault surface here too, and need another remedy.
+    if (e == cudaErrorMemoryAllocation)
+      fail("out of GPU memory allocating ", bytes / (1024 * 1024), " MiB (", bytes,
+           " bytes): ", cudaGetErrorString(e), "; reduce the batch or patch size");
+    fail("cudaMalloc of ", bytes, " bytes failed: ", cudaGetErrorName(e), " (",
+         cudaGetErrorString(e), ")");
   }
 }
 
