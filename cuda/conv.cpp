@@ -174,18 +174,25 @@ void pointwise_op(std::vector<Descriptor>& keep, cudnnPointwiseMode_t mode, cons
 }
 
 // The engine configurations cuDNN proposes for a graph under one heuristic
-// mode, best first; empty when it has none.
-std::vector<Descriptor> heuristic_configs(const Descriptor& graph, cudnnBackendHeurMode_t mode) {
+// mode, best first; empty when it has none, and then `why` says so.
+std::vector<Descriptor> heuristic_configs(const Descriptor& graph, cudnnBackendHeurMode_t mode,
+                                          const char* mode_name, std::string& why) {
   Descriptor heur(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
   heur.set(DQ_ATTR(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH), graph)
       .set(DQ_ATTR(CUDNN_ATTR_ENGINEHEUR_MODE), mode);
-  if (heur.try_finalize() != CUDNN_STATUS_SUCCESS) return {};
-  int64_t count = 0;
-  if (cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                               CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count,
-                               nullptr) != CUDNN_STATUS_SUCCESS ||
-      count <= 0)
+  cudnnStatus_t s = heur.try_finalize();
+  if (s != CUDNN_STATUS_SUCCESS) {
+    why += std::string("; heuristics ") + mode_name + ": " + cudnn::status_text(s);
     return {};
+  }
+  int64_t count = 0;
+  s = cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                               CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr);
+  if (s != CUDNN_STATUS_SUCCESS || count <= 0) {
+    why += std::string("; heuristics ") + mode_name + ": " +
+           (s != CUDNN_STATUS_SUCCESS ? cudnn::status_text(s) : std::string("no configuration"));
+    return {};
+  }
   std::vector<Descriptor> cfgs;
   std::vector<cudnnBackendDescriptor_t> raw;
   for (int64_t i = 0; i < count; ++i) {
@@ -193,16 +200,19 @@ std::vector<Descriptor> heuristic_configs(const Descriptor& graph, cudnnBackendH
     raw.push_back(cfgs.back().get());
   }
   int64_t got = 0;
-  if (cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                               CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got,
-                               raw.data()) != CUDNN_STATUS_SUCCESS)
+  s = cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                               CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got, raw.data());
+  if (s != CUDNN_STATUS_SUCCESS) {
+    why += std::string("; heuristics ") + mode_name + ": " + cudnn::status_text(s);
     return {};
+  }
   cfgs.erase(cfgs.begin() + std::min(std::max<int64_t>(got, 0), count), cfgs.end());
   return cfgs;
 }
 
 struct EngineInfo {
   int64_t index = -1;
+  bool known = false;  // the notes were read; an engine whose notes are unknown is refused
   std::vector<cudnnBackendNumericalNote_t> notes;
 };
 
@@ -214,11 +224,16 @@ EngineInfo engine_info(const Descriptor& cfg) {
   if (cudnnBackendGetAttribute(cfg.get(), CUDNN_ATTR_ENGINECFG_ENGINE,
                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n, &e) != CUDNN_STATUS_SUCCESS)
     return info;
-  cudnnBackendGetAttribute(e, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n, &info.index);
+  // The index only labels the report; -1 when cuDNN does not say.
+  if (cudnnBackendGetAttribute(e, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n,
+                               &info.index) != CUDNN_STATUS_SUCCESS)
+    info.index = -1;
   cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
   if (cudnnBackendGetAttribute(e, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
-                               CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &n, notes) == CUDNN_STATUS_SUCCESS)
+                               CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &n, notes) == CUDNN_STATUS_SUCCESS) {
+    info.known = true;
     info.notes.assign(notes, notes + std::clamp<int64_t>(n, 0, CUDNN_NUMERICAL_NOTE_TYPE_COUNT));
+  }
   return info;
 }
 
@@ -229,6 +244,8 @@ EngineInfo engine_info(const Descriptor& cfg) {
 // engines; fp32 without FFT or Winograd, whose rounding differs from a direct
 // convolution's), which are dropped when no engine meets them.
 bool acceptable(const EngineInfo& e, Precision p, bool strict, bool deterministic) {
+  // Without its notes an engine might be a TF32 or down-converting one.
+  if (!e.known) return false;
   for (cudnnBackendNumericalNote_t n : e.notes) {
     switch (n) {
       case CUDNN_NUMERICAL_NOTE_TENSOR_CORE:
@@ -270,6 +287,115 @@ struct EventPair {
 };
 
 }  // namespace
+
+// The operations of one layer pass, built and finalized on the host (no
+// handle is needed, so tests/test_cuda_host.cpp checks them without a GPU).
+ConvOps conv_ops(ConvPass pass, const ConvGeometry& g, bool bias, bool relu, cudnnDataType_t io,
+                 int64_t align, bool fused) {
+  const Binding bd = bind(pass, g.transposed);
+  const Problem pr = problem(g);
+  ConvOps c;
+  std::vector<Descriptor>& keep = c.keep;
+  std::vector<const Descriptor*>& ops = c.ops;
+  keep.reserve(ConvOps::kKeep);
+  for (int r = 0; r < 3; ++r) {
+    bool out_virtual = fused && r == bd.out;
+    keep.push_back(tensor(out_virtual ? kUidConvOut : r + 1, pr.dims[r], pr.strides[r],
+                          out_virtual ? CUDNN_DATA_FLOAT : io, out_virtual ? 16 : align,
+                          out_virtual));
+  }
+  const Descriptor& tx = keep[0];
+  const Descriptor& tw = keep[1];
+  const Descriptor& ty = keep[2];
+
+  Descriptor conv(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR);
+  const std::vector<int64_t> ones{1, 1, 1};
+  const std::vector<int64_t> stride(3, pr.stride), pad(3, pr.pad);
+  conv.set(DQ_ATTR(CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS), int64_t{3})
+      .set(DQ_ATTR(CUDNN_ATTR_CONVOLUTION_COMP_TYPE), CUDNN_DATA_FLOAT)
+      .set(DQ_ATTR(CUDNN_ATTR_CONVOLUTION_CONV_MODE), CUDNN_CROSS_CORRELATION)
+      .set(DQ_ATTR(CUDNN_ATTR_CONVOLUTION_DILATIONS), ones)
+      .set(DQ_ATTR(CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES), stride)
+      .set(DQ_ATTR(CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS), pad)
+      .set(DQ_ATTR(CUDNN_ATTR_CONVOLUTION_POST_PADDINGS), pad);
+  conv.finalize();
+
+  const float alpha = 1.0f, beta = 0.0f;
+  Descriptor op;
+  switch (bd.op) {
+    case CudnnOp::fwd:
+      op = Descriptor(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR);
+      op.set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X), tx)
+          .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W), tw)
+          .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y), ty)
+          .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC), conv)
+          .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA), alpha)
+          .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA), beta);
+      break;
+    case CudnnOp::bwd_data:
+      op = Descriptor(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR);
+      op.set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX), tx)
+          .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W), tw)
+          .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY), ty)
+          .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC), conv)
+          .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA), alpha)
+          .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA), beta);
+      break;
+    case CudnnOp::bwd_filter:
+      op = Descriptor(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR);
+      op.set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X), tx)
+          .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW), tw)
+          .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY), ty)
+          .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC), conv)
+          .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA), alpha)
+          .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA), beta);
+      break;
+  }
+  op.finalize();
+  keep.push_back(std::move(conv));
+  keep.push_back(std::move(op));
+  ops.push_back(&keep.back());
+
+  // Variant pack: the layer's two inputs, then its output.
+  c.uids = {bd.a + 1, bd.b + 1};
+  c.slots = {bd.a, bd.b};
+  if (fused) {
+    // conv -> [+ bias] -> [ReLU] -> out, the intermediates virtual fp32.
+    const Descriptor& conv_out = keep[static_cast<size_t>(bd.out)];
+    const std::vector<int64_t>& od = pr.dims[bd.out];
+    const std::vector<int64_t>& os = pr.strides[bd.out];
+    keep.push_back(tensor(kUidOut, od, os, io, align, false));
+    const size_t out_at = keep.size() - 1;
+    const Descriptor* cur = &conv_out;
+    if (bias) {
+      const int64_t ch = od[1];
+      keep.push_back(tensor(kUidBias, {1, ch, 1, 1, 1}, {ch, 1, ch, ch, ch}, CUDNN_DATA_FLOAT,
+                            align, false));
+      const size_t bias_at = keep.size() - 1;
+      size_t biased_at = out_at;
+      if (relu) {
+        keep.push_back(tensor(kUidBiased, od, os, CUDNN_DATA_FLOAT, 16, true));
+        biased_at = keep.size() - 1;
+      }
+      pointwise_op(keep, CUDNN_POINTWISE_ADD, *cur, &keep[bias_at], keep[biased_at]);
+      ops.push_back(&keep.back());
+      cur = &keep[biased_at];
+      c.uids.push_back(kUidBias);
+      c.slots.push_back(kBias);
+    }
+    if (relu) {
+      pointwise_op(keep, CUDNN_POINTWISE_RELU_FWD, *cur, nullptr, keep[out_at]);
+      ops.push_back(&keep.back());
+    }
+    c.uids.push_back(kUidOut);
+  } else {
+    c.uids.push_back(bd.out + 1);
+  }
+  c.slots.push_back(bd.out);
+  // The caller appends the operation graph and the engine configuration.
+  DQ_CHECK(keep.size() + 2 <= ConvOps::kKeep, "cuDNN graph keeps ", keep.size(), " descriptors");
+  return c;
+}
 
 // A built convolution: every descriptor the execution plan was made from
 // (kept alive with it), the plan, and how to pack a call's pointers.
@@ -358,126 +484,31 @@ CudnnConv::Plan* CudnnConv::plan(ConvPass pass, const ConvGeometry& g, bool bias
   auto found = plans_.find(key);
   if (found != plans_.end()) return found->second->exec ? found->second.get() : nullptr;
 
-  const Binding bd = bind(pass, g.transposed);
-  const Problem pr = problem(g);
-
   // Builds the graph (fused or plain) and its best execution plan into p;
   // false when cuDNN has no engine for it.
   auto build = [&](Plan& p, bool fused) -> bool {
     p = Plan();
     p.key = key;
     p.fused = fused;
-    // Operations hold pointers to the descriptors they were built from, so
-    // `keep` must not reallocate: kKeep covers the largest (fused) graph.
-    constexpr size_t kKeep = 16;
+    ConvOps ops = conv_ops(pass, g, bias, relu, io, align, fused);
+    // Moving the vector keeps its storage, so ops.ops stays valid.
+    p.keep = std::move(ops.keep);
+    p.uids = std::move(ops.uids);
+    p.slots = std::move(ops.slots);
     std::vector<Descriptor>& keep = p.keep;
-    keep.reserve(kKeep);
-    for (int r = 0; r < 3; ++r) {
-      bool out_virtual = fused && r == bd.out;
-      keep.push_back(tensor(out_virtual ? kUidConvOut : r + 1, pr.dims[r], pr.strides[r],
-                            out_virtual ? CUDNN_DATA_FLOAT : io, out_virtual ? 16 : align,
-                            out_virtual));
-    }
-    const Descriptor& tx = keep[0];
-    const Descriptor& tw = keep[1];
-    const Descriptor& ty = keep[2];
-
-    Descriptor conv(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR);
-    const std::vector<int64_t> ones{1, 1, 1};
-    const std::vector<int64_t> stride(3, pr.stride), pad(3, pr.pad);
-    conv.set(DQ_ATTR(CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS), int64_t{3})
-        .set(DQ_ATTR(CUDNN_ATTR_CONVOLUTION_COMP_TYPE), CUDNN_DATA_FLOAT)
-        .set(DQ_ATTR(CUDNN_ATTR_CONVOLUTION_CONV_MODE), CUDNN_CROSS_CORRELATION)
-        .set(DQ_ATTR(CUDNN_ATTR_CONVOLUTION_DILATIONS), ones)
-        .set(DQ_ATTR(CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES), stride)
-        .set(DQ_ATTR(CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS), pad)
-        .set(DQ_ATTR(CUDNN_ATTR_CONVOLUTION_POST_PADDINGS), pad);
-    conv.finalize();
-
-    const float alpha = 1.0f, beta = 0.0f;
-    Descriptor op;
-    switch (bd.op) {
-      case CudnnOp::fwd:
-        op = Descriptor(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR);
-        op.set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X), tx)
-            .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W), tw)
-            .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y), ty)
-            .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC), conv)
-            .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA), alpha)
-            .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA), beta);
-        break;
-      case CudnnOp::bwd_data:
-        op = Descriptor(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR);
-        op.set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX), tx)
-            .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W), tw)
-            .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY), ty)
-            .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC), conv)
-            .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA), alpha)
-            .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA), beta);
-        break;
-      case CudnnOp::bwd_filter:
-        op = Descriptor(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR);
-        op.set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X), tx)
-            .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW), tw)
-            .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY), ty)
-            .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC), conv)
-            .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA), alpha)
-            .set(DQ_ATTR(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA), beta);
-        break;
-    }
-    op.finalize();
-    keep.push_back(std::move(conv));
-    keep.push_back(std::move(op));
-    std::vector<const Descriptor*> ops{&keep.back()};
-
-    // Variant pack: the layer's two inputs, then its output.
-    p.uids = {bd.a + 1, bd.b + 1};
-    p.slots = {bd.a, bd.b};
-    if (fused) {
-      // conv -> [+ bias] -> [ReLU] -> out, the intermediates virtual fp32.
-      const Descriptor& conv_out = keep[static_cast<size_t>(bd.out)];
-      const std::vector<int64_t>& od = pr.dims[bd.out];
-      const std::vector<int64_t>& os = pr.strides[bd.out];
-      keep.push_back(tensor(kUidOut, od, os, io, align, false));
-      const size_t out_at = keep.size() - 1;
-      const Descriptor* cur = &conv_out;
-      if (bias) {
-        const int64_t c = od[1];
-        keep.push_back(
-            tensor(kUidBias, {1, c, 1, 1, 1}, {c, 1, c, c, c}, CUDNN_DATA_FLOAT, align, false));
-        const size_t bias_at = keep.size() - 1;
-        size_t biased_at = out_at;
-        if (relu) {
-          keep.push_back(tensor(kUidBiased, od, os, CUDNN_DATA_FLOAT, 16, true));
-          biased_at = keep.size() - 1;
-        }
-        pointwise_op(keep, CUDNN_POINTWISE_ADD, *cur, &keep[bias_at], keep[biased_at]);
-        ops.push_back(&keep.back());
-        cur = &keep[biased_at];
-        p.uids.push_back(kUidBias);
-        p.slots.push_back(kBias);
-      }
-      if (relu) {
-        pointwise_op(keep, CUDNN_POINTWISE_RELU_FWD, *cur, nullptr, keep[out_at]);
-        ops.push_back(&keep.back());
-      }
-      p.uids.push_back(kUidOut);
-    } else {
-      p.uids.push_back(bd.out + 1);
-    }
-    p.slots.push_back(bd.out);
 
     Descriptor graph(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
     graph.set(DQ_ATTR(CUDNN_ATTR_OPERATIONGRAPH_HANDLE), handle_)
-        .set(DQ_ATTR(CUDNN_ATTR_OPERATIONGRAPH_OPS), ops);
+        .set(DQ_ATTR(CUDNN_ATTR_OPERATIONGRAPH_OPS), ops.ops);
     cudnnStatus_t gs = graph.try_finalize();
     if (gs != CUDNN_STATUS_SUCCESS) {
       if (fused || !required) return false;
       fail("cuDNN: no operation graph for ", key, ": ", cudnn::status_text(gs));
     }
 
-    std::vector<Descriptor> cfgs = heuristic_configs(graph, CUDNN_HEUR_MODE_A);
-    for (Descriptor& d : heuristic_configs(graph, CUDNN_HEUR_MODE_FALLBACK))
+    std::string why;  // what the heuristics and the filter said, for the no-engine error
+    std::vector<Descriptor> cfgs = heuristic_configs(graph, CUDNN_HEUR_MODE_A, "A", why);
+    for (Descriptor& d : heuristic_configs(graph, CUDNN_HEUR_MODE_FALLBACK, "fallback", why))
       cfgs.push_back(std::move(d));
 
     struct Candidate {
@@ -486,18 +517,30 @@ CudnnConv::Plan* CudnnConv::plan(ConvPass pass, const ConvGeometry& g, bool bias
       int64_t workspace, engine;
     };
     std::vector<Candidate> cands;
+    // Why the last (least strict) pass turned configurations down.
+    int refused_notes = 0, unbuilt = 0, too_big = 0;
     for (bool strict : {true, false}) {
+      refused_notes = unbuilt = too_big = 0;
       for (size_t i = 0; i < cfgs.size(); ++i) {
         if (static_cast<int>(cands.size()) == kMaxCandidates) break;
         const Descriptor& cfg = cfgs[i];
         EngineInfo info = engine_info(cfg);
-        if (!acceptable(info, opt_.precision, strict, opt_.deterministic)) continue;
+        if (!acceptable(info, opt_.precision, strict, opt_.deterministic)) {
+          ++refused_notes;
+          continue;
+        }
         Descriptor ep(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
         ep.set(DQ_ATTR(CUDNN_ATTR_EXECUTION_PLAN_HANDLE), handle_)
             .set(DQ_ATTR(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG), cfg);
-        if (ep.try_finalize() != CUDNN_STATUS_SUCCESS) continue;
+        if (ep.try_finalize() != CUDNN_STATUS_SUCCESS) {
+          ++unbuilt;
+          continue;
+        }
         int64_t ws = cudnn::get_int64(ep, DQ_ATTR(CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE));
-        if (ws < 0 || static_cast<size_t>(ws) > opt_.workspace_limit) continue;
+        if (ws < 0 || static_cast<size_t>(ws) > opt_.workspace_limit) {
+          ++too_big;
+          continue;
+        }
         cands.push_back({std::move(ep), i, ws, info.index});
       }
       if (!cands.empty()) break;
@@ -505,7 +548,9 @@ CudnnConv::Plan* CudnnConv::plan(ConvPass pass, const ConvGeometry& g, bool bias
     if (cands.empty()) {
       if (fused || !required) return false;
       fail("cuDNN offers no engine for ", key, " in ", precision_name(opt_.precision),
-           " precision (", cfgs.size(), " configurations proposed, none accepted and built)");
+           " precision: ", cfgs.size(), " configurations proposed, ", refused_notes,
+           " refused by their numerical notes, ", unbuilt, " failed to build, ", too_big,
+           " need more than the ", opt_.workspace_limit >> 20, " MiB workspace limit", why);
     }
     keep.push_back(std::move(graph));
 
@@ -552,7 +597,7 @@ CudnnConv::Plan* CudnnConv::plan(ConvPass pass, const ConvGeometry& g, bool bias
       p.ms = best_ms;
     }
     keep.push_back(std::move(cfgs[cands[best].cfg]));
-    DQ_CHECK(keep.size() <= kKeep, "cuDNN graph keeps ", keep.size(), " descriptors");
+    DQ_CHECK(keep.size() <= ConvOps::kKeep, "cuDNN graph keeps ", keep.size(), " descriptors");
     p.exec = std::move(cands[best].plan);
     p.workspace = cands[best].workspace;
     p.engine = cands[best].engine;

@@ -36,8 +36,11 @@
 #include <memory>
 #include <string>
 
+#include <vector>
+
 #include "core/op_checks.h"
 #include "cuda/device_pool.h"
+#include "cuda/graph.h"
 
 namespace dq {
 
@@ -47,6 +50,24 @@ const char* precision_name(Precision p);
 
 
 enum class ConvPass { forward, backward_data, backward_filter };
+
+// The cuDNN operations of one layer pass, finalized (cuDNN has checked
+// every attribute and that the shapes agree) but not yet in an operation
+// graph, which needs a handle and so a GPU. `keep` owns every descriptor
+// the operations refer to and has room for the graph and the engine
+// configuration the caller appends (it must not reallocate); `ops` go into
+// the graph; the variant pack takes the pointer of role slots[i] (0 = X,
+// 1 = W, 2 = Y, 3 = bias) for unique id uids[i]. `fused` puts + bias and
+// ReLU on a virtual fp32 convolution output.
+struct ConvOps {
+  static constexpr size_t kKeep = 16;
+  std::vector<cudnn::Descriptor> keep;
+  std::vector<const cudnn::Descriptor*> ops;
+  std::vector<int64_t> uids;
+  std::vector<int> slots;
+};
+ConvOps conv_ops(ConvPass pass, const ConvGeometry& g, bool bias, bool relu, cudnnDataType_t io,
+                 int64_t align, bool fused);
 
 struct ConvOptions {
   Precision precision = Precision::fp32;
