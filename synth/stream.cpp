@@ -170,7 +170,12 @@ PatchStream::PatchStream(const StreamConfig& cfg, int64_t first_step)
     : cfg_(cfg), step_(first_step) {
   cfg_.validate();
   if (first_step < 0) fail("stream: first step ", first_step, " is negative");
-  if (cfg_.device == "gpu") cfg_.workers = 1;  // one CUDA stream; the GPU is the parallelism
+  if (cfg_.device == "gpu") {
+    cfg_.workers = 1;  // one CUDA stream; the GPU is the parallelism
+    // The current device is per thread and a new thread starts on device 0:
+    // the producer must generate on the GPU of the rank that owns it.
+    DQ_CUDA(cudaGetDevice(&cuda_device_));
+  }
   const Recipe& r = cfg_.recipe;
   const double bytes = 2.0 * static_cast<double>(cfg_.train_volumes) * r.patches_per_volume *
                        static_cast<double>(patch_floats(r)) * sizeof(float);
@@ -304,6 +309,7 @@ PatchStream::Group PatchStream::build_group(int64_t g,
 
 void PatchStream::produce(int64_t first_group) {
   try {
+    if (cfg_.device == "gpu") DQ_CUDA(cudaSetDevice(cuda_device_));
     std::vector<std::unique_ptr<VolumeSource>> sources;
     for (int w = 0; w < cfg_.workers; ++w) sources.push_back(std::make_unique<VolumeSource>(cfg_));
     for (int64_t g = first_group;; ++g) {

@@ -121,6 +121,7 @@ class PatchStream {
   std::shared_ptr<const VolumePatches> patches_of(int64_t volume, VolumeSource& source);
 
   StreamConfig cfg_;
+  int cuda_device_ = 0;  // GPU: the constructing thread's device, made the producer's too
   int64_t step_;
   double wait_s_ = 0;
   bool use_cache_ = false;
