@@ -28,6 +28,9 @@
 //  - adam_step is PyTorch's Adam (bias-corrected, eps outside the sqrt):
 //      m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
 //      p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps),  t = step >= 1
+//  - unscale_and_check: grads[i] *= inv_scale for every i, then true when
+//    every result is finite (no inf, no NaN). The host needs the answer, so
+//    it waits for the device. Used with loss scaling (core/loss_scale.h).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -91,6 +94,7 @@ class Backend {
   virtual float mse_loss(const Tensor& pred, const Tensor& target, Tensor* dpred) = 0;
   virtual void adam_step(Tensor& params, const Tensor& grads, Tensor& m, Tensor& v,
                          const AdamConfig& cfg, int64_t step) = 0;
+  virtual bool unscale_and_check(Tensor& grads, float inv_scale) = 0;
 
  protected:
   // The implementations behind dropout_forward / dropout_backward (kept

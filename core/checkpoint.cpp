@@ -15,7 +15,7 @@ namespace dq {
 
 namespace {
 constexpr const char* kFormat = "deepqsm-checkpoint";
-constexpr int64_t kVersion = 2;
+constexpr int64_t kVersion = 3;
 
 // FNV-1a 64. Byte-serial and slow (~1 GB/s), which is fine next to writing
 // the same bytes to disk; the paper's U-Net has ~2M parameters.
@@ -50,14 +50,23 @@ void add_params(Fnv1a& f, const ParamLayout& layout, const Tensor& params) {
   }
 }
 
+// As the header defines it for `version` (2 or 3).
 uint64_t full_checksum(const ParamLayout& layout, const Tensor& params, const Tensor& m,
-                       const Tensor& v, int64_t step, uint64_t seed) {
+                       const Tensor& v, int64_t step, const TrainingState& state,
+                       int64_t version) {
   Fnv1a f;
   add_params(f, layout, params);
   f.add(m.raw(), m.nbytes());
   f.add(v.raw(), v.nbytes());
   f.add_u64(static_cast<uint64_t>(step));
-  f.add_u64(seed);
+  f.add_u64(state.seed);
+  if (version >= 3) {
+    uint32_t bits = 0;
+    std::memcpy(&bits, &state.loss_scale.scale, sizeof bits);
+    f.add_u64(bits);
+    f.add_u64(static_cast<uint64_t>(state.loss_scale.clean_steps));
+    f.add_u64(static_cast<uint64_t>(state.loss_scale.skipped_steps));
+  }
   return f.h;
 }
 
@@ -77,9 +86,10 @@ CheckpointData read(const std::string& path, bool weights_only) {
     fail(path, ": not a deepqsm checkpoint (no format attribute '", kFormat, "')");
   CheckpointData ck;
   ck.version = f.attr_int("/", "version");
-  if (ck.version != 1 && ck.version != kVersion)
-    fail(path, ": checkpoint version ", ck.version, " is not supported (this build reads versions 1 and ",
-         kVersion, ")");
+  if (ck.version < 1 || ck.version > kVersion)
+    fail(path, ": checkpoint version ", ck.version,
+         " is not supported (this build reads versions 1 to ", kVersion,
+         "; a newer version needs a newer deepqsm)");
   ck.model.depth = static_cast<int>(f.attr_int("/", "depth"));
   ck.model.base_filters = static_cast<int>(f.attr_int("/", "base_filters"));
   ck.model.dropout = static_cast<float>(f.attr_double("/", "dropout"));
@@ -93,6 +103,12 @@ CheckpointData read(const std::string& path, bool weights_only) {
     ck.state.seed = std::strtoull(seed.c_str(), &end, 10);
     if (seed.empty() || *end != '\0') fail(path, ": attribute 'seed' is not a number: '", seed, "'");
     ck.state.data_position = f.attr_int("/", "data_position");
+  }
+  if (ck.version >= 3) {
+    // Stored as a double; every float is exactly a double, so this is lossless.
+    ck.state.loss_scale.scale = static_cast<float>(f.attr_double("/", "loss_scale"));
+    ck.state.loss_scale.clean_steps = f.attr_int("/", "loss_scale_clean_steps");
+    ck.state.loss_scale.skipped_steps = f.attr_int("/", "skipped_steps");
   }
   UNet net(ck.model);
   const ParamLayout& layout = net.layout();
@@ -124,10 +140,11 @@ CheckpointData read(const std::string& path, bool weights_only) {
     }
     if (ck.version >= 2) {
       const std::string stored = f.attr_string("/", "checksum");
-      const std::string computed =
-          hex(full_checksum(layout, ck.params, ck.adam_m, ck.adam_v, ck.step, ck.state.seed));
+      const std::string computed = hex(
+          full_checksum(layout, ck.params, ck.adam_m, ck.adam_v, ck.step, ck.state, ck.version));
       if (stored != computed)
-        fail(path, ": corrupt checkpoint: the checksum of parameters, Adam moments, step and seed is ",
+        fail(path, ": corrupt checkpoint: the checksum of parameters, Adam moments, step, seed ",
+             "and loss scale is ",
              computed, ", the file says ", stored, " (the file was damaged after it was written)");
     }
   }
@@ -168,6 +185,9 @@ void save_checkpoint(const std::string& path, const UNet& net, const Tensor& par
     // A decimal string: HDF5 attributes here are int64, and seeds use all 64 bits.
     f.set_attr("/", "seed", std::to_string(state.seed));
     f.set_attr("/", "data_position", state.data_position);
+    f.set_attr("/", "loss_scale", static_cast<double>(state.loss_scale.scale));
+    f.set_attr("/", "loss_scale_clean_steps", state.loss_scale.clean_steps);
+    f.set_attr("/", "skipped_steps", state.loss_scale.skipped_steps);
     f.set_attr("/", "checksum_params", hex(params_checksum(net, params)));
     f.create_group("params");
     for (int i = 0; i < static_cast<int>(layout.params().size()); ++i) {
@@ -179,10 +199,11 @@ void save_checkpoint(const std::string& path, const UNet& net, const Tensor& par
       f.write_floats("adam/m", {adam_m->numel()}, adam_m->f32());
       f.write_floats("adam/v", {adam_v->numel()}, adam_v->f32());
       f.set_attr("/", "checksum",
-                 hex(full_checksum(layout, params, *adam_m, *adam_v, step, state.seed)));
+                 hex(full_checksum(layout, params, *adam_m, *adam_v, step, state, kVersion)));
     } else {
       Tensor none = Tensor::zeros(Shape{0});
-      f.set_attr("/", "checksum", hex(full_checksum(layout, params, none, none, step, state.seed)));
+      f.set_attr("/", "checksum",
+                 hex(full_checksum(layout, params, none, none, step, state, kVersion)));
     }
     f.flush();
   }

@@ -12,6 +12,7 @@
 #include "cuda/conv.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
+#include "cuda/loss_scale.h"
 
 namespace dq {
 namespace {
@@ -55,6 +56,8 @@ class CudaBackend final : public Backend {
       // The MSE partial sums and the loss itself, reserved once so that
       // mse_loss never allocates.
       mse_scratch_ = pool_->acquire(kMseMaxBlocks * sizeof(double) + sizeof(double));
+      // unscale_and_check's non-finite flag, for the same reason.
+      flag_ = pool_->acquire(sizeof(int));
     } catch (...) {
       conv_.reset();
       cudaStreamDestroy(stream_);
@@ -70,6 +73,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     conv_.reset();
     mse_scratch_.reset();
+    flag_.reset();
     // Pending work may still read pool blocks; let it finish before the
     // stream goes. Errors here were reported where they happened.
     cudaStreamSynchronize(stream_);
@@ -254,6 +258,16 @@ class CudaBackend final : public Backend {
     cuda_adam_step(fp(params), fp(grads), fp(m), fp(v), params.numel(), cfg, step, stream_);
   }
 
+  bool unscale_and_check(Tensor& grads, float inv_scale) override {
+    check_f32(grads, kDev, "unscale_and_check", "grads");
+    int* flag = static_cast<int*>(flag_.get());
+    DQ_CUDA(cudaMemsetAsync(flag, 0, sizeof(int), stream_));
+    cuda_unscale_check(fp(grads), grads.numel(), inv_scale, flag, stream_);
+    int host = 0;
+    transfer(&host, flag, sizeof(int), cudaMemcpyDeviceToHost);
+    return host == 0;
+  }
+
  private:
   static void pool_shape(const Tensor& x, const Tensor& y, const char* op) {
     check_activation(x, kDev, op, "x");
@@ -289,6 +303,7 @@ class CudaBackend final : public Backend {
   std::shared_ptr<DevicePool> pool_;
   std::unique_ptr<CudnnConv> conv_;
   std::shared_ptr<void> mse_scratch_;
+  std::shared_ptr<void> flag_;
 };
 
 const CudaBackend& as_cuda(const Backend& be) {

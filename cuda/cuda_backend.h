@@ -1,14 +1,16 @@
 // The CUDA backend: dq::Backend for Device::cuda tensors. Convolutions go
 // through cuDNN's graph API (cuda/conv.h); everything else through the
 // hand-written kernels (cuda/kernels.h, cuda/bias.h). Every op is queued on
-// one stream owned by the backend; upload, download and mse_loss (whose
-// value the host needs) wait for it, nothing else does.
+// one stream owned by the backend; upload, download, mse_loss and
+// unscale_and_check (whose values the host needs) wait for it, nothing else
+// does.
 //
 // Tensors at the interface are fp32 in every precision mode (the U-Net and
 // the trainer are written once, for fp32 buffers); the mode decides how the
 // convolutions compute (see cuda/conv.h): fp32 (no tensor cores), tf32, or
 // bf16/fp16 operands with fp32 accumulation. fp16 training needs dynamic
-// loss scaling, which the trainer drives (cuda/loss_scale.h).
+// loss scaling, which the trainer drives (core/loss_scale.h) through
+// unscale_and_check (kernel in cuda/loss_scale.h).
 //
 // Memory: alloc, workspaces and scratch come from one pool sized at start
 // (arena_bytes) that reuses freed blocks; see cuda/device_pool.h for the

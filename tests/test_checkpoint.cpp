@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/h5io.h"
 #include "core/checkpoint.h"
+#include "tests/checkpoint_v2.h"
 
 using namespace dq;
 
@@ -89,6 +90,9 @@ std::string saved_checkpoint(const std::string& name, UNet& net, Tensor& p) {
   TrainingState st;
   st.seed = 0xFEDCBA9876543210ull;  // needs all 64 bits
   st.data_position = 5;
+  st.loss_scale.scale = 0x1p100f;  // beyond any int64 and any fp16 value
+  st.loss_scale.clean_steps = 3;
+  st.loss_scale.skipped_steps = 9;
   save_checkpoint(path, net, p, &m, &v, 7, "{}", st);
   return path;
 }
@@ -99,7 +103,7 @@ std::string slurp(const std::string& path) {
 }
 }  // namespace
 
-TEST_CASE("Checkpoint v2 keeps the training state", "[checkpoint]") {
+TEST_CASE("Checkpoint v3 keeps the training state", "[checkpoint]") {
   UNetConfig cfg;
   cfg.depth = 2;
   cfg.base_filters = 2;
@@ -107,9 +111,12 @@ TEST_CASE("Checkpoint v2 keeps the training state", "[checkpoint]") {
   Tensor p;
   const std::string path = saved_checkpoint("state.h5", net, p);
   const CheckpointData ck = load_checkpoint(path);
-  CHECK(ck.version == 2);
+  CHECK(ck.version == 3);
   CHECK(ck.state.seed == 0xFEDCBA9876543210ull);
   CHECK(ck.state.data_position == 5);
+  CHECK(ck.state.loss_scale.scale == 0x1p100f);
+  CHECK(ck.state.loss_scale.clean_steps == 3);
+  CHECK(ck.state.loss_scale.skipped_steps == 9);
   H5File f(path, H5File::Mode::read);
   CHECK(f.attr_string("/", "checksum_params").size() == 16);
   CHECK(f.attr_string("/", "checksum").size() == 16);
@@ -153,6 +160,18 @@ TEST_CASE("Damaged checkpoints are refused with a clear message", "[checkpoint]"
     CHECK_NOTHROW(load_checkpoint(path, true));  // the weights are intact
     CHECK_THROWS_WITH(load_checkpoint(path), Catch::Contains("corrupt checkpoint"));
   }
+  SECTION("a flipped bit in the loss scale") {
+    // The attribute is a double; 2^100 has a distinctive byte pattern.
+    const double scale = 0x1p100;
+    std::string bad = bytes;
+    const size_t at = bad.find(std::string(reinterpret_cast<const char*>(&scale), 8));
+    REQUIRE(at != std::string::npos);
+    bad[at + 6] = static_cast<char>(bad[at + 6] ^ 0x01);
+    const std::string path = temp_path("scale.h5");
+    std::ofstream(path, std::ios::binary) << bad;
+    CHECK_NOTHROW(load_checkpoint(path, true));  // inference needs none of it
+    CHECK_THROWS_WITH(load_checkpoint(path), Catch::Contains("corrupt checkpoint"));
+  }
   SECTION("a truncated file") {
     const std::string path = temp_path("truncated.h5");
     std::ofstream(path, std::ios::binary) << bytes.substr(0, bytes.size() / 2);
@@ -160,4 +179,22 @@ TEST_CASE("Damaged checkpoints are refused with a clear message", "[checkpoint]"
                       Catch::Contains("truncated.h5") &&
                           (Catch::Contains("truncated") || Catch::Contains("corrupt")));
   }
+}
+
+TEST_CASE("Version 2 checkpoints (before loss scaling) still load", "[checkpoint]") {
+  UNetConfig cfg;
+  cfg.depth = 2;
+  cfg.base_filters = 2;
+  UNet net(cfg);
+  Tensor p;
+  const CheckpointData v3 = load_checkpoint(saved_checkpoint("for-v2.h5", net, p));
+  const std::string path = temp_path("v2.h5");
+  test::write_v2_checkpoint(path, net, v3, v3.config_json);
+  const CheckpointData v2 = load_checkpoint(path);
+  CHECK(v2.version == 2);
+  CHECK(v2.step == v3.step);
+  CHECK(v2.state.seed == v3.state.seed);
+  CHECK(v2.state.loss_scale.scale == 0.0f);  // a run without loss scaling
+  CHECK(v2.state.loss_scale.skipped_steps == 0);
+  CHECK(std::equal(v3.adam_v.f32(), v3.adam_v.f32() + v3.adam_v.numel(), v2.adam_v.f32()));
 }

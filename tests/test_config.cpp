@@ -245,3 +245,39 @@ TEST_CASE("data source, logging and reference keys are checked", "[config]") {
   CHECK(c.reference_chi == "c.nii");
   CHECK_FALSE(c.tensorboard);
 }
+
+TEST_CASE("loss-scale keys are checked", "[config]") {
+  const dq::TrainConfig d;
+  CHECK(d.loss_scale == "auto");
+  CHECK(d.loss_scale_init == 65536.0f);
+  CHECK(d.loss_scale_growth_interval == 2000);
+  const dq::TrainConfig c = dq::parse_train_config(
+      R"({"train": {"precision": "fp16", "loss_scale": "static", "loss_scale_init": 1024,
+                    "loss_scale_growth_interval": 100}})",
+      "ok");
+  CHECK(c.loss_scale == "static");
+  CHECK(c.loss_scale_init == 1024.0f);
+  CHECK(c.loss_scale_growth_interval == 100);
+  CHECK(canon(dq::parse_train_config(canon(c), "dump")) == canon(c));
+  for (const char* mode : {"auto", "dynamic", "static", "off"})
+    CHECK(error_of(std::string(R"({"train": {"loss_scale": ")") + mode + "\"}}") == "");
+
+  CHECK_THAT(error_of(R"({"train": {"loss_scale": "on"}})"),
+             StartsWith("cfg.json: train.loss_scale") && Contains("\"dynamic\""));
+  CHECK_THAT(error_of(R"({"train": {"loss_scale": 128}})"),
+             Contains("train.loss_scale: expected a string"));
+  CHECK_THAT(error_of(R"({"train": {"loss_scale_init": "big"}})"),
+             Contains("train.loss_scale_init: expected a number"));
+  CHECK_THAT(error_of(R"({"train": {"loss_scale_init": 0.5}})"),
+             Contains("train.loss_scale_init") && Contains("[1, 2^127]"));
+  CHECK_THAT(error_of(R"({"train": {"loss_scale_init": 1e39}})"),
+             Contains("train.loss_scale_init"));
+  CHECK_THAT(error_of(R"({"train": {"loss_scale_growth_interval": 0}})"),
+             Contains("train.loss_scale_growth_interval"));
+  CHECK_THAT(error_of(R"({"train": {"loss_scale_growth_interval": 1.5}})"),
+             Contains("train.loss_scale_growth_interval: expected an integer"));
+  CHECK_THAT(error_of(R"({"train": {"loss_scaling": "off"}})"),
+             Contains("train.loss_scaling: unknown key") && Contains("loss_scale"));
+  CHECK_THAT(error_of(R"({"optim": {"loss_scale": "off"}})"),
+             Contains("optim.loss_scale: unknown key") && Contains("train.loss_scale"));
+}

@@ -2,7 +2,8 @@
 // give bit-identical checkpoints; a run killed with SIGKILL resumes from its
 // last checkpoint and ends where an uninterrupted run ends; a NaN loss stops
 // the run naming the step and leaves the last good checkpoint alone; resume
-// refuses damaged checkpoints and changed configs.
+// refuses damaged checkpoints and changed configs; a run whose loss scaler
+// skips steps resumes exactly too.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -13,10 +14,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "core/checkpoint.h"
 #include "core/error.h"
+#include "tests/checkpoint_v2.h"
 #include "train/trainer.h"
 
 using namespace dq;
@@ -48,6 +51,9 @@ void require_same(const CheckpointData& a, const CheckpointData& b) {
   CHECK(std::memcmp(a.adam_v.raw(), b.adam_v.raw(), a.adam_v.nbytes()) == 0);
   CHECK(a.state.seed == b.state.seed);
   CHECK(a.state.data_position == b.state.data_position);
+  CHECK(a.state.loss_scale.scale == b.state.loss_scale.scale);
+  CHECK(a.state.loss_scale.clean_steps == b.state.loss_scale.clean_steps);
+  CHECK(a.state.loss_scale.skipped_steps == b.state.loss_scale.skipped_steps);
 }
 
 std::string write_config(const TrainConfig& cfg, const std::string& name) {
@@ -236,4 +242,59 @@ TEST_CASE("Training from the patch stream resumes bit-identically", "[resume]") 
   const CheckpointData ca = load_checkpoint(a.checkpoint), cb = load_checkpoint(b.checkpoint);
   require_same(ca, cb);
   CHECK(ca.state.data_position == 5);  // the stream's position is the step
+}
+
+TEST_CASE("A run with an active loss scaler resumes bit-identically", "[resume]") {
+  // Targets of +-100 ppm make the fp32 gradients overflow at scales near
+  // 2^127, and a growth interval of 1 doubles the scale after every clean
+  // step, so steps are skipped before and after the split: the scale, its
+  // clean-step count and the skip count (Adam's step count) must all resume.
+  auto scaled = [](const std::string& out) {
+    TrainConfig cfg = tiny(out);
+    cfg.data.chi_min = -100.0;
+    cfg.data.chi_max = 100.0;
+    cfg.loss_scale = "dynamic";
+    cfg.loss_scale_init = 0x1p127f;
+    cfg.loss_scale_growth_interval = 1;
+    cfg.steps = 12;
+    cfg.keep_checkpoints = 10;
+    return cfg;
+  };
+  const TrainConfig split = scaled("deepqsm-test-resume-scaled-b");
+  const auto [a, b] = straight_and_resumed(scaled("deepqsm-test-resume-scaled-a"), split, 8);
+  CHECK(b.resumed_from == 8);
+  CHECK(b.final_loss == a.final_loss);
+  CHECK(b.loss_scale == a.loss_scale);
+  CHECK(b.skipped_steps == a.skipped_steps);
+  const CheckpointData ca = load_checkpoint(a.checkpoint), cb = load_checkpoint(b.checkpoint);
+  require_same(ca, cb);
+  const CheckpointData half = load_checkpoint(split.out_dir + "/checkpoint-00000008.h5");
+  INFO("skipped " << half.state.loss_scale.skipped_steps << " steps by step 8, "
+                  << cb.state.loss_scale.skipped_steps << " by step 12");
+  CHECK(half.state.loss_scale.skipped_steps >= 1);
+  CHECK(cb.state.loss_scale.skipped_steps > half.state.loss_scale.skipped_steps);
+  CHECK(cb.state.loss_scale.skipped_steps < 12);
+}
+
+TEST_CASE("A version 2 checkpoint, written before loss scaling, resumes exactly", "[resume]") {
+  // Its stored config lacks the keys added since (train.loss_scale, ...),
+  // which then count as their defaults: the run it continues had no loss
+  // scaling.
+  const TrainConfig split = tiny("deepqsm-test-resume-v2-b");
+  const TrainResult straight = run_training(tiny("deepqsm-test-resume-v2-a"), quiet());
+  TrainOptions first = quiet();
+  first.steps_override = 4;
+  const std::string at4 = split.out_dir + "/checkpoint-00000004.h5";
+  REQUIRE(run_training(split, first).checkpoint == split.out_dir + "/checkpoint.h5");
+  const CheckpointData v3 = load_checkpoint(at4);
+  nlohmann::json old = nlohmann::json::parse(v3.config_json);
+  for (const char* key : {"loss_scale", "loss_scale_init", "loss_scale_growth_interval"})
+    REQUIRE(old["train"].erase(key) == 1);
+  test::write_v2_checkpoint(at4, UNet(v3.model), v3, old.dump(2));
+  REQUIRE(load_checkpoint(at4).version == 2);
+  TrainOptions rest = quiet();
+  rest.resume = true;
+  const TrainResult resumed = run_training(split, rest);
+  CHECK(resumed.resumed_from == 4);
+  require_same(load_checkpoint(straight.checkpoint), load_checkpoint(resumed.checkpoint));
 }

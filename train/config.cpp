@@ -39,9 +39,10 @@ const KeyTable& known_keys() {
         {"data", data},
         {"optim", {"lr", "beta1", "beta2", "eps"}},
         {"train",
-         {"steps", "batch", "device", "precision", "checkpoint_every", "keep_checkpoints",
-          "validate_every", "log_every", "seed", "out_dir", "log_file", "tensorboard",
-          "reference_field", "reference_chi", "reference_mask"}},
+         {"steps", "batch", "device", "precision", "loss_scale", "loss_scale_init",
+          "loss_scale_growth_interval", "checkpoint_every", "keep_checkpoints", "validate_every",
+          "log_every", "seed", "out_dir", "log_file", "tensorboard", "reference_field",
+          "reference_chi", "reference_mask"}},
     };
   }();
   return keys;
@@ -135,6 +136,21 @@ void parse_train(const json& obj, TrainConfig& cfg) {
                    const std::set<std::string> ok = {"fp32", "tf32", "bf16", "fp16"};
                    check(ok.count(cfg.precision) > 0, path, "one of fp32, tf32, bf16, fp16",
                          "\"" + cfg.precision + "\"");
+                 } else if (key == "loss_scale") {
+                   cfg.loss_scale = read_string(v, path);
+                   const std::set<std::string> ok = {"auto", "dynamic", "static", "off"};
+                   check(ok.count(cfg.loss_scale) > 0, path,
+                         "one of \"auto\", \"dynamic\", \"static\", \"off\"",
+                         "\"" + cfg.loss_scale + "\"");
+                 } else if (key == "loss_scale_init") {
+                   cfg.loss_scale_init = read_float(v, path);
+                   // 2^127 is the largest power of two a float holds.
+                   check(cfg.loss_scale_init >= 1 && cfg.loss_scale_init <= 0x1p127f, path,
+                         "in [1, 2^127]", num(cfg.loss_scale_init));
+                 } else if (key == "loss_scale_growth_interval") {
+                   cfg.loss_scale_growth_interval = read_int(v, path);
+                   check(cfg.loss_scale_growth_interval >= 1, path, ">= 1",
+                         std::to_string(cfg.loss_scale_growth_interval));
                  } else if (key == "checkpoint_every") {
                    cfg.checkpoint_every = read_int(v, path);
                    check(cfg.checkpoint_every >= 0, path, ">= 0 (0 = only at the end)",
@@ -359,6 +375,9 @@ const char* default_train_config_json() {
     "batch": 4,
     "device": "cpu",
     "precision": "fp32",
+    "loss_scale": "auto",
+    "loss_scale_init": 65536,
+    "loss_scale_growth_interval": 2000,
     "checkpoint_every": 100,
     "keep_checkpoints": 2,
     "validate_every": 100,
@@ -399,6 +418,9 @@ std::string train_config_to_json(const TrainConfig& cfg) {
                 {"batch", cfg.batch},
                 {"device", cfg.device},
                 {"precision", cfg.precision},
+                {"loss_scale", cfg.loss_scale},
+                {"loss_scale_init", float_json(cfg.loss_scale_init)},
+                {"loss_scale_growth_interval", cfg.loss_scale_growth_interval},
                 {"checkpoint_every", cfg.checkpoint_every},
                 {"keep_checkpoints", cfg.keep_checkpoints},
                 {"validate_every", cfg.validate_every},

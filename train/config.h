@@ -23,6 +23,11 @@ struct TrainConfig {
   AdamConfig optim;
   std::string device = "cpu";      // "cpu" | "gpu"
   std::string precision = "fp32";  // "fp32" | "tf32" | "bf16" | "fp16"
+  // Loss scaling (core/loss_scale.h): "auto" (dynamic for fp16, off
+  // otherwise) | "dynamic" | "static" (loss_scale_init, never changed) | "off".
+  std::string loss_scale = "auto";
+  float loss_scale_init = 65536.0f;          // initial (or static) scale
+  int64_t loss_scale_growth_interval = 2000;  // clean steps before the scale doubles
   int64_t steps = 200;
   int64_t batch = 4;               // global batch, split evenly over the ranks
   int64_t checkpoint_every = 100;  // steps; 0 = only at the end

@@ -18,6 +18,7 @@
 #include "core/checkpoint.h"
 #include "core/cpu/cpu_backend.h"
 #include "core/error.h"
+#include "core/loss_scale.h"
 #include "core/metrics.h"
 #include "core/nifti_io.h"
 #include "core/philox.h"
@@ -47,10 +48,6 @@ std::unique_ptr<Backend> make_backend(const TrainConfig& cfg) {
            "\": the CPU backend trains in fp32 only; use \"fp32\" or train.device \"gpu\"");
     return make_cpu_backend();
   }
-  if (cfg.precision == "fp16")
-    fail(
-        "train.precision \"fp16\": the trainer does not drive dynamic loss scaling yet, "
-        "without which fp16 gradients underflow; use \"bf16\", \"tf32\" or \"fp32\"");
   CudaBackendOptions o;
   DQ_CUDA(cudaGetDevice(&o.device));
   o.precision = cfg.precision;
@@ -61,6 +58,20 @@ double mse(const float* a, const float* b, int64_t n) {
   double s = 0;
   for (int64_t i = 0; i < n; ++i) s += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
   return s / static_cast<double>(n);
+}
+
+// The loss scaler train.loss_scale asks for, or null when the loss is not
+// scaled ("auto": dynamic for fp16, whose gradients underflow without it).
+std::unique_ptr<LossScaler> make_loss_scaler(const TrainConfig& cfg) {
+  const std::string mode = cfg.loss_scale != "auto"     ? cfg.loss_scale
+                           : cfg.precision == "fp16" ? "dynamic"
+                                                     : "off";
+  if (mode == "off") return nullptr;
+  LossScaleConfig lc;
+  lc.dynamic = mode == "dynamic";
+  lc.initial_scale = cfg.loss_scale_init;
+  lc.growth_interval = cfg.loss_scale_growth_interval;
+  return std::make_unique<LossScaler>(lc);
 }
 
 std::string format_duration(double seconds) {
@@ -128,6 +139,10 @@ void check_resumable(const std::string& path, const std::string& stored, const T
         ": the stored config is not valid JSON; cannot check that --resume continues the same run");
   }
   const json b = json::parse(train_config_to_json(cfg));
+  // Keys added to the config after the checkpoint was written take their
+  // defaults there, which is what that run did.
+  const TrainConfig fresh;
+  const json defaults = json::parse(train_config_to_json(fresh));
   std::vector<std::string> diffs;
   std::set<std::string> paths;
   auto collect = [&](const json& j) {
@@ -146,6 +161,7 @@ void check_resumable(const std::string& path, const std::string& stored, const T
     const size_t dot = pointer.find('.');
     if (dot != std::string::npos) pointer[dot] = '/';
     const json::json_pointer ptr(pointer);
+    if (!a.contains(ptr) && defaults.contains(ptr)) a[ptr] = defaults.at(ptr);
     const bool ina = a.contains(ptr), inb = b.contains(ptr);
     if (ina != inb || (ina && a.at(ptr) != b.at(ptr))) {
       diffs.push_back(p + " (checkpoint " + (ina ? a.at(ptr).dump() : "absent") + ", now " +
@@ -234,6 +250,7 @@ struct Trainer {
   std::unique_ptr<UNet> ref_net;        // the reference volume's (large) buffers, if any
   Tensor params, m, v;                  // on the backend's device, layout of net
   Tensor reduce_buf, grads, loss_slot;  // reduce_buf = [grads | loss | pad]
+  std::unique_ptr<LossScaler> scaler;   // null: the loss is not scaled
   std::unique_ptr<PatchSource> source;
   PatchSet val_set;
   std::unique_ptr<ReferencePair> reference;
@@ -334,6 +351,7 @@ struct Trainer {
     TrainingState st;
     st.seed = cfg.seed;
     st.data_position = source->position(step - 1);
+    if (scaler) st.loss_scale = scaler->state();
     save_checkpoint(path.string(), net, hp, &hm, &hv, step, config_json, st);
     // checkpoint.h5 always names the newest: a hard link made under a
     // temporary name and renamed over the old one, so readers never see a
@@ -377,7 +395,9 @@ int64_t set_up(Trainer& t, TrainResult& res, int64_t steps) {
   const Shape flat{t.net.layout().total()};
   Tensor hp = Tensor::zeros(flat), hm = Tensor::zeros(flat), hv = Tensor::zeros(flat);
   int64_t start = 0;
+  t.scaler = make_loss_scaler(cfg);
   if (t.opt.resume) {
+    LossScaleState scale_state;
     if (t.lead) {
       const std::string path = newest_checkpoint(t.out_dir);
       if (path.empty())
@@ -391,10 +411,18 @@ int64_t set_up(Trainer& t, TrainResult& res, int64_t steps) {
       hm = ck.adam_m;
       hv = ck.adam_v;
       start = ck.step;
+      scale_state = ck.state.loss_scale;
+      // check_resumable has matched train.loss_scale and the precision, so
+      // a scaler here with no state stored means a damaged or foreign file.
+      if (t.scaler && scale_state.scale == 0.0f)
+        fail("--resume: ", path, " holds no loss-scale state, but train.loss_scale \"",
+             cfg.loss_scale, "\" with precision \"", cfg.precision, "\" scales the loss");
       t.log_json({{"step", start}, {"event", "resume"}, {"path", path}});
       t.say("resuming from " + path + " at step " + std::to_string(start));
     }
     t.comm->broadcast_bytes(&start, sizeof start, 0);
+    t.comm->broadcast_bytes(&scale_state, sizeof scale_state, 0);
+    if (t.scaler) t.scaler->restore(scale_state);
   } else {
     t.net.init_he(hp, key_for(cfg.seed, kInitPurpose));
   }
@@ -455,6 +483,13 @@ int64_t set_up(Trainer& t, TrainResult& res, int64_t steps) {
                 t.comm->name().c_str(), static_cast<long long>(cfg.batch),
                 static_cast<long long>(cfg.batch / world));
   t.say(line);
+  if (t.scaler) {
+    std::snprintf(line, sizeof line, "loss scale: %s, %g now, %lld steps skipped so far",
+                  cfg.loss_scale == "static" ? "static" : "dynamic",
+                  static_cast<double>(t.scaler->scale()),
+                  static_cast<long long>(t.scaler->skipped_steps()));
+    t.say(line);
+  }
   return start;
 }
 
@@ -523,11 +558,12 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
           key_for(key_for(cfg.seed, kDropoutPurpose), static_cast<uint64_t>(step));
       t.net.forward(*t.be, t.params, batch_field, pred, true, dkey, rank * B);
       const float local_loss = t.be->mse_loss(pred, batch_chi, &dpred);
-      t.net.backward(*t.be, t.params, dpred, t.grads);
       // Each rank's loss is the mean over its B patches; the mean over ranks
       // of equal-sized shards is the global batch's mean, and so is the
       // averaged gradient.
       t.be->fill(t.loss_slot, local_loss);
+      if (t.scaler) t.be->scale(dpred, t.scaler->scale());
+      t.net.backward(*t.be, t.params, dpred, t.grads);
       t.comm->allreduce_mean(t.reduce_buf);
       t.be->download(t.loss_slot, host_loss);
       const float loss = host_loss.f32()[0];
@@ -539,9 +575,38 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
              "; stopped before the weights were updated, the last checkpoint in ", t.out_dir,
              " is untouched (lower optim.lr?)");
       }
-      t.be->adam_step(t.params, t.grads, t.m, t.v, cfg.optim, done);
+      // The averaged gradient is the same on every rank, so every rank
+      // takes the same decision here. A skipped step leaves the weights and
+      // Adam (its step count too) as they were.
+      bool apply = true;
+      if (t.scaler) {
+        const float used = t.scaler->scale();
+        apply = t.scaler->update(t.be->unscale_and_check(t.grads, 1.0f / used));
+        if (!apply) {
+          t.log_json({{"step", done},
+                      {"event", "skipped step"},
+                      {"loss_scale", used},
+                      {"next_loss_scale", t.scaler->scale()},
+                      {"skipped_steps", t.scaler->skipped_steps()}});
+          std::snprintf(line, sizeof line,
+                        "step %lld: non-finite gradients at loss scale %g; step skipped, loss "
+                        "scale now %g",
+                        static_cast<long long>(done), static_cast<double>(used),
+                        static_cast<double>(t.scaler->scale()));
+          t.say(line);
+          t.tb_scalars(done, {{"train/loss_scale", t.scaler->scale()}});
+        }
+      }
+      if (apply) {
+        const int64_t skipped = t.scaler ? t.scaler->skipped_steps() : 0;
+        t.be->adam_step(t.params, t.grads, t.m, t.v, cfg.optim, done - skipped);
+      }
       res.final_loss = loss;
       res.steps = done;
+      if (t.scaler) {
+        res.loss_scale = t.scaler->scale();
+        res.skipped_steps = t.scaler->skipped_steps();
+      }
 
       const double elapsed =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
@@ -550,18 +615,30 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
       if (done % cfg.log_every == 0 || last) {
         const double eta =
             elapsed / static_cast<double>(done - start) * static_cast<double>(steps - done);
-        std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4e  %.1f samples/s  ETA %s",
-                      static_cast<long long>(done), static_cast<long long>(steps), loss, sps,
-                      format_duration(eta).c_str());
+        const int n = std::snprintf(line, sizeof line,
+                                    "step %lld/%lld  loss %.4e  %.1f samples/s  ETA %s",
+                                    static_cast<long long>(done), static_cast<long long>(steps),
+                                    loss, sps, format_duration(eta).c_str());
+        if (t.scaler && n > 0 && static_cast<size_t>(n) < sizeof line)
+          std::snprintf(line + n, sizeof line - static_cast<size_t>(n),
+                        "  loss scale %g (%lld skipped)", static_cast<double>(t.scaler->scale()),
+                        static_cast<long long>(t.scaler->skipped_steps()));
         if (t.tty) {
           std::printf("\r\033[K%s", line);
           std::fflush(stdout);
         } else {
           t.say(line);
         }
-        t.log_json(
-            {{"step", done}, {"loss", loss}, {"samples_per_s", sps}, {"elapsed_s", elapsed}});
-        t.tb_scalars(done, {{"train/loss", loss}, {"train/samples_per_s", sps}});
+        json entry = {{"step", done}, {"loss", loss}, {"samples_per_s", sps}, {"elapsed_s", elapsed}};
+        std::vector<std::pair<std::string, double>> scalars = {{"train/loss", loss},
+                                                               {"train/samples_per_s", sps}};
+        if (t.scaler) {
+          entry["loss_scale"] = t.scaler->scale();
+          entry["skipped_steps"] = t.scaler->skipped_steps();
+          scalars.emplace_back("train/loss_scale", t.scaler->scale());
+        }
+        t.log_json(entry);
+        t.tb_scalars(done, scalars);
       }
       if (t.lead && ((cfg.validate_every > 0 && done % cfg.validate_every == 0) || last)) {
         const PatchMetrics pm = t.validate();

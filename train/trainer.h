@@ -6,7 +6,8 @@
 //
 // What makes resume exact: every random draw is keyed by (seed, step, ...)
 // (core/philox.h), the data source is a function of the step, and the
-// checkpoint holds weights, both Adam moments, the step and the seed. Step
+// checkpoint holds weights, both Adam moments, the step, the seed and the
+// loss scaler's state (whose skipped-step count sets Adam's step count). Step
 // s of a resumed run therefore sees the same batch, dropout masks and
 // optimiser state as step s of an uninterrupted one.
 //
@@ -38,6 +39,8 @@ struct TrainResult {
   double val_nrmse = 0, val_hfen = 0, val_xsim = 0;  // means over held-out patches (%, %, -)
   double tkd_val_mse = 0;  // TKD (threshold 0.19) MSE on the same patches
   double zero_val_mse = 0; // MSE of predicting chi = 0 (the variance floor to beat)
+  double loss_scale = 0;     // the loss scale after the last step (0: not scaled)
+  int64_t skipped_steps = 0; // steps skipped for non-finite gradients, over the whole run
   std::string checkpoint;  // path of the last checkpoint written (rank 0)
   int rank = 0, world = 1;
 };

@@ -5,6 +5,7 @@
 #include "core/cpu/cpu_backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -245,6 +246,23 @@ class CpuBackend final : public Backend {
         pp[i] -= step_size * (mp[i] / denom);
       }
     });
+  }
+
+  bool unscale_and_check(Tensor& grads, float inv_scale) override {
+    check_f32(grads, kDev, "unscale_and_check", "grads");
+    float* gp = grads.f32();
+    // Any chunk that meets a non-finite value stores the same true, so the
+    // answer does not depend on the thread count.
+    std::atomic<bool> bad{false};
+    cpu::parallel_for(grads.numel(), kGrain, [=, &bad](int64_t i0, int64_t i1) {
+      bool chunk_bad = false;
+      for (int64_t i = i0; i < i1; ++i) {
+        gp[i] *= inv_scale;
+        chunk_bad = chunk_bad || !std::isfinite(gp[i]);
+      }
+      if (chunk_bad) bad.store(true, std::memory_order_relaxed);
+    });
+    return !bad.load(std::memory_order_relaxed);
   }
 
  private:
