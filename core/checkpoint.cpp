@@ -52,8 +52,7 @@ void add_params(Fnv1a& f, const ParamLayout& layout, const Tensor& params) {
 
 // As the header defines it for `version` (2 or 3).
 uint64_t full_checksum(const ParamLayout& layout, const Tensor& params, const Tensor& m,
-                       const Tensor& v, int64_t step, const TrainingState& state,
-                       int64_t version) {
+                       const Tensor& v, int64_t step, const TrainingState& state, int64_t version) {
   Fnv1a f;
   add_params(f, layout, params);
   f.add(m.raw(), m.nbytes());
@@ -144,8 +143,8 @@ CheckpointData read(const std::string& path, bool weights_only) {
           full_checksum(layout, ck.params, ck.adam_m, ck.adam_v, ck.step, ck.state, ck.version));
       if (stored != computed)
         fail(path, ": corrupt checkpoint: the checksum of parameters, Adam moments, step, seed ",
-             "and loss scale is ",
-             computed, ", the file says ", stored, " (the file was damaged after it was written)");
+             "and loss scale is ", computed, ", the file says ", stored,
+             " (the file was damaged after it was written)");
     }
   }
   return ck;

@@ -259,7 +259,8 @@ TEST_CASE("An overflowing loss scale skips steps and halves until training proce
   }
   CHECK(moved > applied.params.numel() / 4);
   CHECK(applied.state.loss_scale.skipped_steps == k);
-  CHECK(applied.state.loss_scale.scale == static_cast<float>(std::ldexp(1.0, 127 - static_cast<int>(k))));
+  CHECK(applied.state.loss_scale.scale ==
+        static_cast<float>(std::ldexp(1.0, 127 - static_cast<int>(k))));
 }
 
 TEST_CASE("fp16 is refused on the CPU backend with one line", "[loss_scale][train]") {
