@@ -246,18 +246,23 @@ TEST_CASE("data source, logging and reference keys are checked", "[config]") {
   CHECK_FALSE(c.tensorboard);
 }
 
-TEST_CASE("loss-scale keys are checked", "[config]") {
+TEST_CASE("loss-scale and all-reduce keys are checked", "[config]") {
   const dq::TrainConfig d;
   CHECK(d.loss_scale == "auto");
   CHECK(d.loss_scale_init == 65536.0f);
   CHECK(d.loss_scale_growth_interval == 2000);
+  CHECK(d.allreduce_overlap);
+  CHECK(d.allreduce_bucket_kb == 1024);
   const dq::TrainConfig c = dq::parse_train_config(
       R"({"train": {"precision": "fp16", "loss_scale": "static", "loss_scale_init": 1024,
-                    "loss_scale_growth_interval": 100}})",
+                    "loss_scale_growth_interval": 100, "allreduce_overlap": false,
+                    "allreduce_bucket_kb": 64}})",
       "ok");
   CHECK(c.loss_scale == "static");
   CHECK(c.loss_scale_init == 1024.0f);
   CHECK(c.loss_scale_growth_interval == 100);
+  CHECK_FALSE(c.allreduce_overlap);
+  CHECK(c.allreduce_bucket_kb == 64);
   CHECK(canon(dq::parse_train_config(canon(c), "dump")) == canon(c));
   for (const char* mode : {"auto", "dynamic", "static", "off"})
     CHECK(error_of(std::string(R"({"train": {"loss_scale": ")") + mode + "\"}}") == "");
@@ -276,6 +281,10 @@ TEST_CASE("loss-scale keys are checked", "[config]") {
              Contains("train.loss_scale_growth_interval"));
   CHECK_THAT(error_of(R"({"train": {"loss_scale_growth_interval": 1.5}})"),
              Contains("train.loss_scale_growth_interval: expected an integer"));
+  CHECK_THAT(error_of(R"({"train": {"allreduce_overlap": 1}})"),
+             Contains("train.allreduce_overlap: expected true or false"));
+  CHECK_THAT(error_of(R"({"train": {"allreduce_bucket_kb": 0}})"),
+             Contains("train.allreduce_bucket_kb"));
   CHECK_THAT(error_of(R"({"train": {"loss_scaling": "off"}})"),
              Contains("train.loss_scaling: unknown key") && Contains("loss_scale"));
   CHECK_THAT(error_of(R"({"optim": {"loss_scale": "off"}})"),

@@ -1,35 +1,52 @@
 // The data-parallel communicator: one process per device, ranks 0 .. size-1.
-// The trainer splits each global batch over the ranks and, after the
-// backward pass, averages the flat gradient buffer (core/params.h) with ONE
-// all-reduce, so every rank applies the same Adam step to the same weights.
+// The trainer splits each global batch over the ranks and averages the flat
+// gradient buffer (core/params.h) over them, so every rank applies the same
+// Adam step to the same weights.
 //
 // Implementations:
-//   single  one process, no library: allreduce_mean and broadcast are no-ops.
-//   mpi     CPU ranks started by mpirun/srun; MPI_Allreduce on host buffers.
-//           This is how the data-parallel logic is tested without GPUs.
-//   nccl    GPU ranks; NCCL on device buffers. The NCCL unique id reaches the
-//           ranks over MPI (mpirun/srun) or through a file written by the
-//           parent of `deepqsm train --gpus N` (spawn_local_ranks). MPI never
-//           carries tensors in that case.
+//   single  one process, no library: every collective is a no-op.
+//   mpi     CPU ranks started by mpirun/srun; MPI_Allreduce on host buffers,
+//           MPI_Iallreduce for the asynchronous ranges. This is how the
+//           data-parallel logic is tested without GPUs.
+//   nccl    GPU ranks; NCCL on device buffers, on the communicator's own
+//           stream. The NCCL unique id reaches the ranks over MPI
+//           (mpirun/srun) or through a file written by the parent of
+//           `deepqsm train --gpus N` (spawn_local_ranks). MPI never carries
+//           tensors in that case.
 //
 // Every rank must hold bit-identical weights. MPI and NCCL both compute each
 // reduced element once and distribute it (or combine in an order that IEEE
 // commutativity makes rank-independent), and the trainer checks the weights'
 // checksum across ranks at every checkpoint, so a divergence is caught.
 //
-// Overlap with backward: the U-Net writes gradients from the head down to
-// enc0, i.e. from the end of the flat buffer towards its start, so the
-// buffer can be reduced in tail-first buckets while earlier layers are still
-// being differentiated (NCCL on its own stream). UNet::backward has no
-// per-layer hook yet, so today the whole buffer is reduced in one call after
-// backward; the interface takes a contiguous range so that bucketing needs
-// no change here.
+// Overlap with backward (train.allreduce_overlap, on by default): the U-Net
+// writes gradients from the head down to enc0, i.e. from the end of the flat
+// buffer towards its start, and UNet::backward reports each final tail
+// (on_ready(k): [k, total) is final). The trainer starts the mean of every
+// train.allreduce_bucket_kb of final tail with start_mean while earlier
+// layers are still being differentiated, and calls wait_all before Adam:
+//   mpi    MPI_Iallreduce per range; start_mean also tests the earlier
+//          requests, since Open MPI moves non-blocking collectives on only
+//          inside MPI calls; wait_all waits for all, then divides by size.
+//   nccl   start_mean records an event on the backend's stream and makes the
+//          communication stream wait for it (NCCL must not read gradients
+//          the backward kernels have not written yet), then queues
+//          ncclAllReduce(avg) there; wait_all makes the backend's stream
+//          wait for the communication stream, so Adam (and the host, at the
+//          loss download) sees the means. Neither call blocks the host.
+//   single nothing (the trainer does not bucket with one rank).
+// Each element is still reduced once, by the same operation, so the result
+// is bit-identical to the one-call allreduce_mean with 2 ranks (a + b is
+// commutative; tested under mpirun). With more ranks MPI and NCCL may pick
+// per message size algorithms that add in another order, which changes the
+// last bits (identically on every rank) but not the invariant above.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
 
+#include "core/backend.h"
 #include "core/tensor.h"
 
 namespace dq {
@@ -44,6 +61,15 @@ class Communicator {
   // buf (on the device the communicator serves) becomes the element-wise
   // mean over the ranks, in place.
   virtual void allreduce_mean(Tensor& buf) = 0;
+  // Starts the mean over the ranks of buf[offset, offset + count), in place,
+  // and returns without waiting for it. `be` is the backend whose queued
+  // work writes buf: the reduction reads the range only after that work.
+  // The range must not be touched until wait_all; every rank must start the
+  // same ranges in the same order.
+  virtual void start_mean(Backend& be, Tensor& buf, int64_t offset, int64_t count) = 0;
+  // Completes every started mean: afterwards the host (mpi) or any op later
+  // queued on be (nccl) sees the averaged values.
+  virtual void wait_all(Backend& be) = 0;
   // buf on every rank becomes root's buf.
   virtual void broadcast(Tensor& buf, int root) = 0;
   // Host bytes from root to every rank (small control data: checksums).

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -28,6 +29,8 @@ class SingleCommunicator final : public Communicator {
   int size() const override { return 1; }
   std::string name() const override { return "single process"; }
   void allreduce_mean(Tensor&) override {}
+  void start_mean(Backend&, Tensor&, int64_t, int64_t) override {}
+  void wait_all(Backend&) override {}
   void broadcast(Tensor&, int) override {}
   void broadcast_bytes(void*, size_t, int) override {}
   void barrier() override {}
@@ -90,10 +93,36 @@ class MpiCommunicator final : public Communicator {
       mpi_check(MPI_Allreduce(MPI_IN_PLACE, p + off, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
                 "MPI_Allreduce");
     }
-    if (s_->size > 1) {
-      const float inv = 1.0f / static_cast<float>(s_->size);
-      for (int64_t i = 0; i < buf.numel(); ++i) p[i] *= inv;
+    divide(p, buf.numel());
+  }
+  void start_mean(Backend&, Tensor& buf, int64_t offset, int64_t count) override {
+    DQ_CHECK(buf.device() == Device::cpu, "the MPI communicator reduces host buffers only");
+    DQ_CHECK(offset >= 0 && count >= 0 && offset + count <= buf.numel(), "start_mean: range [",
+             offset, ", ", offset + count, ") outside a buffer of ", buf.numel());
+    float* p = buf.f32() + offset;
+    for (int64_t off = 0; off < count; off += INT_MAX) {
+      const int n = static_cast<int>(std::min<int64_t>(INT_MAX, count - off));
+      MPI_Request r;
+      mpi_check(MPI_Iallreduce(MPI_IN_PLACE, p + off, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r),
+                "MPI_Iallreduce");
+      requests_.push_back(r);
     }
+    pending_.emplace_back(p, count);
+    // Open MPI advances non-blocking collectives only inside MPI calls (no
+    // progress thread); testing here moves the earlier buckets on while the
+    // backward pass computes the next one.
+    int done = 0;
+    mpi_check(MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &done,
+                          MPI_STATUSES_IGNORE),
+              "MPI_Testall");
+  }
+  void wait_all(Backend&) override {
+    mpi_check(
+        MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE),
+        "MPI_Waitall");
+    requests_.clear();
+    for (const auto& [p, n] : pending_) divide(p, n);
+    pending_.clear();
   }
   void broadcast(Tensor& buf, int root) override {
     DQ_CHECK(buf.device() == Device::cpu, "the MPI communicator broadcasts host buffers only");
@@ -113,7 +142,16 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
+  // Sum to mean, the same multiply in the blocking and the asynchronous path.
+  void divide(float* p, int64_t n) const {
+    if (s_->size == 1) return;
+    const float inv = 1.0f / static_cast<float>(s_->size);
+    for (int64_t i = 0; i < n; ++i) p[i] *= inv;
+  }
+
   std::shared_ptr<MpiSession> s_;
+  std::vector<MPI_Request> requests_;                // started, not yet waited for
+  std::vector<std::pair<float*, int64_t>> pending_;  // their ranges, to divide after
 };
 
 // NCCL ranks bootstrapped over MPI: the NCCL communicator does all the work;
@@ -127,6 +165,10 @@ class MpiHostedCommunicator final : public Communicator {
   int size() const override { return inner_->size(); }
   std::string name() const override { return inner_->name() + " (bootstrapped over MPI)"; }
   void allreduce_mean(Tensor& buf) override { inner_->allreduce_mean(buf); }
+  void start_mean(Backend& be, Tensor& buf, int64_t offset, int64_t count) override {
+    inner_->start_mean(be, buf, offset, count);
+  }
+  void wait_all(Backend& be) override { inner_->wait_all(be); }
   void broadcast(Tensor& buf, int root) override { inner_->broadcast(buf, root); }
   void broadcast_bytes(void* data, size_t n, int root) override {
     inner_->broadcast_bytes(data, n, root);

@@ -1,6 +1,6 @@
 // The NCCL communicator (train/comm.h): one process per GPU, tensors reduced
-// on the device. The unique id arrives from the caller (over MPI or a file),
-// so this file needs neither MPI nor a launcher.
+// on the device, on a stream of its own. The unique id arrives from the
+// caller (over MPI or a file), so this file needs neither MPI nor a launcher.
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "cuda/check.h"
+#include "cuda/cuda_backend.h"
 #include "train/comm.h"
 
 #define DQ_NCCL(call)                                                                  \
@@ -33,12 +34,16 @@ class NcclCommunicator final : public Communicator {
     device_ = local_rank % devices;
     DQ_CUDA(cudaSetDevice(device_));
     DQ_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    DQ_CUDA(cudaEventCreateWithFlags(&written_, cudaEventDisableTiming));
+    DQ_CUDA(cudaEventCreateWithFlags(&reduced_, cudaEventDisableTiming));
     DQ_CUDA(cudaMalloc(&scratch_, kScratchBytes));
     DQ_NCCL(ncclCommInitRank(&comm_, size, id, rank));
   }
   ~NcclCommunicator() override {
     if (comm_) ncclCommDestroy(comm_);
     if (scratch_) cudaFree(scratch_);
+    if (reduced_) cudaEventDestroy(reduced_);
+    if (written_) cudaEventDestroy(written_);
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -57,6 +62,25 @@ class NcclCommunicator final : public Communicator {
     DQ_NCCL(ncclAllReduce(buf.raw(), buf.raw(), static_cast<size_t>(buf.numel()), ncclFloat,
                           ncclAvg, comm_, stream_));
     DQ_CUDA(cudaStreamSynchronize(stream_));
+  }
+  void start_mean(Backend& be, Tensor& buf, int64_t offset, int64_t count) override {
+    DQ_CHECK(buf.device() == Device::cuda, "the NCCL communicator reduces device buffers only");
+    DQ_CHECK(offset >= 0 && count >= 0 && offset + count <= buf.numel(), "start_mean: range [",
+             offset, ", ", offset + count, ") outside a buffer of ", buf.numel());
+    // The range is final once the kernels queued so far on the backend's
+    // stream have run; our stream waits for exactly those, and the backend
+    // goes on differentiating earlier layers meanwhile. Re-recording one
+    // event is safe: a wait binds to the record that precedes it.
+    DQ_CUDA(cudaEventRecord(written_, cuda_stream(be)));
+    DQ_CUDA(cudaStreamWaitEvent(stream_, written_, 0));
+    float* p = static_cast<float*>(buf.raw()) + offset;
+    DQ_NCCL(ncclAllReduce(p, p, static_cast<size_t>(count), ncclFloat, ncclAvg, comm_, stream_));
+  }
+  void wait_all(Backend& be) override {
+    // The backend's stream (Adam, the loss download) waits for every
+    // reduction queued on ours; the host does not wait here.
+    DQ_CUDA(cudaEventRecord(reduced_, stream_));
+    DQ_CUDA(cudaStreamWaitEvent(cuda_stream(be), reduced_, 0));
   }
   void broadcast(Tensor& buf, int root) override {
     DQ_CHECK(buf.device() == Device::cuda, "the NCCL communicator broadcasts device buffers only");
@@ -90,6 +114,8 @@ class NcclCommunicator final : public Communicator {
   static constexpr size_t kScratchBytes = size_t{1} << 20;
   int rank_ = 0, size_ = 1, device_ = 0;
   cudaStream_t stream_ = nullptr;
+  cudaEvent_t written_ = nullptr;  // the backend's stream reached a start_mean
+  cudaEvent_t reduced_ = nullptr;  // our stream reached a wait_all
   void* scratch_ = nullptr;
   ncclComm_t comm_ = nullptr;
 };

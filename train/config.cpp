@@ -40,9 +40,9 @@ const KeyTable& known_keys() {
         {"optim", {"lr", "beta1", "beta2", "eps"}},
         {"train",
          {"steps", "batch", "device", "precision", "loss_scale", "loss_scale_init",
-          "loss_scale_growth_interval", "checkpoint_every", "keep_checkpoints", "validate_every",
-          "log_every", "seed", "out_dir", "log_file", "tensorboard", "reference_field",
-          "reference_chi", "reference_mask"}},
+          "loss_scale_growth_interval", "allreduce_overlap", "allreduce_bucket_kb",
+          "checkpoint_every", "keep_checkpoints", "validate_every", "log_every", "seed", "out_dir",
+          "log_file", "tensorboard", "reference_field", "reference_chi", "reference_mask"}},
     };
   }();
   return keys;
@@ -151,6 +151,12 @@ void parse_train(const json& obj, TrainConfig& cfg) {
                    cfg.loss_scale_growth_interval = read_int(v, path);
                    check(cfg.loss_scale_growth_interval >= 1, path, ">= 1",
                          std::to_string(cfg.loss_scale_growth_interval));
+                 } else if (key == "allreduce_overlap") {
+                   cfg.allreduce_overlap = read_bool(v, path);
+                 } else if (key == "allreduce_bucket_kb") {
+                   cfg.allreduce_bucket_kb = read_int(v, path);
+                   check(cfg.allreduce_bucket_kb >= 1, path, ">= 1",
+                         std::to_string(cfg.allreduce_bucket_kb));
                  } else if (key == "checkpoint_every") {
                    cfg.checkpoint_every = read_int(v, path);
                    check(cfg.checkpoint_every >= 0, path, ">= 0 (0 = only at the end)",
@@ -378,6 +384,8 @@ const char* default_train_config_json() {
     "loss_scale": "auto",
     "loss_scale_init": 65536,
     "loss_scale_growth_interval": 2000,
+    "allreduce_overlap": true,
+    "allreduce_bucket_kb": 1024,
     "checkpoint_every": 100,
     "keep_checkpoints": 2,
     "validate_every": 100,
@@ -421,6 +429,8 @@ std::string train_config_to_json(const TrainConfig& cfg) {
                 {"loss_scale", cfg.loss_scale},
                 {"loss_scale_init", float_json(cfg.loss_scale_init)},
                 {"loss_scale_growth_interval", cfg.loss_scale_growth_interval},
+                {"allreduce_overlap", cfg.allreduce_overlap},
+                {"allreduce_bucket_kb", cfg.allreduce_bucket_kb},
                 {"checkpoint_every", cfg.checkpoint_every},
                 {"keep_checkpoints", cfg.keep_checkpoints},
                 {"validate_every", cfg.validate_every},

@@ -63,7 +63,7 @@ double mse(const float* a, const float* b, int64_t n) {
 // The loss scaler train.loss_scale asks for, or null when the loss is not
 // scaled ("auto": dynamic for fp16, whose gradients underflow without it).
 std::unique_ptr<LossScaler> make_loss_scaler(const TrainConfig& cfg) {
-  const std::string mode = cfg.loss_scale != "auto"     ? cfg.loss_scale
+  const std::string mode = cfg.loss_scale != "auto"  ? cfg.loss_scale
                            : cfg.precision == "fp16" ? "dynamic"
                                                      : "off";
   if (mode == "off") return nullptr;
@@ -125,7 +125,9 @@ const std::set<std::string>& resume_free_keys() {
                                              "train.reference_field",
                                              "train.reference_chi",
                                              "train.reference_mask",
-                                             "train.device"};
+                                             "train.device",
+                                             "train.allreduce_overlap",
+                                             "train.allreduce_bucket_kb"};
   return keys;
 }
 
@@ -250,6 +252,7 @@ struct Trainer {
   std::unique_ptr<UNet> ref_net;        // the reference volume's (large) buffers, if any
   Tensor params, m, v;                  // on the backend's device, layout of net
   Tensor reduce_buf, grads, loss_slot;  // reduce_buf = [grads | loss | pad]
+  int64_t loss_slot_end = 0;            // reduce_buf[0, loss_slot_end) is what must be averaged
   std::unique_ptr<LossScaler> scaler;   // null: the loss is not scaled
   std::unique_ptr<PatchSource> source;
   PatchSet val_set;
@@ -441,6 +444,7 @@ int64_t set_up(Trainer& t, TrainResult& res, int64_t steps) {
   t.reduce_buf = t.be->alloc(Shape{flat.numel() + 16});
   t.grads = t.reduce_buf.slice(0, flat);
   t.loss_slot = t.reduce_buf.slice(flat.numel(), Shape{1});
+  t.loss_slot_end = flat.numel() + 1;
 
   // Data. Only rank 0 validates, so only it builds the held-out set.
   auto t0 = std::chrono::steady_clock::now();
@@ -483,6 +487,12 @@ int64_t set_up(Trainer& t, TrainResult& res, int64_t steps) {
                 t.comm->name().c_str(), static_cast<long long>(cfg.batch),
                 static_cast<long long>(cfg.batch / world));
   t.say(line);
+  if (world > 1) {
+    t.say(cfg.allreduce_overlap
+              ? "gradient all-reduce: overlapped with the backward pass, " +
+                    std::to_string(cfg.allreduce_bucket_kb) + " KB buckets"
+              : std::string("gradient all-reduce: one call after the backward pass"));
+  }
   if (t.scaler) {
     std::snprintf(line, sizeof line, "loss scale: %s, %g now, %lld steps skipped so far",
                   cfg.loss_scale == "static" ? "static" : "dynamic",
@@ -527,6 +537,9 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
     Tensor batch_field = t.be->alloc(bs), batch_chi = t.be->alloc(bs), pred = t.be->alloc(bs),
            dpred = t.be->alloc(bs);
     std::vector<int64_t> idx(static_cast<size_t>(B));
+    // One process has nothing to reduce, so nothing to overlap.
+    const bool overlap = cfg.allreduce_overlap && world > 1;
+    const int64_t bucket = cfg.allreduce_bucket_kb * 1024 / static_cast<int64_t>(sizeof(float));
     char line[512];
     const auto t_start = std::chrono::steady_clock::now();
     for (int64_t step = start; step < steps; ++step) {
@@ -563,8 +576,22 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
       // averaged gradient.
       t.be->fill(t.loss_slot, local_loss);
       if (t.scaler) t.be->scale(dpred, t.scaler->scale());
-      t.net.backward(*t.be, t.params, dpred, t.grads);
-      t.comm->allreduce_mean(t.reduce_buf);
+      if (overlap) {
+        // Buckets of the final tail of [grads | loss] go out while earlier
+        // layers are still being differentiated; the loss slot, known
+        // already, travels with the first bucket.
+        int64_t pending = t.loss_slot_end;  // [k, pending) is final but not yet started
+        t.net.backward(*t.be, t.params, dpred, t.grads, [&](int64_t k) {
+          if (k == pending || (k > 0 && pending - k < bucket)) return;
+          t.comm->start_mean(*t.be, t.reduce_buf, k, pending - k);
+          pending = k;
+        });
+        DQ_CHECK(pending == 0, "UNet::backward ended without reporting offset 0 as final");
+        t.comm->wait_all(*t.be);
+      } else {
+        t.net.backward(*t.be, t.params, dpred, t.grads);
+        t.comm->allreduce_mean(t.reduce_buf);
+      }
       t.be->download(t.loss_slot, host_loss);
       const float loss = host_loss.f32()[0];
       if (!std::isfinite(loss)) {
@@ -615,10 +642,10 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
       if (done % cfg.log_every == 0 || last) {
         const double eta =
             elapsed / static_cast<double>(done - start) * static_cast<double>(steps - done);
-        const int n = std::snprintf(line, sizeof line,
-                                    "step %lld/%lld  loss %.4e  %.1f samples/s  ETA %s",
-                                    static_cast<long long>(done), static_cast<long long>(steps),
-                                    loss, sps, format_duration(eta).c_str());
+        const int n =
+            std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4e  %.1f samples/s  ETA %s",
+                          static_cast<long long>(done), static_cast<long long>(steps), loss, sps,
+                          format_duration(eta).c_str());
         if (t.scaler && n > 0 && static_cast<size_t>(n) < sizeof line)
           std::snprintf(line + n, sizeof line - static_cast<size_t>(n),
                         "  loss scale %g (%lld skipped)", static_cast<double>(t.scaler->scale()),
@@ -629,7 +656,8 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
         } else {
           t.say(line);
         }
-        json entry = {{"step", done}, {"loss", loss}, {"samples_per_s", sps}, {"elapsed_s", elapsed}};
+        json entry = {
+            {"step", done}, {"loss", loss}, {"samples_per_s", sps}, {"elapsed_s", elapsed}};
         std::vector<std::pair<std::string, double>> scalars = {{"train/loss", loss},
                                                                {"train/samples_per_s", sps}};
         if (t.scaler) {
