@@ -18,7 +18,7 @@ constexpr const char* kFormat = "deepqsm-checkpoint";
 constexpr int64_t kVersion = 3;
 
 // FNV-1a 64. Byte-serial and slow (~1 GB/s), which is fine next to writing
-// the same bytes to disk; the paper's U-Net has ~2M parameters.
+// the same bytes to disk; the paper's U-Net has 5.6M parameters.
 struct Fnv1a {
   uint64_t h = 0xcbf29ce484222325ull;
   void add(const void* data, size_t n) {
