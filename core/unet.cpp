@@ -89,12 +89,59 @@ void UNet::init_he(Tensor& host_params, uint64_t seed) const {
   }
 }
 
-Tensor& UNet::buf(Backend& be, const std::string& name, const Shape& shape) {
+std::map<std::string, Shape> UNet::buffer_plan(const Shape& x) const {
+  // Level i's activations are s_i = (N, D_i, H_i, W_i, F_i), D_i = D / 2^i.
+  // Kept from the forward pass for the backward pass: the encoder's d0, d1
+  // (dropout runs in place, so the ReLU outputs before it are not kept) and
+  // pooled d1, the decoder's upsampled input, b0 and b1. The concat's buffer
+  // is shared: the forward pass feeds it to conv0, the backward pass rebuilds
+  // it for conv0's filter gradient and then overwrites it with dL/d(cat).
+  // Gradient scratch: g{i}.a and g{i}.b take turns holding the gradient
+  // between the layers of level i, and g{i}.skip carries the skip's gradient
+  // from decoder level i down to encoder level i. At full resolution that is
+  // 10 volumes of F_0 channels per sample (the concat counts twice), down
+  // from 19 when every activation and gradient had a buffer of its own.
+  std::map<std::string, Shape> plan;
+  const int L = cfg_.depth;
+  Shape s = with_channels(x, filters(0));
+  for (int i = 0; i < L; ++i) {
+    if (i > 0) s = halved(s, filters(i));
+    const std::string e = lvl("enc", i), d = lvl("dec", i), g = lvl("g", i);
+    plan[e + ".d0"] = s;
+    plan[e + ".d1"] = s;
+    plan[g + ".a"] = s;
+    plan[g + ".b"] = s;
+    if (i == L - 1) break;  // the bottleneck has no pooling and no decoder level
+    plan[e + ".pool"] = halved(s, filters(i));
+    plan[lvl("up", i) + ".out"] = s;
+    plan[d + ".cat"] = with_channels(s, 2 * filters(i));
+    plan[d + ".b0"] = s;
+    plan[d + ".b1"] = s;
+    plan[g + ".skip"] = s;
+  }
+  return plan;
+}
+
+int64_t UNet::activation_bytes(const Shape& x) const {
+  check_input(x);
+  int64_t elements = 0;
+  for (const auto& entry : buffer_plan(x)) elements += entry.second.numel();
+  return elements * static_cast<int64_t>(dtype_size(DType::f32));
+}
+
+int64_t UNet::buffer_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& entry : bufs_) bytes += static_cast<int64_t>(entry.second.nbytes());
+  return bytes;
+}
+
+Tensor& UNet::buf(Backend& be, const std::string& name) {
   auto it = bufs_.find(name);
-  if (it == bufs_.end() || it->second.shape() != shape || bufs_device_ != be.device()) {
-    if (bufs_device_ != be.device()) bufs_.clear();
-    bufs_device_ = be.device();
-    it = bufs_.insert_or_assign(name, be.alloc(shape)).first;
+  if (it == bufs_.end()) {
+    auto planned = plan_.find(name);
+    DQ_CHECK(planned != plan_.end(), "UNet: buffer ", name, " is missing from the buffer plan");
+    it = bufs_.emplace(name, be.alloc(planned->second)).first;
+    ++allocations_;
   }
   return it->second;
 }
@@ -103,40 +150,41 @@ void UNet::forward(Backend& be, const Tensor& params, const Tensor& x, Tensor& y
                    uint64_t dropout_key, int64_t sample_offset) {
   check_input(x.shape());
   DQ_CHECK(y.shape() == x.shape(), "output shape ", y.shape().str(), " != input ", x.shape().str());
+  if (plan_.empty() || x.shape() != last_input_ || be.device() != bufs_device_) {
+    // Every buffer's shape follows the input's, so none of the old ones fits.
+    bufs_.clear();
+    plan_ = buffer_plan(x.shape());
+    bufs_device_ = be.device();
+  }
+  last_input_ = x.shape();
   auto P = [&](const std::string& name) { return layout_.view(params, layout_.find(name)); };
   const bool drop = train && cfg_.dropout > 0.0f;
   const int L = cfg_.depth;
 
-  // Encoder. Per level: a0 = relu(conv0(in)), d0 = dropout(a0), a1 = relu(conv1(d0)),
-  // d1 = dropout(a1); the skip is d1 and the next level's input is pool(d1).
+  // Encoder. Per level: d0 = dropout(relu(conv0(in))), d1 = dropout(relu(conv1(d0))),
+  // dropout in place (the identity outside training); the skip is d1 and the
+  // next level's input is pool(d1).
   const Tensor* in = &x;
   for (int i = 0; i < L; ++i) {
     const std::string e = lvl("enc", i);
-    Shape s = with_channels(in->shape(), filters(i));  // (N, D_i, H_i, W_i, F_i)
-    Tensor& a0 = buf(be, e + ".a0", s);
+    Tensor& d0 = buf(be, e + ".d0");  // (N, D_i, H_i, W_i, F_i)
     Tensor pw = P(e + ".conv0.w"), pb = P(e + ".conv0.b");
-    be.conv3d_forward(*in, pw, &pb, a0, true);
-    Tensor* d0 = &a0;
-    if (drop) {
-      d0 = &buf(be, e + ".d0", s);
-      be.dropout_forward(a0, *d0, cfg_.dropout, key_for(dropout_key, 2 * i),
-                         mask_offset(s, sample_offset));
-    }
-    Tensor& a1 = buf(be, e + ".a1", s);
+    be.conv3d_forward(*in, pw, &pb, d0, true);
+    if (drop)
+      be.dropout_forward(d0, d0, cfg_.dropout, key_for(dropout_key, 2 * i),
+                         mask_offset(d0.shape(), sample_offset));
+    Tensor& d1 = buf(be, e + ".d1");
     Tensor qw = P(e + ".conv1.w"), qb = P(e + ".conv1.b");
-    be.conv3d_forward(*d0, qw, &qb, a1, true);
-    Tensor* d1 = &a1;
-    if (drop) {
-      d1 = &buf(be, e + ".d1", s);
-      be.dropout_forward(a1, *d1, cfg_.dropout, key_for(dropout_key, 2 * i + 1),
-                         mask_offset(s, sample_offset));
-    }
+    be.conv3d_forward(d0, qw, &qb, d1, true);
+    if (drop)
+      be.dropout_forward(d1, d1, cfg_.dropout, key_for(dropout_key, 2 * i + 1),
+                         mask_offset(d1.shape(), sample_offset));
     if (i < L - 1) {
-      Tensor& pooled = buf(be, e + ".pool", halved(s, filters(i)));
-      be.maxpool_forward(*d1, pooled);
+      Tensor& pooled = buf(be, e + ".pool");  // (N, D_i / 2, H_i / 2, W_i / 2, F_i)
+      be.maxpool_forward(d1, pooled);
       in = &pooled;
     } else {
-      in = d1;
+      in = &d1;
     }
   }
 
@@ -144,17 +192,16 @@ void UNet::forward(Backend& be, const Tensor& params, const Tensor& x, Tensor& y
   const Tensor* cur = in;
   for (int i = L - 2; i >= 0; --i) {
     const std::string e = lvl("enc", i), d = lvl("dec", i), u = lvl("up", i);
-    const Tensor& skip = drop ? bufs_.at(e + ".d1") : bufs_.at(e + ".a1");
-    Shape s = with_channels(skip.shape(), filters(i));
-    Tensor& up = buf(be, u + ".out", s);
+    const Tensor& skip = bufs_.at(e + ".d1");
+    Tensor& up = buf(be, u + ".out");
     Tensor uw = P(u + ".w"), ub = P(u + ".b");
     be.deconv3d_forward(*cur, uw, &ub, up, true);
-    Tensor& cat = buf(be, d + ".cat", with_channels(s, 2 * filters(i)));
+    Tensor& cat = buf(be, d + ".cat");  // (N, D_i, H_i, W_i, 2 F_i)
     be.concat_channels(up, skip, cat);
-    Tensor& b0 = buf(be, d + ".b0", s);
+    Tensor& b0 = buf(be, d + ".b0");
     Tensor w0 = P(d + ".conv0.w"), c0 = P(d + ".conv0.b");
     be.conv3d_forward(cat, w0, &c0, b0, true);
-    Tensor& b1 = buf(be, d + ".b1", s);
+    Tensor& b1 = buf(be, d + ".b1");
     Tensor w1 = P(d + ".conv1.w"), c1 = P(d + ".conv1.b");
     be.conv3d_forward(b0, w1, &c1, b1, true);
     cur = &b1;
@@ -167,8 +214,7 @@ void UNet::forward(Backend& be, const Tensor& params, const Tensor& x, Tensor& y
   have_forward_ = train;
   last_dropout_key_ = dropout_key;
   last_sample_offset_ = sample_offset;
-  last_input_ = x.shape();
-  if (train) bufs_.insert_or_assign("input", x);  // a view: the caller keeps x alive until backward
+  input_ = train ? x : Tensor();
 }
 
 void UNet::backward(Backend& be, const Tensor& params, const Tensor& dy, Tensor& dparams,
@@ -176,6 +222,8 @@ void UNet::backward(Backend& be, const Tensor& params, const Tensor& dy, Tensor&
   DQ_CHECK(have_forward_, "UNet::backward needs a preceding forward(train = true)");
   DQ_CHECK(dy.shape() == last_input_, "dy shape ", dy.shape().str(), " != forward input ",
            last_input_.str());
+  DQ_CHECK(be.device() == bufs_device_, "UNet::backward on ", device_name(be.device()),
+           " after a forward on ", device_name(bufs_device_));
   auto P = [&](const std::string& name) { return layout_.view(params, layout_.find(name)); };
   auto G = [&](const std::string& name) { return layout_.view(dparams, layout_.find(name)); };
   // Everything from the first parameter of `name` to the end is final.
@@ -184,7 +232,7 @@ void UNet::backward(Backend& be, const Tensor& params, const Tensor& dy, Tensor&
   };
   const bool drop = cfg_.dropout > 0.0f;
   const int L = cfg_.depth;
-  const Tensor& x = bufs_.at("input");
+  const Tensor& x = input_;
   // Dropout masks are not stored: dropout_backward redraws them from the
   // keys of the last training forward (counter-based RNG).
   be.fill(dparams, 0.0f);  // also clears the alignment gaps between parameters
@@ -193,83 +241,81 @@ void UNet::backward(Backend& be, const Tensor& params, const Tensor& dy, Tensor&
   const Tensor& top = bufs_.at("dec0.b1");
   Tensor gh = G("head.w"), ghb = G("head.b");
   be.conv3d_backward_filter(top, dy, gh, &ghb);
-  Tensor* dcur = &buf(be, "g.dec0.b1", top.shape());
-  be.conv3d_backward_data(dy, P("head.w"), *dcur);
+  be.conv3d_backward_data(dy, P("head.w"), buf(be, "g0.a"));
   ready("head.w");
 
-  // Decoder, top (level 0) to bottom (level L-2). dcur holds dL/d(b1_i).
+  // Decoder, top (level 0) to bottom (level L-2). g{i}.a arrives holding
+  // dL/d(b1_i); ReLU gradients run in place.
   for (int i = 0; i <= L - 2; ++i) {
-    const std::string e = lvl("enc", i), d = lvl("dec", i), u = lvl("up", i);
+    const std::string d = lvl("dec", i), u = lvl("up", i), g = lvl("g", i);
     const Tensor& b0 = bufs_.at(d + ".b0");
     const Tensor& b1 = bufs_.at(d + ".b1");
-    Tensor& g = buf(be, "g.scratch" + std::to_string(i), b1.shape());
-    be.relu_backward(b1, *dcur, g);
+    Tensor& ga = buf(be, g + ".a");
+    Tensor& gb = buf(be, g + ".b");
+    be.relu_backward(b1, ga, ga);
     Tensor gw1 = G(d + ".conv1.w"), gb1 = G(d + ".conv1.b");
-    be.conv3d_backward_filter(b0, g, gw1, &gb1);
-    Tensor& db0 = buf(be, "g." + d + ".b0", b0.shape());
-    be.conv3d_backward_data(g, P(d + ".conv1.w"), db0);
-    be.relu_backward(b0, db0, g);
-    const Tensor& cat = bufs_.at(d + ".cat");
-    Tensor gw0 = G(d + ".conv0.w"), gb0 = G(d + ".conv0.b");
-    be.conv3d_backward_filter(cat, g, gw0, &gb0);
-    Tensor& dcat = buf(be, "g." + d + ".cat", cat.shape());
-    be.conv3d_backward_data(g, P(d + ".conv0.w"), dcat);
-    Tensor& dup = buf(be, "g." + u + ".out", b1.shape());
-    Tensor& dskip = buf(be, "g." + e + ".skip", b1.shape());
-    be.split_channels(dcat, dup, dskip);
+    be.conv3d_backward_filter(b0, ga, gw1, &gb1);
+    be.conv3d_backward_data(ga, P(d + ".conv1.w"), gb);
+    be.relu_backward(b0, gb, gb);
+    // cat's buffer ends this level holding dL/d(cat), so cat is rebuilt
+    // from its halves rather than read back (which keeps backward
+    // repeatable); the copy is cheap next to the convolutions.
     const Tensor& up = bufs_.at(u + ".out");
+    Tensor& cat = bufs_.at(d + ".cat");
+    be.concat_channels(up, bufs_.at(lvl("enc", i) + ".d1"), cat);
+    Tensor gw0 = G(d + ".conv0.w"), gb0 = G(d + ".conv0.b");
+    be.conv3d_backward_filter(cat, gb, gw0, &gb0);
+    be.conv3d_backward_data(gb, P(d + ".conv0.w"), cat);
+    Tensor& dup = ga;  // free again: its gradient went into gb
+    be.split_channels(cat, dup, buf(be, g + ".skip"));
     be.relu_backward(up, dup, dup);
     // The deconvolution's input: the bottleneck output, or the level below's b1.
-    const Tensor& below = i == L - 2 ? bufs_.at(lvl("enc", L - 1) + (drop ? ".d1" : ".a1"))
-                                     : bufs_.at(lvl("dec", i + 1) + ".b1");
+    const Tensor& below =
+        i == L - 2 ? bufs_.at(lvl("enc", L - 1) + ".d1") : bufs_.at(lvl("dec", i + 1) + ".b1");
     Tensor guw = G(u + ".w"), gub = G(u + ".b");
     be.deconv3d_backward_filter(below, dup, guw, &gub);
-    dcur = &buf(be, "g.below" + std::to_string(i + 1), below.shape());
-    be.deconv3d_backward_data(dup, P(u + ".w"), *dcur);
+    be.deconv3d_backward_data(dup, P(u + ".w"), buf(be, lvl("g", i + 1) + ".a"));
     ready(u + ".w");  // up{i} precedes dec{i} in the buffer
   }
 
-  // Encoder, bottom (bottleneck) to top. dcur holds dL/d(d1) of the bottleneck;
-  // at upper levels dL/d(d1) = skip gradient + pooling gradient.
-  Tensor* dpooled = nullptr;
+  // Encoder, bottom (bottleneck) to top. g{i}.a holds dL/d(d1): for the
+  // bottleneck it came from up{L-2}; at upper levels it is the pooling
+  // gradient plus the skip gradient.
+  //
+  // Only d = dropout(relu(.)) was kept, not the ReLU output a, so d > 0
+  // masks the ReLU gradient. That is exact: dropout_backward has already
+  // zeroed the dropped elements, and a kept element is a * (1 / (1 - p)),
+  // positive exactly when a is (the factor is >= 1, so no positive a rounds
+  // to 0).
+  Tensor dpooled;  // dL/d(pool_i), written by level i+1
   for (int i = L - 1; i >= 0; --i) {
-    const std::string e = lvl("enc", i);
-    const Tensor& a0 = bufs_.at(e + ".a0");
-    const Tensor& a1 = bufs_.at(e + ".a1");
-    const Tensor& d0 = drop ? bufs_.at(e + ".d0") : a0;
-    const Tensor& d1 = drop ? bufs_.at(e + ".d1") : a1;
-    Tensor& gd1 = buf(be, "g." + e + ".d1", a1.shape());
-    if (i == L - 1) {
-      be.copy(*dcur, gd1);
-    } else {
-      be.maxpool_backward(d1, bufs_.at(e + ".pool"), *dpooled, gd1);
-      be.axpy(1.0f, bufs_.at("g." + e + ".skip"), gd1);
+    const std::string e = lvl("enc", i), g = lvl("g", i);
+    const Tensor& d0 = bufs_.at(e + ".d0");
+    const Tensor& d1 = bufs_.at(e + ".d1");
+    Tensor& ga = buf(be, g + ".a");
+    Tensor& gb = buf(be, g + ".b");
+    if (i < L - 1) {
+      be.maxpool_backward(d1, bufs_.at(e + ".pool"), dpooled, ga);
+      be.axpy(1.0f, bufs_.at(g + ".skip"), ga);
     }
-    Tensor& g = buf(be, "g." + e + ".scratch", a1.shape());
-    if (drop) {
-      be.dropout_backward(gd1, g, cfg_.dropout, key_for(last_dropout_key_, 2 * i + 1),
-                          mask_offset(a1.shape(), last_sample_offset_));
-      be.relu_backward(a1, g, g);
-    } else {
-      be.relu_backward(a1, gd1, g);
-    }
+    if (drop)
+      be.dropout_backward(ga, ga, cfg_.dropout, key_for(last_dropout_key_, 2 * i + 1),
+                          mask_offset(d1.shape(), last_sample_offset_));
+    be.relu_backward(d1, ga, ga);
     Tensor gw1 = G(e + ".conv1.w"), gb1 = G(e + ".conv1.b");
-    be.conv3d_backward_filter(d0, g, gw1, &gb1);
-    Tensor& gd0 = buf(be, "g." + e + ".d0", a0.shape());
-    be.conv3d_backward_data(g, P(e + ".conv1.w"), gd0);
-    if (drop) {
-      be.dropout_backward(gd0, g, cfg_.dropout, key_for(last_dropout_key_, 2 * i),
-                          mask_offset(a0.shape(), last_sample_offset_));
-      be.relu_backward(a0, g, g);
-    } else {
-      be.relu_backward(a0, gd0, g);
-    }
+    be.conv3d_backward_filter(d0, ga, gw1, &gb1);
+    be.conv3d_backward_data(ga, P(e + ".conv1.w"), gb);
+    if (drop)
+      be.dropout_backward(gb, gb, cfg_.dropout, key_for(last_dropout_key_, 2 * i),
+                          mask_offset(d0.shape(), last_sample_offset_));
+    be.relu_backward(d0, gb, gb);
     const Tensor& in = i == 0 ? x : bufs_.at(lvl("enc", i - 1) + ".pool");
     Tensor gw0 = G(e + ".conv0.w"), gb0 = G(e + ".conv0.b");
-    be.conv3d_backward_filter(in, g, gw0, &gb0);
+    be.conv3d_backward_filter(in, gb, gw0, &gb0);
     if (i > 0) {
-      dpooled = &buf(be, "g." + e + ".in", in.shape());
-      be.conv3d_backward_data(g, P(e + ".conv0.w"), *dpooled);
+      // ga is free again; pool_{i-1} (N, D_i, H_i, W_i, F_{i-1}) fills its first half.
+      dpooled = ga.slice(0, in.shape());
+      be.conv3d_backward_data(gb, P(e + ".conv0.w"), dpooled);
     }
     ready(e + ".conv0.w");  // for enc0 that is offset 0: the whole buffer
   }

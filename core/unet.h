@@ -77,17 +77,34 @@ class UNet {
   // forward pass over an input of (1, D, H, W, 1); backward costs about 2x.
   double forward_flops(int64_t d, int64_t h, int64_t w) const;
 
+  // Bytes of activations and gradient scratch that a training forward +
+  // backward over input x allocates (fp32), from the same buffer plan the
+  // passes use; x itself and dparams belong to the caller and are not
+  // counted. The paper's net at batch 40 of 64^3 needs about 9.0 GB.
+  int64_t activation_bytes(const Shape& x) const;
+  // What the buffers allocated so far take, and how many allocations made
+  // them: both stay put once a shape has been through forward and backward.
+  int64_t buffer_bytes() const;
+  int64_t buffer_allocations() const { return allocations_; }
+
  private:
-  // Activations and gradient scratch, allocated on first use and reused
-  // while the input shape stays the same (no allocation in the steady state).
-  Tensor& buf(Backend& be, const std::string& name, const Shape& shape);
+  // Every buffer a training step over input x uses, by name. forward and
+  // backward take buffers only from this plan, so activation_bytes counts
+  // exactly what they allocate.
+  std::map<std::string, Shape> buffer_plan(const Shape& x) const;
+  // A buffer of the current plan, allocated on first use and reused while
+  // the input shape stays the same (no allocation in the steady state).
+  Tensor& buf(Backend& be, const std::string& name);
   int filters(int level) const { return cfg_.base_filters << level; }
 
   UNetConfig cfg_;
   ParamLayout layout_;
+  std::map<std::string, Shape> plan_;  // buffer_plan(last_input_)
   std::map<std::string, Tensor> bufs_;
   Device bufs_device_ = Device::cpu;
+  int64_t allocations_ = 0;
   Shape last_input_;
+  Tensor input_;  // a view of the last training input: the caller keeps it alive until backward
   bool have_forward_ = false;
   uint64_t last_dropout_key_ = 0;  // the masks of the last training forward
   int64_t last_sample_offset_ = 0;
