@@ -74,8 +74,9 @@ class Backend {
   virtual void deconv3d_backward_filter(const Tensor& x, const Tensor& dy, Tensor& dw,
                                         Tensor* db) = 0;
 
-  // Pooling and pointwise ops. relu_forward and relu_backward may run in
-  // place (y == x, dx == dy or dx == y).
+  // Pooling and pointwise ops. relu_forward, relu_backward,
+  // dropout_forward and dropout_backward may run in place (y == x; dx == dy,
+  // or dx == y for relu_backward).
   virtual void maxpool_forward(const Tensor& x, Tensor& y) = 0;
   virtual void maxpool_backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) = 0;
   virtual void relu_forward(const Tensor& x, Tensor& y) = 0;

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "core/checkpoint.h"
@@ -104,6 +105,13 @@ pid_t start_binary(const std::vector<std::string>& args, const std::string& log)
   return pid;
 }
 
+std::string slurp_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 int wait_exit(pid_t pid) {
   int status = 0;
   waitpid(pid, &status, 0);
@@ -175,6 +183,54 @@ TEST_CASE("A run killed with SIGKILL resumes from its last checkpoint", "[resume
   straight.steps = target;
   TrainOptions opt = quiet();
   const TrainResult s = run_training(straight, opt);
+  require_same(load_checkpoint(newest_checkpoint(cfg.out_dir)), load_checkpoint(s.checkpoint));
+}
+
+TEST_CASE("SIGTERM stops after the step in progress with a checkpoint of it", "[resume]") {
+  TrainConfig cfg = tiny("deepqsm-test-term");
+  cfg.steps = 1000000;          // runs until stopped
+  cfg.checkpoint_every = 100000;  // no periodic checkpoint: the stop must write one
+  cfg.log_every = 1;
+  const std::string config = write_config(cfg, "deepqsm-test-term.json");
+  const std::string log = (fs::temp_directory_path() / "deepqsm-test-term.log").string();
+  const std::string jsonl = cfg.out_dir + "/log.jsonl";
+  const pid_t pid = start_binary({"train", "--config", config, "--quiet"}, log);
+  // Stop once a few steps are logged.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  auto logged_steps = [&] {
+    std::ifstream in(jsonl);
+    int64_t n = 0;
+    for (std::string l; std::getline(in, l);) n += l.find("\"loss\"") != std::string::npos;
+    return n;
+  };
+  while (logged_steps() < 3 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  kill(pid, SIGTERM);
+  REQUIRE(wait_exit(pid) == 128 + SIGTERM);  // unfinished, but stopped by itself
+
+  // The checkpoint is of the last completed step, the one the log ends with.
+  const std::string newest = newest_checkpoint(cfg.out_dir);
+  REQUIRE_FALSE(newest.empty());
+  const int64_t k = load_checkpoint(newest).step;
+  CHECK(k >= 3);
+  std::ifstream in(jsonl);
+  std::string last;
+  for (std::string l; std::getline(in, l);) last = l;
+  const nlohmann::json event = nlohmann::json::parse(last);
+  CHECK(event.at("event") == "stopped by signal");
+  CHECK(event.at("step") == k);
+  CHECK(event.at("signal") == SIGTERM);
+  CHECK_THAT(slurp_file(log), Contains("stopped by signal"));
+
+  // Resuming from it ends where an uninterrupted run ends.
+  const int64_t target = k + 3;
+  const pid_t resumed = start_binary(
+      {"train", "--config", config, "--resume", "--quiet", "--steps", std::to_string(target)}, log);
+  REQUIRE(wait_exit(resumed) == 0);
+  TrainConfig straight = tiny("deepqsm-test-term-straight");
+  straight.steps = target;
+  straight.checkpoint_every = 100000;
+  const TrainResult s = run_training(straight, quiet());
   require_same(load_checkpoint(newest_checkpoint(cfg.out_dir)), load_checkpoint(s.checkpoint));
 }
 

@@ -77,6 +77,16 @@ int run_train(const TrainArgs& a) {
     return spawn_local_ranks(a.gpus);
   }
   const TrainResult res = run_training(cfg, opt);
+  // Stopped by a signal: the checkpoint of the last step is written; the
+  // exit status says the run is unfinished, as the shell's 128 + signal.
+  if (res.stop_signal != 0) {
+    if (res.rank == 0)
+      std::fprintf(stderr,
+                   "deepqsm: stopped by signal %d after step %lld; checkpoint %s; continue "
+                   "with --resume\n",
+                   res.stop_signal, static_cast<long long>(res.steps), res.checkpoint.c_str());
+    return 128 + res.stop_signal;
+  }
   if (res.rank != 0) return 0;
   std::printf("trained %lld steps; final training loss %.4e ppm^2\n",
               static_cast<long long>(res.steps), res.final_loss);

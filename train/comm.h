@@ -99,8 +99,10 @@ constexpr const char* kNcclIdEnv = "DEEPQSM_NCCL_ID_FILE";
 // `deepqsm train --gpus N` on one node without MPI: writes a fresh NCCL
 // unique id to a private file, re-executes this binary (/proc/self/exe with
 // the same arguments) N times with kRankEnv/kWorldEnv/kNcclIdEnv set, waits
-// for all, and returns the first non-zero exit status (after ending the
+// for all, and returns the first non-zero exit status (after killing the
 // other children, so one failure does not leave them blocked in NCCL).
+// SIGTERM or SIGINT to the parent is forwarded once as SIGTERM, on which
+// the ranks stop together after the same step with a checkpoint.
 int spawn_local_ranks(int n);
 
 // Implemented in comm_nccl.cpp; used by make_communicator.

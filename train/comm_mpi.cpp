@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -246,6 +247,11 @@ std::unique_ptr<Communicator> make_communicator(const std::string& device) {
   return std::make_unique<MpiHostedCommunicator>(session, std::move(nccl));
 }
 
+namespace {
+volatile sig_atomic_t g_parent_signal = 0;
+extern "C" void record_parent_signal(int sig) { g_parent_signal = sig; }
+}  // namespace
+
 int spawn_local_ranks(int n) {
   if (n < 1) fail("--gpus ", n, ": must be at least 1");
   const std::vector<std::string> args = own_command_line();
@@ -270,7 +276,7 @@ int spawn_local_ranks(int n) {
   for (int r = 0; r < n; ++r) {
     const pid_t pid = fork();
     if (pid < 0) {
-      for (pid_t c : children) kill(c, SIGTERM);
+      for (pid_t c : children) kill(c, SIGKILL);
       for (pid_t c : children) waitpid(c, nullptr, 0);
       unlink(tmpl.c_str());
       fail("--gpus: fork failed for rank ", r);
@@ -285,20 +291,44 @@ int spawn_local_ranks(int n) {
     }
     children.push_back(pid);
   }
+  // SIGTERM or SIGINT to this parent (a time limit, Ctrl-C) is passed on
+  // once as SIGTERM: the ranks then stop together after the same step with a
+  // checkpoint (train/trainer.h). No SA_RESTART, so wait() returns to pass it.
+  struct sigaction sa {}, old_term {}, old_int {};
+  sa.sa_handler = record_parent_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESETHAND;
+  g_parent_signal = 0;
+  sigaction(SIGTERM, &sa, &old_term);
+  sigaction(SIGINT, &sa, &old_int);
+  bool forwarded = false;
   int result = 0;
   std::vector<pid_t> running = children;
   while (!running.empty()) {
     int status = 0;
     const pid_t done = wait(&status);
-    if (done < 0) break;
+    if (g_parent_signal != 0 && !forwarded) {
+      for (pid_t c : running) kill(c, SIGTERM);
+      forwarded = true;
+    }
+    if (done < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
     running.erase(std::remove(running.begin(), running.end(), done), running.end());
     const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     if (code != 0 && result == 0) {
       result = code;
-      // The survivors would wait in NCCL for the dead rank forever.
-      for (pid_t c : running) kill(c, SIGTERM);
+      // After a failure the survivors would wait in NCCL for the dead rank
+      // forever; SIGKILL, since they treat SIGTERM as "finish the step". A
+      // rank that stopped on the forwarded signal is not a failure: the
+      // others stop at the same step, rank 0 writing the checkpoint.
+      if (!forwarded)
+        for (pid_t c : running) kill(c, SIGKILL);
     }
   }
+  sigaction(SIGTERM, &old_term, nullptr);
+  sigaction(SIGINT, &old_int, nullptr);
   unlink(tmpl.c_str());
   return result;
 }

@@ -1,11 +1,13 @@
 #include "train/trainer.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -39,6 +41,39 @@ using json = nlohmann::json;
 namespace {
 
 constexpr uint64_t kBatchPurpose = 1, kDropoutPurpose = 2, kInitPurpose = 3;
+
+// The signal that asked this process to stop (0: none). Set by the handler,
+// read once per step.
+volatile sig_atomic_t g_stop_signal = 0;
+
+extern "C" void record_stop_signal(int sig) { g_stop_signal = sig; }
+
+// SIGTERM and SIGINT ask for a clean stop while training runs; the handler
+// resets itself (SA_RESETHAND), so a second signal ends the process as
+// usual. A rank started by `--gpus N` ignores SIGINT: Ctrl-C reaches the
+// parent too, which forwards it as one SIGTERM (spawn_local_ranks).
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = record_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND | SA_RESTART;
+    sigaction(SIGTERM, &sa, &old_term_);
+    if (std::getenv(kRankEnv)) sa.sa_handler = SIG_IGN;
+    sigaction(SIGINT, &sa, &old_int_);
+  }
+  ~StopSignals() {
+    sigaction(SIGTERM, &old_term_, nullptr);
+    sigaction(SIGINT, &old_int_, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+ private:
+  struct sigaction old_term_ {}, old_int_ {};
+};
 
 // Called after the communicator, which has made this rank's GPU current.
 std::unique_ptr<Backend> make_backend(const TrainConfig& cfg) {
@@ -251,7 +286,8 @@ struct Trainer {
   UNet net, eval_net;                   // eval_net keeps validation buffers apart from training's
   std::unique_ptr<UNet> ref_net;        // the reference volume's (large) buffers, if any
   Tensor params, m, v;                  // on the backend's device, layout of net
-  Tensor reduce_buf, grads, loss_slot;  // reduce_buf = [grads | loss | pad]
+  Tensor reduce_buf, grads, loss_slot;  // reduce_buf = [grads | loss | stop | pad]
+  Tensor status_slots;                  // [loss | stop]: the mean loss, > 0 when a rank must stop
   int64_t loss_slot_end = 0;            // reduce_buf[0, loss_slot_end) is what must be averaged
   std::unique_ptr<LossScaler> scaler;   // null: the loss is not scaled
   std::unique_ptr<PatchSource> source;
@@ -439,12 +475,14 @@ int64_t set_up(Trainer& t, TrainResult& res, int64_t steps) {
   t.comm->broadcast(t.params, 0);
   t.comm->broadcast(t.m, 0);
   t.comm->broadcast(t.v, 0);
-  // One buffer carries the gradient and the local loss, so one all-reduce
-  // averages both; 16 extra floats keep the layout's 64-byte alignment.
+  // One buffer carries the gradient, the local loss and the stop request,
+  // so one all-reduce averages them all; 16 extra floats keep the layout's
+  // 64-byte alignment.
   t.reduce_buf = t.be->alloc(Shape{flat.numel() + 16});
   t.grads = t.reduce_buf.slice(0, flat);
   t.loss_slot = t.reduce_buf.slice(flat.numel(), Shape{1});
-  t.loss_slot_end = flat.numel() + 1;
+  t.status_slots = t.reduce_buf.slice(flat.numel(), Shape{2});
+  t.loss_slot_end = flat.numel() + 2;
 
   // Data. Only rank 0 validates, so only it builds the held-out set.
   auto t0 = std::chrono::steady_clock::now();
@@ -514,6 +552,7 @@ std::string newest_checkpoint(const std::string& dir) {
 }
 
 TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
+  const StopSignals stop_signals;
   Trainer t(cfg, opt);
   TrainResult res;
   res.rank = t.comm->rank();
@@ -533,7 +572,7 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
     const int64_t P = cfg.data.patch_size, G = cfg.batch, B = G / world;
     const Shape bs{B, P, P, P, 1};
     Tensor host_field = Tensor::zeros(bs), host_chi = Tensor::zeros(bs),
-           host_loss = Tensor::zeros({1});
+           host_status = Tensor::zeros({2});
     Tensor batch_field = t.be->alloc(bs), batch_chi = t.be->alloc(bs), pred = t.be->alloc(bs),
            dpred = t.be->alloc(bs);
     std::vector<int64_t> idx(static_cast<size_t>(B));
@@ -575,6 +614,10 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
       // of equal-sized shards is the global batch's mean, and so is the
       // averaged gradient.
       t.be->fill(t.loss_slot, local_loss);
+      // A stop request (any rank's signal) is averaged with the gradients,
+      // so every rank learns of it after the same step.
+      Tensor stop_slot = t.status_slots.slice(1, Shape{1});
+      t.be->fill(stop_slot, g_stop_signal != 0 ? 1.0f : 0.0f);
       if (t.scaler) t.be->scale(dpred, t.scaler->scale());
       if (overlap) {
         // Buckets of the final tail of [grads | loss] go out while earlier
@@ -592,8 +635,9 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
         t.net.backward(*t.be, t.params, dpred, t.grads);
         t.comm->allreduce_mean(t.reduce_buf);
       }
-      t.be->download(t.loss_slot, host_loss);
-      const float loss = host_loss.f32()[0];
+      t.be->download(t.status_slots, host_status);
+      const float loss = host_status.f32()[0];
+      const bool stop = host_status.f32()[1] > 0.0f;
       if (!std::isfinite(loss)) {
         // Every rank sees the same averaged loss and stops here together.
         all_ranks_fail = true;
@@ -710,9 +754,21 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
                               {"ref/xsim", rm.xsim}});
         }
       }
-      if ((cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last) {
+      if ((cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last || stop) {
         const std::string path = t.save(done);
         if (t.lead) res.checkpoint = path;
+      }
+      if (stop && !last) {
+        res.stop_signal = g_stop_signal != 0 ? static_cast<int>(g_stop_signal) : SIGTERM;
+        t.log_json({{"step", done}, {"event", "stopped by signal"}, {"signal", res.stop_signal}});
+        if (t.tty) std::printf("\n");
+        std::snprintf(line, sizeof line,
+                      "stopped by %s after step %lld of %lld; checkpoint written, continue with "
+                      "--resume",
+                      res.stop_signal == SIGINT ? "SIGINT" : "SIGTERM",
+                      static_cast<long long>(done), static_cast<long long>(steps));
+        t.say(line);
+        return res;
       }
     }
     if (t.tty) std::printf("\n");

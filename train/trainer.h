@@ -16,6 +16,12 @@
 //   checkpoint.h5                    hard link to the newest (what infer loads)
 //   log.jsonl                        one JSON object per line (train.log_file)
 //   tb/events.out.tfevents.*         TensorBoard scalars (train.tensorboard)
+//
+// SIGTERM or SIGINT (a batch system's time limit, Ctrl-C) stops the run
+// after the step in progress with a checkpoint of that step, so --resume
+// loses nothing; a second signal of the same kind ends it at once. Every
+// rank stops at the same step: the stop request travels in the gradient
+// all-reduce.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -42,6 +48,7 @@ struct TrainResult {
   double loss_scale = 0;     // the loss scale after the last step (0: not scaled)
   int64_t skipped_steps = 0; // steps skipped for non-finite gradients, over the whole run
   std::string checkpoint;  // path of the last checkpoint written (rank 0)
+  int stop_signal = 0;     // SIGTERM/SIGINT that stopped the run early (0: it ran to the end)
   int rank = 0, world = 1;
 };
 
