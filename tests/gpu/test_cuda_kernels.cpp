@@ -178,6 +178,8 @@ TEST_CASE("cuda dropout draws the CPU backend's mask exactly", "[gpu]") {
       // In place gives the same result.
       cuda_dropout_forward(dev(gx), dev(gx), n, p, key, nullptr);
       CHECK(bitwise_equal(to_host(gx), hy));
+      cuda_dropout_backward(dev(gdy), dev(gdy), n, p, key, nullptr);  // the U-Net does this
+      CHECK(bitwise_equal(to_host(gdy), hdx));
     }
   }
   Tensor g = to_device(x);
