@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <random>
 
+#include "core/backend.h"
 #include "core/tensor.h"
 
 namespace dq::test {
@@ -33,6 +34,20 @@ inline Tensor random_tensor(const Shape& s, uint32_t seed, float lo = -1.0f, flo
   Tensor t = Tensor::zeros(s);
   for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = u(rng);
   return t;
+}
+
+// A host tensor's copy on backend g's device, and a device tensor's copy on
+// the host: how the GPU tests move operands across.
+inline Tensor upload_to(Backend& g, const Tensor& host) {
+  Tensor d = g.alloc(host.shape());
+  g.upload(host, d);
+  return d;
+}
+
+inline Tensor download_from(Backend& g, const Tensor& dev) {
+  Tensor h = Tensor::zeros(dev.shape());
+  g.download(dev, h);
+  return h;
 }
 
 }  // namespace dq::test

@@ -27,18 +27,6 @@ using namespace dq::test;
 
 namespace {
 
-Tensor upload(Backend& g, const Tensor& host) {
-  Tensor d = g.alloc(host.shape());
-  g.upload(host, d);
-  return d;
-}
-
-Tensor download(Backend& g, const Tensor& dev) {
-  Tensor h = Tensor::zeros(dev.shape());
-  g.download(dev, h);
-  return h;
-}
-
 // A device tensor of the given shape full of junk, to be overwritten.
 Tensor junk(Backend& g, const Shape& s) {
   Tensor d = g.alloc(s);
@@ -77,7 +65,7 @@ void check_layer(Backend& cpu, Backend& gpu, const Layer& L, double tol, uint32_
   const bool t = L.k == 2;
   Tensor x = random_tensor(L.x(), seed), w = random_tensor(L.weights(), seed + 1, -0.3f, 0.3f);
   Tensor b = random_tensor(Shape{L.co}, seed + 2), dy = random_tensor(L.y(), seed + 3);
-  Tensor gx = upload(gpu, x), gw = upload(gpu, w), gb = upload(gpu, b), gdy = upload(gpu, dy);
+  Tensor gx = upload_to(gpu, x), gw = upload_to(gpu, w), gb = upload_to(gpu, b), gdy = upload_to(gpu, dy);
 
   for (int variant = 0; variant < 3; ++variant) {
     const bool with_bias = variant != 2, relu = variant == 0;
@@ -91,7 +79,7 @@ void check_layer(Backend& cpu, Backend& gpu, const Layer& L, double tol, uint32_
       cpu.conv3d_forward(x, w, with_bias ? &b : nullptr, y, relu);
       gpu.conv3d_forward(gx, gw, with_bias ? &gb : nullptr, gy, relu);
     }
-    CHECK(rel_error(download(gpu, gy), y) < tol);
+    CHECK(rel_error(download_from(gpu, gy), y) < tol);
   }
 
   Tensor dx = Tensor::zeros(L.x());
@@ -103,7 +91,7 @@ void check_layer(Backend& cpu, Backend& gpu, const Layer& L, double tol, uint32_
     cpu.conv3d_backward_data(dy, w, dx);
     gpu.conv3d_backward_data(gdy, gw, gdx);
   }
-  CHECK(rel_error(download(gpu, gdx), dx) < tol);
+  CHECK(rel_error(download_from(gpu, gdx), dx) < tol);
 
   Tensor dw = Tensor::zeros(L.weights()), db = Tensor::zeros(Shape{L.co});
   Tensor gdw = junk(gpu, L.weights()), gdb = junk(gpu, Shape{L.co});
@@ -114,9 +102,9 @@ void check_layer(Backend& cpu, Backend& gpu, const Layer& L, double tol, uint32_
     cpu.conv3d_backward_filter(x, dy, dw, &db);
     gpu.conv3d_backward_filter(gx, gdy, gdw, &gdb);
   }
-  CHECK(rel_error(download(gpu, gdw), dw) < tol);
+  CHECK(rel_error(download_from(gpu, gdw), dw) < tol);
   // The bias gradient is summed from fp32 dy in every mode.
-  CHECK(rel_error(download(gpu, gdb), db) < 1e-5);
+  CHECK(rel_error(download_from(gpu, gdb), db) < 1e-5);
 
   // Without db, dw alone.
   Tensor gdw2 = junk(gpu, L.weights());
@@ -124,7 +112,7 @@ void check_layer(Backend& cpu, Backend& gpu, const Layer& L, double tol, uint32_
     gpu.deconv3d_backward_filter(gx, gdy, gdw2, nullptr);
   else
     gpu.conv3d_backward_filter(gx, gdy, gdw2, nullptr);
-  CHECK(rel_error(download(gpu, gdw2), dw) < tol);
+  CHECK(rel_error(download_from(gpu, gdw2), dw) < tol);
 }
 
 const Layer kLayers[] = {
@@ -173,12 +161,12 @@ TEST_CASE("cuda backend: fused and unfused bias + ReLU agree", "[gpu][ops]") {
     Backend* bes[2] = {fused.get(), plain.get()};
     for (int i = 0; i < 2; ++i) {
       Backend& be = *bes[i];
-      Tensor gx = upload(be, x), gw = upload(be, w), gb = upload(be, b), gy = junk(be, L.y());
+      Tensor gx = upload_to(be, x), gw = upload_to(be, w), gb = upload_to(be, b), gy = junk(be, L.y());
       if (L.k == 2)
         be.deconv3d_forward(gx, gw, &gb, gy, true);
       else
         be.conv3d_forward(gx, gw, &gb, gy, true);
-      y[i] = download(be, gy);
+      y[i] = download_from(be, gy);
     }
     CHECK(rel_error(y[0], y[1]) < 1e-5);
   }
@@ -193,8 +181,8 @@ TEST_CASE("cuda backend pointwise, pooling, loss and Adam ops match the CPU back
   const Shape s{2, 4, 6, 8, 3}, half{2, 2, 3, 4, 3};
   Tensor x = random_tensor(s, 1), z = random_tensor(s, 2), dy = random_tensor(half, 3);
 
-  Tensor gx = upload(*gpu, x), gz = upload(*gpu, z);
-  CHECK(rel_error(download(*gpu, gx), x) == 0.0);
+  Tensor gx = upload_to(*gpu, x), gz = upload_to(*gpu, z);
+  CHECK(rel_error(download_from(*gpu, gx), x) == 0.0);
 
   Tensor want = Tensor::zeros(s);
   cpu->copy(x, want);
@@ -204,7 +192,7 @@ TEST_CASE("cuda backend pointwise, pooling, loss and Adam ops match the CPU back
   gpu->copy(gx, g);
   gpu->axpy(0.5f, gz, g);
   gpu->scale(g, -1.5f);
-  CHECK(rel_error(download(*gpu, g), want) < 1e-6);
+  CHECK(rel_error(download_from(*gpu, g), want) < 1e-6);
 
   Tensor r = Tensor::zeros(s), dr = Tensor::zeros(s);
   cpu->relu_forward(x, r);
@@ -212,8 +200,8 @@ TEST_CASE("cuda backend pointwise, pooling, loss and Adam ops match the CPU back
   Tensor gr = junk(*gpu, s), gdr = junk(*gpu, s);
   gpu->relu_forward(gx, gr);
   gpu->relu_backward(gr, gz, gdr);
-  CHECK(rel_error(download(*gpu, gr), r) == 0.0);
-  CHECK(rel_error(download(*gpu, gdr), dr) == 0.0);
+  CHECK(rel_error(download_from(*gpu, gr), r) == 0.0);
+  CHECK(rel_error(download_from(*gpu, gdr), dr) == 0.0);
 
   Tensor d = Tensor::zeros(s), dd = Tensor::zeros(s);
   cpu->dropout_forward(x, d, 0.3f, 1234);
@@ -221,17 +209,17 @@ TEST_CASE("cuda backend pointwise, pooling, loss and Adam ops match the CPU back
   Tensor gd = junk(*gpu, s), gdd = junk(*gpu, s);
   gpu->dropout_forward(gx, gd, 0.3f, 1234);
   gpu->dropout_backward(gz, gdd, 0.3f, 1234);
-  CHECK(rel_error(download(*gpu, gd), d) < 1e-6);
-  CHECK(rel_error(download(*gpu, gdd), dd) < 1e-6);
+  CHECK(rel_error(download_from(*gpu, gd), d) < 1e-6);
+  CHECK(rel_error(download_from(*gpu, gdd), dd) < 1e-6);
 
   Tensor p = Tensor::zeros(half), dp = Tensor::zeros(s);
   cpu->maxpool_forward(x, p);
   cpu->maxpool_backward(x, p, dy, dp);
-  Tensor gp = junk(*gpu, half), gdp = junk(*gpu, s), gdy = upload(*gpu, dy);
+  Tensor gp = junk(*gpu, half), gdp = junk(*gpu, s), gdy = upload_to(*gpu, dy);
   gpu->maxpool_forward(gx, gp);
   gpu->maxpool_backward(gx, gp, gdy, gdp);
-  CHECK(rel_error(download(*gpu, gp), p) == 0.0);
-  CHECK(rel_error(download(*gpu, gdp), dp) == 0.0);
+  CHECK(rel_error(download_from(*gpu, gp), p) == 0.0);
+  CHECK(rel_error(download_from(*gpu, gdp), dp) == 0.0);
 
   const Shape sc{2, 4, 6, 8, 6};
   Tensor c = Tensor::zeros(sc), a2 = Tensor::zeros(s), b2 = Tensor::zeros(s);
@@ -239,32 +227,32 @@ TEST_CASE("cuda backend pointwise, pooling, loss and Adam ops match the CPU back
   Tensor gc = junk(*gpu, sc), ga2 = junk(*gpu, s), gb2 = junk(*gpu, s);
   gpu->concat_channels(gx, gz, gc);
   gpu->split_channels(gc, ga2, gb2);
-  CHECK(rel_error(download(*gpu, gc), c) == 0.0);
-  CHECK(rel_error(download(*gpu, ga2), x) == 0.0);
-  CHECK(rel_error(download(*gpu, gb2), z) == 0.0);
+  CHECK(rel_error(download_from(*gpu, gc), c) == 0.0);
+  CHECK(rel_error(download_from(*gpu, ga2), x) == 0.0);
+  CHECK(rel_error(download_from(*gpu, gb2), z) == 0.0);
 
   Tensor dpred = Tensor::zeros(s);
   float loss = cpu->mse_loss(x, z, &dpred);
   Tensor gdpred = junk(*gpu, s);
   float gloss = gpu->mse_loss(gx, gz, &gdpred);
   CHECK(std::abs(double{gloss} - loss) <= 1e-6 * std::abs(double{loss}));
-  CHECK(rel_error(download(*gpu, gdpred), dpred) < 1e-6);
+  CHECK(rel_error(download_from(*gpu, gdpred), dpred) < 1e-6);
   CHECK(gpu->mse_loss(gx, gz, nullptr) == gloss);
 
   Tensor params = random_tensor(Shape{1001}, 5), m = Tensor::zeros(Shape{1001}),
          v = Tensor::zeros(Shape{1001});
-  Tensor gparams = upload(*gpu, params), gm = gpu->alloc(Shape{1001}), gv = gpu->alloc(Shape{1001});
+  Tensor gparams = upload_to(*gpu, params), gm = gpu->alloc(Shape{1001}), gv = gpu->alloc(Shape{1001});
   AdamConfig cfg;
   for (int64_t step = 1; step <= 3; ++step) {
     Tensor grad = random_tensor(Shape{1001}, 50 + static_cast<uint32_t>(step));
     cpu->adam_step(params, grad, m, v, cfg, step);
-    Tensor ggrad = upload(*gpu, grad);
+    Tensor ggrad = upload_to(*gpu, grad);
     gpu->adam_step(gparams, ggrad, gm, gv, cfg, step);
   }
-  CHECK(rel_error(download(*gpu, gparams), params) < 1e-6);
+  CHECK(rel_error(download_from(*gpu, gparams), params) < 1e-6);
 
   // alloc gives zeros; wrong devices and dtypes are refused.
-  Tensor zeros = download(*gpu, gpu->alloc(s));
+  Tensor zeros = download_from(*gpu, gpu->alloc(s));
   CHECK(std::all_of(zeros.f32(), zeros.f32() + zeros.numel(), [](float f) { return f == 0.0f; }));
   CHECK_THROWS_AS(gpu->relu_forward(x, gr), Error);
   Tensor g16 = gpu->alloc(s, DType::f16);
@@ -297,13 +285,13 @@ TEST_CASE("cuda backend: the U-Net's loss and parameter gradients match the CPU 
     CAPTURE(m.precision);
     auto gpu = gpu_backend(m.precision);
     UNet net(small_unet());
-    Tensor gparams = upload(*gpu, params), gx = upload(*gpu, x), gt = upload(*gpu, target);
+    Tensor gparams = upload_to(*gpu, params), gx = upload_to(*gpu, x), gt = upload_to(*gpu, target);
     Tensor gy = gpu->alloc(in), gdy = gpu->alloc(in), ggrads = junk(*gpu, params.shape());
     net.forward(*gpu, gparams, gx, gy, true, 99);
     float gloss = gpu->mse_loss(gy, gt, &gdy);
     net.backward(*gpu, gparams, gdy, ggrads);
     CHECK(std::abs(double{gloss} - loss) <= m.loss_tol * std::abs(double{loss}));
-    Tensor hg = download(*gpu, ggrads);
+    Tensor hg = download_from(*gpu, ggrads);
     for (int i = 0; i < static_cast<int>(net.layout().params().size()); ++i) {
       CAPTURE(net.layout()[i].name);
       CHECK(rel_error(net.layout().view(hg, i), net.layout().view(grads, i)) < m.grad_tol);
@@ -323,7 +311,7 @@ TEST_CASE("cuda backend: 50 fp32 training steps track the CPU backend", "[gpu]")
   const Shape ps = params.shape();
   Tensor m = Tensor::zeros(ps), v = Tensor::zeros(ps), grads = Tensor::zeros(ps);
   Tensor y = Tensor::zeros(in), dy = Tensor::zeros(in);
-  Tensor gparams = upload(*gpu, params), gm = gpu->alloc(ps), gv = gpu->alloc(ps),
+  Tensor gparams = upload_to(*gpu, params), gm = gpu->alloc(ps), gv = gpu->alloc(ps),
          ggrads = gpu->alloc(ps), gy = gpu->alloc(in), gdy = gpu->alloc(in);
   Tensor gx = gpu->alloc(in), gt = gpu->alloc(in);
   AdamConfig adam;
@@ -361,7 +349,7 @@ TEST_CASE("cuda backend: 50 fp32 training steps track the CPU backend", "[gpu]")
   CHECK(gpu_loss.back() < gpu_loss.front());
   // Adam's normalised steps let parameters with near-zero gradients drift
   // by up to lr per step, so the bound is on the scale of 50 * lr.
-  CHECK(rel_error(download(*gpu, gparams), params) < 2e-2);
+  CHECK(rel_error(download_from(*gpu, gparams), params) < 2e-2);
   // The steady state allocates nothing new from the driver.
   DevicePoolStats end = cuda_pool_stats(*gpu);
   CHECK(end.growths == after_first.growths);

@@ -20,18 +20,6 @@ using namespace dq::test;
 
 namespace {
 
-Tensor on_gpu(Backend& g, const Tensor& host) {
-  Tensor d = g.alloc(host.shape());
-  g.upload(host, d);
-  return d;
-}
-
-Tensor on_host(Backend& g, const Tensor& dev) {
-  Tensor h = Tensor::zeros(dev.shape());
-  g.download(dev, h);
-  return h;
-}
-
 Tensor copy_of(const Tensor& t) {
   Tensor c = Tensor::zeros(t.shape());
   std::memcpy(c.raw(), t.raw(), t.nbytes());
@@ -54,10 +42,10 @@ TEST_CASE("cuda unscale_and_check matches the CPU backend bit for bit", "[gpu][o
     for (float inv : {1.0f / 65536.0f, 1.0f / 3.0f, 1.0f}) {
       INFO("n " << n << ", inv_scale " << inv);
       Tensor want = copy_of(g);
-      Tensor dev = on_gpu(*gpu, g);
+      Tensor dev = upload_to(*gpu, g);
       CHECK(cpu->unscale_and_check(want, inv));
       CHECK(gpu->unscale_and_check(dev, inv));
-      CHECK(std::memcmp(on_host(*gpu, dev).raw(), want.raw(), want.nbytes()) == 0);
+      CHECK(std::memcmp(download_from(*gpu, dev).raw(), want.raw(), want.nbytes()) == 0);
     }
     for (float bad : {inf, -inf, std::nanf("")}) {
       for (int64_t at : {int64_t{0}, n / 2, n - 1}) {
@@ -65,7 +53,7 @@ TEST_CASE("cuda unscale_and_check matches the CPU backend bit for bit", "[gpu][o
         Tensor b = copy_of(g);
         b.f32()[at] = bad;
         Tensor want = copy_of(b);
-        Tensor dev = on_gpu(*gpu, b);
+        Tensor dev = upload_to(*gpu, b);
         CHECK_FALSE(cpu->unscale_and_check(want, 0.5f));
         CHECK_FALSE(gpu->unscale_and_check(dev, 0.5f));
       }
@@ -73,7 +61,7 @@ TEST_CASE("cuda unscale_and_check matches the CPU backend bit for bit", "[gpu][o
     // Overflow made by the multiply itself counts too.
     Tensor big = copy_of(g);
     big.f32()[0] = 3e38f;
-    Tensor dev = on_gpu(*gpu, big);
+    Tensor dev = upload_to(*gpu, big);
     CHECK_FALSE(cpu->unscale_and_check(big, 2.0f));
     CHECK_FALSE(gpu->unscale_and_check(dev, 2.0f));
   }
@@ -93,13 +81,13 @@ TEST_CASE("the loss-scale policy driven by cuda verdicts backs off and grows", "
   Tensor h = random_tensor(Shape{5000}, 3);
   Tensor scaled = copy_of(h);
   for (int64_t i = 0; i < h.numel(); ++i) scaled.f32()[i] *= 1024.0f;
-  Tensor g = on_gpu(*gpu, scaled);
+  Tensor g = upload_to(*gpu, scaled);
   REQUIRE(gpu->unscale_and_check(g, 1.0f / scaler.scale()));
-  CHECK(std::memcmp(on_host(*gpu, g).raw(), h.raw(), h.nbytes()) == 0);  // 1024 is exact
+  CHECK(std::memcmp(download_from(*gpu, g).raw(), h.raw(), h.nbytes()) == 0);  // 1024 is exact
   for (int i = 0; i < 3; ++i) CHECK(scaler.update(true));
   CHECK(scaler.scale() == 2048.0f);
   scaled.f32()[4321] = std::numeric_limits<float>::infinity();
-  Tensor bad = on_gpu(*gpu, scaled);
+  Tensor bad = upload_to(*gpu, scaled);
   CHECK_FALSE(scaler.update(gpu->unscale_and_check(bad, 1.0f / scaler.scale())));
   CHECK(scaler.scale() == 1024.0f);
   CHECK(scaler.skipped_steps() == 1);
