@@ -19,6 +19,13 @@ std::string temp_path(const std::string& name) {
   std::filesystem::create_directories(dir);
   return (dir / name).string();
 }
+// Two levels of two filters: a checkpoint of a few hundred parameters.
+UNet smallest_net() {
+  UNetConfig cfg;
+  cfg.depth = 2;
+  cfg.base_filters = 2;
+  return UNet(cfg);
+}
 }  // namespace
 
 TEST_CASE("Checkpoint round trip", "[checkpoint]") {
@@ -104,10 +111,7 @@ std::string slurp(const std::string& path) {
 }  // namespace
 
 TEST_CASE("Checkpoint v3 keeps the training state", "[checkpoint]") {
-  UNetConfig cfg;
-  cfg.depth = 2;
-  cfg.base_filters = 2;
-  UNet net(cfg);
+  UNet net = smallest_net();
   Tensor p;
   const std::string path = saved_checkpoint("state.h5", net, p);
   const CheckpointData ck = load_checkpoint(path);
@@ -127,10 +131,7 @@ TEST_CASE("Checkpoint v3 keeps the training state", "[checkpoint]") {
 }
 
 TEST_CASE("Damaged checkpoints are refused with a clear message", "[checkpoint]") {
-  UNetConfig cfg;
-  cfg.depth = 2;
-  cfg.base_filters = 2;
-  UNet net(cfg);
+  UNet net = smallest_net();
   Tensor p;
   const std::string good = saved_checkpoint("good.h5", net, p);
   const std::string bytes = slurp(good);
@@ -182,10 +183,7 @@ TEST_CASE("Damaged checkpoints are refused with a clear message", "[checkpoint]"
 }
 
 TEST_CASE("Version 2 checkpoints (before loss scaling) still load", "[checkpoint]") {
-  UNetConfig cfg;
-  cfg.depth = 2;
-  cfg.base_filters = 2;
-  UNet net(cfg);
+  UNet net = smallest_net();
   Tensor p;
   const CheckpointData v3 = load_checkpoint(saved_checkpoint("for-v2.h5", net, p));
   const std::string path = temp_path("v2.h5");

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "core/checkpoint.h"
+#include "tests/train_util.h"
 #include "train/config.h"
 
 using namespace dq;
@@ -32,7 +33,7 @@ int run(const std::string& cmd) {
 }
 
 TrainConfig dp_config() {
-  TrainConfig cfg = load_train_config(std::string(DEEPQSM_SOURCE_DIR) + "/configs/test-tiny.json");
+  TrainConfig cfg = dq::test::tiny_config();
   cfg.model.dropout = 0.05f;
   cfg.batch = 4;
   cfg.steps = 6;

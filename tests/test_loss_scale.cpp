@@ -18,9 +18,11 @@
 #include "core/cpu/cpu_backend.h"
 #include "core/error.h"
 #include "core/loss_scale.h"
+#include "tests/train_util.h"
 #include "train/trainer.h"
 
 using namespace dq;
+using namespace dq::test;
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
 
@@ -150,21 +152,11 @@ TEST_CASE("CPU unscale_and_check multiplies and reports non-finite values", "[lo
 namespace {
 
 TrainConfig tiny(const std::string& out) {
-  TrainConfig cfg = load_train_config(std::string(DEEPQSM_SOURCE_DIR) + "/configs/test-tiny.json");
+  TrainConfig cfg = tiny_run(out);
   cfg.steps = 6;
   cfg.checkpoint_every = 1;
   cfg.keep_checkpoints = 10;
-  cfg.validate_every = 0;
-  cfg.tensorboard = false;
-  cfg.out_dir = (fs::temp_directory_path() / out).string();
-  fs::remove_all(cfg.out_dir);
   return cfg;
-}
-
-TrainOptions quiet() {
-  TrainOptions opt;
-  opt.quiet = true;
-  return opt;
 }
 
 bool same_bytes(const Tensor& a, const Tensor& b) {

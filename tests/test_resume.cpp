@@ -21,9 +21,11 @@
 #include "core/checkpoint.h"
 #include "core/error.h"
 #include "tests/checkpoint_v2.h"
+#include "tests/train_util.h"
 #include "train/trainer.h"
 
 using namespace dq;
+using namespace dq::test;
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
 
@@ -33,14 +35,10 @@ namespace {
 // 3 steps make the resumed half start inside a block, so the data position
 // is exercised too.
 TrainConfig tiny(const std::string& out) {
-  TrainConfig cfg = load_train_config(std::string(DEEPQSM_SOURCE_DIR) + "/configs/test-tiny.json");
+  TrainConfig cfg = tiny_run(out);
   cfg.refresh_every = 3;
   cfg.steps = 8;
   cfg.checkpoint_every = 2;
-  cfg.validate_every = 0;
-  cfg.tensorboard = false;
-  cfg.out_dir = (fs::temp_directory_path() / out).string();
-  fs::remove_all(cfg.out_dir);
   return cfg;
 }
 
@@ -61,12 +59,6 @@ std::string write_config(const TrainConfig& cfg, const std::string& name) {
   const fs::path p = fs::temp_directory_path() / name;
   std::ofstream(p) << train_config_to_json(cfg);
   return p.string();
-}
-
-TrainOptions quiet() {
-  TrainOptions opt;
-  opt.quiet = true;
-  return opt;
 }
 
 // Trains `straight` to its end in one run, and `split` (the same config in

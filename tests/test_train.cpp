@@ -9,6 +9,7 @@
 #include "core/checkpoint.h"
 #include "core/h5io.h"
 #include "synth/synth.h"
+#include "tests/train_util.h"
 #include "train/trainer.h"
 
 using namespace dq;
@@ -75,7 +76,7 @@ TEST_CASE("Training is reproducible from the seed", "[train]") {
 TEST_CASE("Training reads patches from an HDF5 patch file", "[train]") {
   // Patches from the generator, written in the documented layout
   // (N, P, P, P, 1) float32 "field" and "chi".
-  TrainConfig cfg = load_train_config(std::string(DEEPQSM_SOURCE_DIR) + "/configs/test-tiny.json");
+  TrainConfig cfg = dq::test::tiny_config();
   const PatchSet set = generate_patches(cfg.data, 99, 0, 1);
   const auto dir = std::filesystem::temp_directory_path() / "deepqsm-test-patchfile";
   std::filesystem::remove_all(dir);
