@@ -3,6 +3,7 @@
 // threshold 0.19) on the same patches, and the run must be reproducible.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -103,4 +104,42 @@ TEST_CASE("Training reads patches from an HDF5 patch file", "[train]") {
   cfg.data.patch_size = 32;
   cfg.data.volume_size = 64;
   CHECK_THROWS_WITH(run_training(cfg, opt), Catch::Contains("data.patch_size 32"));
+}
+
+TEST_CASE("train.init_from starts from a model file's weights", "[train]") {
+  TrainConfig a = dq::test::tiny_run("deepqsm-test-init-a");
+  a.steps = 3;
+  const TrainResult ra = run_training(a, dq::test::quiet());
+  const CheckpointData ca = load_checkpoint(ra.checkpoint);
+
+  // With a learning rate far below fp32's resolution of the weights, the
+  // run's weights after its steps are the loaded ones: nothing of the
+  // seed's He initialisation is left, and the step count starts at 0.
+  TrainConfig b = dq::test::tiny_run("deepqsm-test-init-b");
+  b.init_from = ra.checkpoint;
+  b.seed = a.seed + 1;
+  b.steps = 2;
+  b.optim.lr = 1e-30f;
+  const TrainResult rb = run_training(b, dq::test::quiet());
+  CHECK(rb.steps == 2);
+  CHECK(rb.resumed_from == 0);
+  const CheckpointData cb = load_checkpoint(rb.checkpoint);
+  REQUIRE(cb.params.numel() == ca.params.numel());
+  double max_diff = 0;
+  for (int64_t i = 0; i < ca.params.numel(); ++i)
+    max_diff = std::max(max_diff, std::fabs(double(cb.params.f32()[i]) - ca.params.f32()[i]));
+  CHECK(max_diff < 1e-20);
+  CHECK(cb.step == 2);
+
+  // Another architecture is refused, naming the key and both shapes.
+  TrainConfig c = dq::test::tiny_run("deepqsm-test-init-c");
+  c.init_from = ra.checkpoint;
+  c.model.base_filters = 8;
+  CHECK_THROWS_WITH(run_training(c, dq::test::quiet()),
+                    Catch::Contains("train.init_from") && Catch::Contains("base 4") &&
+                        Catch::Contains("base 8"));
+  // A missing file is one clear error.
+  c.model.base_filters = 4;
+  c.init_from = a.out_dir + "/no-such-model.h5";
+  CHECK_THROWS_WITH(run_training(c, dq::test::quiet()), Catch::Contains("no-such-model.h5"));
 }

@@ -41,8 +41,8 @@ const KeyTable& known_keys() {
         {"train",
          {"steps", "batch", "device", "precision", "loss_scale", "loss_scale_init",
           "loss_scale_growth_interval", "allreduce_overlap", "allreduce_bucket_kb",
-          "checkpoint_every", "keep_checkpoints", "validate_every", "log_every", "seed", "out_dir",
-          "log_file", "tensorboard", "reference_field", "reference_chi", "reference_mask"}},
+          "checkpoint_every", "keep_checkpoints", "validate_every", "log_every", "seed", "init_from",
+          "out_dir", "log_file", "tensorboard", "reference_field", "reference_chi", "reference_mask"}},
     };
   }();
   return keys;
@@ -188,6 +188,8 @@ void parse_train(const json& obj, TrainConfig& cfg) {
                    check(!cfg.log_file.empty(), path, "a file name", "an empty string");
                  } else if (key == "tensorboard") {
                    cfg.tensorboard = read_bool(v, path);
+                 } else if (key == "init_from") {
+                   cfg.init_from = read_string(v, path);
                  } else if (key == "reference_field") {
                    cfg.reference_field = read_string(v, path);
                  } else if (key == "reference_chi") {
@@ -391,6 +393,7 @@ const char* default_train_config_json() {
     "validate_every": 100,
     "log_every": 10,
     "seed": 1,
+    "init_from": "",
     "out_dir": "runs/smoke-cpu",
     "log_file": "log.jsonl",
     "tensorboard": true,
@@ -436,6 +439,7 @@ std::string train_config_to_json(const TrainConfig& cfg) {
                 {"validate_every", cfg.validate_every},
                 {"log_every", cfg.log_every},
                 {"seed", cfg.seed},
+                {"init_from", cfg.init_from},
                 {"out_dir", cfg.out_dir},
                 {"log_file", cfg.log_file},
                 {"tensorboard", cfg.tensorboard},

@@ -44,6 +44,9 @@ struct TrainConfig {
   int64_t validate_every = 50;     // steps; 0 = only at the end
   int64_t log_every = 10;          // steps between terminal lines
   uint64_t seed = 1;
+  // Fine-tuning: start from this model or checkpoint's weights (same
+  // architecture) instead of He initialisation; Adam moments start at zero.
+  std::string init_from;
   std::string out_dir = "runs/deepqsm";
   std::string log_file = "log.jsonl";  // JSON lines, relative to out_dir
   bool tensorboard = true;         // event files in out_dir/tb

@@ -462,6 +462,22 @@ int64_t set_up(Trainer& t, TrainResult& res, int64_t steps) {
     t.comm->broadcast_bytes(&start, sizeof start, 0);
     t.comm->broadcast_bytes(&scale_state, sizeof scale_state, 0);
     if (t.scaler) t.scaler->restore(scale_state);
+  } else if (!cfg.init_from.empty()) {
+    // Rank 0 reads the weights; the broadcast below hands them to the rest.
+    if (t.lead) {
+      CheckpointData ck = load_checkpoint(cfg.init_from, /*weights_only=*/true);
+      const UNetConfig& a = ck.model;
+      const UNetConfig& b = cfg.model;
+      if (a.depth != b.depth || a.base_filters != b.base_filters || a.residual != b.residual ||
+          a.head_kernel != b.head_kernel)
+        fail("train.init_from: ", cfg.init_from, " holds a U-Net of depth ", a.depth, ", base ",
+             a.base_filters, ", residual ", a.residual ? "true" : "false", ", head_kernel ",
+             a.head_kernel, "; the config's model is depth ", b.depth, ", base ", b.base_filters,
+             ", residual ", b.residual ? "true" : "false", ", head_kernel ", b.head_kernel);
+      hp = ck.params;
+      t.log_json({{"step", 0}, {"event", "init"}, {"path", cfg.init_from}});
+      t.say("initialised from the weights in " + cfg.init_from + " (Adam moments start at zero)");
+    }
   } else {
     t.net.init_he(hp, key_for(cfg.seed, kInitPurpose));
   }
