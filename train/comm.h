@@ -45,6 +45,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/backend.h"
 #include "core/tensor.h"
@@ -104,10 +105,23 @@ constexpr const char* kNcclIdEnv = "DEEPQSM_NCCL_ID_FILE";
 // SIGTERM or SIGINT to the parent is forwarded once as SIGTERM, on which
 // the ranks stop together after the same step with a checkpoint.
 int spawn_local_ranks(int n);
+// The process part of spawn_local_ranks, for any program: runs n copies of
+// `exe` with argv `args` (args[0] is the name), rank r's environment this
+// process's plus kRankEnv=r, kWorldEnv=n and `extra_env` ("KEY=value"),
+// and supervises them as described above: a second SIGTERM/SIGINT to this
+// process escalates to SIGKILL, a rank that ends with a non-zero status
+// other than a forwarded stop (exit 128 + SIGTERM/SIGINT) gets the others
+// SIGKILLed. Returns the first non-zero status (128 + signal for a rank
+// killed by one), 0 when all succeed.
+int run_rank_processes(const std::string& exe, const std::vector<std::string>& args, int n,
+                       const std::vector<std::string>& extra_env);
 
 // Implemented in comm_nccl.cpp; used by make_communicator.
 std::unique_ptr<Communicator> make_nccl_communicator(int rank, int size, int local_rank,
                                                      const void* unique_id, size_t id_bytes);
+// Makes GPU `local_rank` current for this rank, failing with a clear message
+// when the node has fewer visible GPUs than ranks; returns the device.
+int nccl_select_device(int rank, int local_rank);
 size_t nccl_unique_id_bytes();
 void nccl_new_unique_id(void* out);
 

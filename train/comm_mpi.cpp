@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <ctime>
+#include <initializer_list>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -206,6 +208,21 @@ std::vector<std::string> own_command_line() {
 
 }  // namespace
 
+namespace {
+// The first of these environment variables that holds a non-negative
+// integer, or -1.
+int first_env_int(std::initializer_list<const char*> names) {
+  for (const char* n : names) {
+    const char* v = std::getenv(n);
+    if (!v || !*v) continue;
+    char* end = nullptr;
+    const long x = std::strtol(v, &end, 10);
+    if (*end == '\0' && x >= 0 && x <= INT_MAX) return static_cast<int>(x);
+  }
+  return -1;
+}
+}  // namespace
+
 bool launched_by_mpi() {
   for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE",
                         "MV2_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"})
@@ -235,6 +252,17 @@ std::unique_ptr<Communicator> make_communicator(const std::string& device) {
     }
     return std::make_unique<SingleCommunicator>();
   }
+  // A CUDA-aware MPI may create a context on the current GPU inside
+  // MPI_Init; picking this rank's GPU first (from the launcher's node-local
+  // rank, when it says) keeps every rank off GPU 0.
+  if (gpu) {
+    const int local = first_env_int({"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID",
+                                     "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
+                                     "PMI_LOCAL_RANK"});
+    const int global = first_env_int({"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK",
+                                      "SLURM_PROCID", "MV2_COMM_WORLD_RANK"});
+    if (local >= 0) nccl_select_device(std::max(global, 0), local);
+  }
   auto session = std::make_shared<MpiSession>();
   if (!gpu) return std::make_unique<MpiCommunicator>(session);
   // MPI only shares the NCCL id; tensors travel over NCCL.
@@ -248,9 +276,111 @@ std::unique_ptr<Communicator> make_communicator(const std::string& device) {
 }
 
 namespace {
-volatile sig_atomic_t g_parent_signal = 0;
-extern "C" void record_parent_signal(int sig) { g_parent_signal = sig; }
+volatile sig_atomic_t g_parent_signals = 0;  // SIGTERM/SIGINT received so far
+extern "C" void record_parent_signal(int) { g_parent_signals = g_parent_signals + 1; }
 }  // namespace
+
+int run_rank_processes(const std::string& exe, const std::vector<std::string>& args, int n,
+                       const std::vector<std::string>& extra_env) {
+  if (n < 1) fail("--gpus ", n, ": must be at least 1");
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  // Each rank's environment is built here: the child of a fork may only
+  // call async-signal-safe functions before exec (NCCL's bootstrap thread
+  // already runs in this process), and setenv allocates.
+  std::vector<std::string> base;
+  for (char** e = environ; *e; ++e) {
+    const std::string kv(*e);
+    const std::string key = kv.substr(0, kv.find('='));
+    bool replaced = key == kRankEnv || key == kWorldEnv;
+    for (const std::string& x : extra_env) replaced |= x.compare(0, key.size() + 1, key + "=") == 0;
+    if (!replaced) base.push_back(kv);
+  }
+  std::vector<std::vector<std::string>> rank_env(static_cast<size_t>(n), base);
+  std::vector<std::vector<char*>> envp(static_cast<size_t>(n));
+  for (int r = 0; r < n; ++r) {
+    auto& e = rank_env[static_cast<size_t>(r)];
+    e.push_back(std::string(kRankEnv) + "=" + std::to_string(r));
+    e.push_back(std::string(kWorldEnv) + "=" + std::to_string(n));
+    for (const std::string& kv : extra_env) e.push_back(kv);
+    for (std::string& kv : e) envp[static_cast<size_t>(r)].push_back(kv.data());
+    envp[static_cast<size_t>(r)].push_back(nullptr);
+  }
+  // SIGTERM or SIGINT to this parent (a time limit, Ctrl-C) is passed on
+  // once as SIGTERM: the ranks then stop together after the same step with a
+  // checkpoint (train/trainer.h). A second one ends them with SIGKILL.
+  // Installed before the fork, so no signal can slip between the two.
+  struct sigaction sa {}, old_term {}, old_int {};
+  sa.sa_handler = record_parent_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;
+  g_parent_signals = 0;
+  sigaction(SIGTERM, &sa, &old_term);
+  sigaction(SIGINT, &sa, &old_int);
+  std::fflush(nullptr);
+  std::vector<pid_t> children;
+  for (int r = 0; r < n; ++r) {
+    const pid_t pid = fork();
+    if (pid < 0) {
+      for (pid_t c : children) kill(c, SIGKILL);
+      for (pid_t c : children) waitpid(c, nullptr, 0);
+      sigaction(SIGTERM, &old_term, nullptr);
+      sigaction(SIGINT, &old_int, nullptr);
+      fail("--gpus: fork failed for rank ", r);
+    }
+    if (pid == 0) {
+      // exec resets the parent's handlers to the defaults; the rank installs
+      // its own.
+      execve(exe.c_str(), argv.data(), envp[static_cast<size_t>(r)].data());
+      static const char msg[] = "deepqsm: --gpus: exec of a rank failed\n";
+      (void)!write(2, msg, sizeof msg - 1);
+      _exit(127);
+    }
+    children.push_back(pid);
+  }
+  int forwarded = 0;  // signals passed on so far
+  int result = 0;
+  std::vector<pid_t> running = children;
+  auto kill_running = [&](int sig) {
+    for (pid_t c : running) kill(c, sig);
+  };
+  while (!running.empty()) {
+    // Polled rather than a blocking wait(): a signal that lands just before
+    // a blocking call would not be passed on until some rank ended.
+    const int seen = g_parent_signals;
+    if (seen > forwarded) {
+      kill_running(forwarded == 0 && seen == 1 ? SIGTERM : SIGKILL);
+      forwarded = seen;
+    }
+    int status = 0;
+    pid_t done = 0;
+    for (pid_t c : running) {
+      done = waitpid(c, &status, WNOHANG);
+      if (done != 0) break;
+    }
+    if (done == 0 || (done < 0 && errno == EINTR)) {
+      struct timespec ts {0, 20 * 1000 * 1000};
+      nanosleep(&ts, nullptr);
+      continue;
+    }
+    if (done < 0) break;  // not our child any more: nothing left to wait for
+    running.erase(std::remove(running.begin(), running.end(), done), running.end());
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    // A rank that stopped on the forwarded signal exits 128 + signal after
+    // its checkpoint (the others stop at the same step); anything else that
+    // is not 0 (a failure, or a rank killed by a signal) would leave the
+    // survivors waiting in NCCL for it forever, so they get SIGKILL, since
+    // they treat SIGTERM as "finish the step".
+    const bool clean_stop =
+        forwarded > 0 && WIFEXITED(status) && (code == 128 + SIGTERM || code == 128 + SIGINT);
+    if (code != 0 && result == 0) result = code;
+    if (code != 0 && !clean_stop) kill_running(SIGKILL);
+  }
+  sigaction(SIGTERM, &old_term, nullptr);
+  sigaction(SIGINT, &old_int, nullptr);
+  return result;
+}
 
 int spawn_local_ranks(int n) {
   if (n < 1) fail("--gpus ", n, ": must be at least 1");
@@ -268,67 +398,8 @@ int spawn_local_ranks(int n) {
     fail("--gpus: cannot write the NCCL id to ", tmpl);
   }
 
-  std::vector<char*> argv;
-  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  std::fflush(nullptr);
-  std::vector<pid_t> children;
-  for (int r = 0; r < n; ++r) {
-    const pid_t pid = fork();
-    if (pid < 0) {
-      for (pid_t c : children) kill(c, SIGKILL);
-      for (pid_t c : children) waitpid(c, nullptr, 0);
-      unlink(tmpl.c_str());
-      fail("--gpus: fork failed for rank ", r);
-    }
-    if (pid == 0) {
-      setenv(kRankEnv, std::to_string(r).c_str(), 1);
-      setenv(kWorldEnv, std::to_string(n).c_str(), 1);
-      setenv(kNcclIdEnv, tmpl.c_str(), 1);
-      execv("/proc/self/exe", argv.data());
-      std::perror("deepqsm: --gpus: exec failed");
-      std::_Exit(127);
-    }
-    children.push_back(pid);
-  }
-  // SIGTERM or SIGINT to this parent (a time limit, Ctrl-C) is passed on
-  // once as SIGTERM: the ranks then stop together after the same step with a
-  // checkpoint (train/trainer.h). No SA_RESTART, so wait() returns to pass it.
-  struct sigaction sa {}, old_term {}, old_int {};
-  sa.sa_handler = record_parent_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESETHAND;
-  g_parent_signal = 0;
-  sigaction(SIGTERM, &sa, &old_term);
-  sigaction(SIGINT, &sa, &old_int);
-  bool forwarded = false;
-  int result = 0;
-  std::vector<pid_t> running = children;
-  while (!running.empty()) {
-    int status = 0;
-    const pid_t done = wait(&status);
-    if (g_parent_signal != 0 && !forwarded) {
-      for (pid_t c : running) kill(c, SIGTERM);
-      forwarded = true;
-    }
-    if (done < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    running.erase(std::remove(running.begin(), running.end(), done), running.end());
-    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    if (code != 0 && result == 0) {
-      result = code;
-      // After a failure the survivors would wait in NCCL for the dead rank
-      // forever; SIGKILL, since they treat SIGTERM as "finish the step". A
-      // rank that stopped on the forwarded signal is not a failure: the
-      // others stop at the same step, rank 0 writing the checkpoint.
-      if (!forwarded)
-        for (pid_t c : running) kill(c, SIGKILL);
-    }
-  }
-  sigaction(SIGTERM, &old_term, nullptr);
-  sigaction(SIGINT, &old_int, nullptr);
+  const int result = run_rank_processes("/proc/self/exe", args, n,
+                                        {std::string(kNcclIdEnv) + "=" + tmpl});
   unlink(tmpl.c_str());
   return result;
 }

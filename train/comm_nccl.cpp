@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 
 #include "core/error.h"
 #include "cuda/check.h"
@@ -28,23 +29,25 @@ class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(int rank, int size, int local_rank, const ncclUniqueId& id)
       : rank_(rank), size_(size) {
-    int devices = 0;
-    DQ_CUDA(cudaGetDeviceCount(&devices));
-    if (devices == 0) fail("train.device \"gpu\": no CUDA device is visible to rank ", rank);
-    device_ = local_rank % devices;
-    DQ_CUDA(cudaSetDevice(device_));
-    DQ_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    DQ_CUDA(cudaEventCreateWithFlags(&written_, cudaEventDisableTiming));
-    DQ_CUDA(cudaEventCreateWithFlags(&reduced_, cudaEventDisableTiming));
-    DQ_CUDA(cudaMalloc(&scratch_, kScratchBytes));
-    DQ_NCCL(ncclCommInitRank(&comm_, size, id, rank));
+    device_ = nccl_select_device(rank, local_rank);
+    try {
+      DQ_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+      DQ_CUDA(cudaEventCreateWithFlags(&written_, cudaEventDisableTiming));
+      DQ_CUDA(cudaEventCreateWithFlags(&reduced_, cudaEventDisableTiming));
+      DQ_CUDA(cudaMalloc(&scratch_, kScratchBytes));
+      DQ_CUDA(cudaMemset(scratch_, 0, kScratchBytes));
+      DQ_NCCL(ncclCommInitRank(&comm_, size, id, rank));
+    } catch (...) {
+      release();
+      throw;
+    }
   }
   ~NcclCommunicator() override {
-    if (comm_) ncclCommDestroy(comm_);
-    if (scratch_) cudaFree(scratch_);
-    if (reduced_) cudaEventDestroy(reduced_);
-    if (written_) cudaEventDestroy(written_);
-    if (stream_) cudaStreamDestroy(stream_);
+    // ncclCommDestroy waits for every rank to destroy too; while an
+    // exception unwinds (this rank failed, the others wait in a collective)
+    // that would hang, so the communicator is abandoned to the process exit.
+    if (comm_ && std::uncaught_exceptions() == 0) ncclCommDestroy(comm_);
+    release();
   }
 
   int rank() const override { return rank_; }
@@ -106,11 +109,24 @@ class NcclCommunicator final : public Communicator {
     DQ_CUDA(cudaStreamSynchronize(stream_));
   }
   [[noreturn]] void abort(int code) override {
-    if (comm_) ncclCommAbort(comm_);
+    // No ncclCommAbort: since NCCL 2.16 it waits for the node's other ranks
+    // to abort as well, and they sit in a collective waiting for this one.
+    // Ending the process releases everything; the launcher (mpirun, srun or
+    // --gpus) then ends the others.
     std::_Exit(code);
   }
 
  private:
+  void release() {
+    if (scratch_) cudaFree(scratch_);
+    if (reduced_) cudaEventDestroy(reduced_);
+    if (written_) cudaEventDestroy(written_);
+    if (stream_) cudaStreamDestroy(stream_);
+    scratch_ = nullptr;
+    reduced_ = written_ = nullptr;
+    stream_ = nullptr;
+  }
+
   static constexpr size_t kScratchBytes = size_t{1} << 20;
   int rank_ = 0, size_ = 1, device_ = 0;
   cudaStream_t stream_ = nullptr;
@@ -121,6 +137,20 @@ class NcclCommunicator final : public Communicator {
 };
 
 }  // namespace
+
+int nccl_select_device(int rank, int local_rank) {
+  int devices = 0;
+  DQ_CUDA(cudaGetDeviceCount(&devices));
+  if (devices == 0) fail("train.device \"gpu\": no CUDA device is visible to rank ", rank);
+  // NCCL refuses two ranks on one GPU ("duplicate GPU"), so say it plainly.
+  if (local_rank >= devices)
+    fail("rank ", rank, " is process ", local_rank + 1, " on its node, but only ", devices,
+         devices == 1 ? " GPU is" : " GPUs are",
+         " visible there (CUDA_VISIBLE_DEVICES); start at most one rank per GPU (--gpus ",
+         devices, ")");
+  DQ_CUDA(cudaSetDevice(local_rank));
+  return local_rank;
+}
 
 size_t nccl_unique_id_bytes() { return sizeof(ncclUniqueId); }
 

@@ -50,8 +50,12 @@ extern "C" void record_stop_signal(int sig) { g_stop_signal = sig; }
 
 // SIGTERM and SIGINT ask for a clean stop while training runs; the handler
 // resets itself (SA_RESETHAND), so a second signal ends the process as
-// usual. A rank started by `--gpus N` ignores SIGINT: Ctrl-C reaches the
-// parent too, which forwards it as one SIGTERM (spawn_local_ranks).
+// usual. A rank started by `--gpus N` ignores SIGINT (Ctrl-C reaches the
+// parent too, which forwards it as one SIGTERM, spawn_local_ranks) and keeps
+// its SIGTERM handler: a signal to the whole process group (timeout(1), a
+// batch system) reaches it directly and again through the parent, and the
+// second must not kill it before its checkpoint. The parent escalates to
+// SIGKILL on a second signal of its own.
 class StopSignals {
  public:
   StopSignals() {
@@ -59,9 +63,10 @@ class StopSignals {
     struct sigaction sa {};
     sa.sa_handler = record_stop_signal;
     sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESETHAND | SA_RESTART;
+    const bool spawned_rank = std::getenv(kRankEnv) != nullptr;
+    sa.sa_flags = spawned_rank ? SA_RESTART : SA_RESETHAND | SA_RESTART;
     sigaction(SIGTERM, &sa, &old_term_);
-    if (std::getenv(kRankEnv)) sa.sa_handler = SIG_IGN;
+    if (spawned_rank) sa.sa_handler = SIG_IGN;
     sigaction(SIGINT, &sa, &old_int_);
   }
   ~StopSignals() {
@@ -87,6 +92,22 @@ std::unique_ptr<Backend> make_backend(const TrainConfig& cfg) {
   DQ_CUDA(cudaGetDevice(&o.device));
   o.precision = cfg.precision;
   return make_cuda_backend(o);
+}
+
+// A backend that fails to start on one rank (no cuDNN, memory taken by
+// another process) must end all: the others already wait in a collective,
+// and unwinding would destroy the communicator, which waits for them too.
+std::unique_ptr<Backend> make_backend_or_abort(const TrainConfig& cfg, Communicator& comm) {
+  try {
+    return make_backend(cfg);
+  } catch (const std::exception& e) {
+    if (comm.size() > 1) {
+      std::fprintf(stderr, "deepqsm: rank %d: %s\n", comm.rank(), e.what());
+      std::fflush(stderr);
+      comm.abort(1);
+    }
+    throw;
+  }
 }
 
 double mse(const float* a, const float* b, int64_t n) {
@@ -304,7 +325,7 @@ struct Trainer {
       : cfg(c),
         opt(o),
         comm(make_communicator(c.device)),
-        be(make_backend(c)),
+        be(make_backend_or_abort(c, *comm)),
         net(c.model),
         eval_net(c.model),
         config_json(train_config_to_json(c)) {
@@ -649,7 +670,9 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
         t.comm->wait_all(*t.be);
       } else {
         t.net.backward(*t.be, t.params, dpred, t.grads);
-        t.comm->allreduce_mean(t.reduce_buf);
+        // The mean over one rank is the buffer itself; skipping the call
+        // also spares a single GPU NCCL's device-wide synchronisation.
+        if (world > 1) t.comm->allreduce_mean(t.reduce_buf);
       }
       t.be->download(t.status_slots, host_status);
       const float loss = host_status.f32()[0];
