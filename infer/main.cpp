@@ -37,8 +37,9 @@ constexpr const char* kAbout =
     "--max-anisotropy (default 1.1) are resampled to isotropic (the smallest side) and back.\n"
     "\n"
     "Model: --model, else $DEEPQSM_MODEL, else models/deepqsm-default.h5 next to the\n"
-    "executable (../models/) or in the source tree. Device: this build runs on the CPU;\n"
-    "--device gpu is refused until the CUDA inference path exists, auto picks cpu.";
+    "executable (../models/) or in the source tree. Device: auto (the default) runs the\n"
+    "network on the GPU when one is visible (CUDA backend, fp32), else on the CPU (oneDNN);\n"
+    "gpu insists on a GPU and fails without one; cpu never touches the GPU.";
 
 std::string one_line(std::string s) {
   std::replace(s.begin(), s.end(), '\n', ' ');

@@ -1,73 +1,128 @@
 #!/usr/bin/env bash
 # One lent GPU session (about 30 minutes of device time, 10 minutes per
-# call) spent in three calls, each one phase of this script, with what is
-# worth keeping left in $OUT (at most 8 files come back from a call).
+# call, every call most likely on a fresh machine: a machine stays warm only
+# 30 s after a call) spent in three calls, each one phase of this script,
+# with what is worth keeping written to $OUT as it is produced (at most 8
+# files come back from a call, and only what is there when it ends).
 #
 # Here, before the session (no GPU needed):
 #   CUDA_ARCHS=90 BUILD_DIR=build-sm90 bash scripts/build.sh
 #   bash scripts/pack-device.sh build-sm90     # pack/deepqsm-device.tar.zst (+ pack/qsm2016)
 # On the device (the `run` tool; carry pack/deepqsm-device.tar.zst and
-# pack/qsm2016):
-#   bash scripts/device-session.sh check        # GPU tests, memcheck, GPU benchmarks  (~5 min)
-#   bash scripts/device-session.sh compare      # vs PyTorch in every precision; the
-#                                               # challenge brain through deepqsm-infer (~6 min)
-#   bash scripts/device-session.sh train 8 [precision]
-#                                               # the paper recipe for 8 minutes, resuming
-#                                               # pack/run when a warm machine still has it
+# pack/qsm2016), back to back:
+#   bash scripts/device-session.sh check        # GPU tests, memcheck, GPU benchmarks  (< 8 min)
+#   bash scripts/device-session.sh compare      # the challenge brain through deepqsm-infer,
+#                                               # then vs PyTorch in every precision (< 8 min)
+#   bash scripts/device-session.sh train 7 [precision]
+#                                               # the paper recipe for 7 minutes, then export
 #
-# Each phase unpacks the archive when pack/device is missing (a warm
-# machine keeps it between calls) and points the packed binaries at the
-# device's own cuDNN, NCCL and cuFFT (its PyTorch's Python packages).
-# `train` ends with `deepqsm export`: the weights come back as
-# $OUT/model.h5.part-aa, -ab (15 MB pieces; `cat` them together here).
+# Each phase first unpacks the archive (again when a newer one was carried),
+# points the packed binaries at the device's own driver, cuDNN, NCCL and
+# cuFFT (the wheels of its PyTorch: nvidia/cudnn/lib, nvidia/nccl/lib,
+# nvidia/cu13/lib), and stops with a plain message when a library is still
+# missing or no GPU is visible, before spending minutes on skipped tests.
+# `train` cannot resume across calls (a checkpoint with Adam moments does
+# not fit through $OUT), so it is one call; it ends with `deepqsm export`:
+# the weights come back as $OUT/model.h5.part-aa, -ab (15 MB pieces; `cat`
+# them together here).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 phase=${1:?usage: device-session.sh check|compare|train MINUTES [PRECISION]}
 out=${OUT:-pack/out}
 mkdir -p "$out" pack
+log() { printf '%s\n' "$*" | tee -a "$out/session.txt"; }
 
-if [ ! -x pack/device/bin/deepqsm ]; then
-  [ -f pack/deepqsm-device.tar.zst ] ||
-    { echo "device-session: pack/deepqsm-device.tar.zst missing (carry it)" >&2; exit 2; }
-  tar --zstd -xf pack/deepqsm-device.tar.zst -C pack || exit 2
+# ---- unpack (zstd, or pyarrow's zstd reader when the command is missing)
+archive=pack/deepqsm-device.tar.zst
+[ -f "$archive" ] || { log "device-session: $archive missing (carry it)"; exit 2; }
+stamp=$(cksum <"$archive" | cut -d' ' -f1)
+if [ ! -x pack/device/bin/deepqsm ] || [ "$(cat pack/device/.archive 2>/dev/null)" != "$stamp" ]; then
+  rm -rf pack/device
+  if command -v zstd >/dev/null 2>&1; then
+    zstd -dc "$archive" | tar -xf - -C pack || { log "device-session: unpacking failed"; exit 2; }
+  else
+    python3 - "$archive" <<'PY' || { log "device-session: no zstd and pyarrow failed"; exit 2; }
+import sys, tarfile, pyarrow as pa
+with pa.input_stream(sys.argv[1], compression="zstd") as s, tarfile.open(fileobj=s, mode="r|") as t:
+    t.extractall("pack")
+PY
+  fi
+  echo "$stamp" >pack/device/.archive
 fi
-pylib() { python3 -c "import nvidia.$1,os;print(os.path.dirname(nvidia.$1.__file__))" 2>/dev/null; }
+
+# ---- libraries: ours first, then the device's CUDA wheels, toolkit and driver
 DEEPQSM_LIBS=$PWD/pack/device/lib
-for m in cudnn nccl cufft; do
-  d=$(pylib "$m") && DEEPQSM_LIBS+=":$d/lib"
+wheels=$(python3 - <<'PY' 2>/dev/null
+import glob, os
+try:
+    import nvidia
+    roots = list(nvidia.__path__)  # a namespace package: no __file__
+except Exception:
+    roots = []
+dirs = []
+for r in roots:
+    for sub in ("cudnn", "nccl", "cu13", "cufft", "cublas", "cuda_runtime", "cuda_nvrtc", "nvjitlink"):
+        d = os.path.join(r, sub, "lib")
+        if os.path.isdir(d) and d not in dirs:
+            dirs.append(d)
+print(":".join(dirs))
+PY
+)
+[ -n "$wheels" ] && DEEPQSM_LIBS+=":$wheels"
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64 \
+  /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu; do
+  [ -d "$d" ] && DEEPQSM_LIBS+=":$d"
 done
-export DEEPQSM_LIBS+=":/usr/local/cuda/lib64"
+[ -n "${LD_LIBRARY_PATH:-}" ] && DEEPQSM_LIBS+=":$LD_LIBRARY_PATH"
+export DEEPQSM_LIBS
 bin=$PWD/pack/device/bin
-echo "device-session $phase: $(nvidia-smi --query-gpu=name,driver_version,memory.total \
+loader=$(ls pack/device/lib/ld-linux-x86-64.so.* | head -n 1)
+log "device-session $phase: $(nvidia-smi --query-gpu=name,driver_version,memory.total \
   --format=csv,noheader 2>/dev/null | head -1)"
+
+# ---- preflight: every library resolves, and the tests see a GPU
+missing=$(for b in pack/device/real/*; do
+  "$loader" --library-path "$DEEPQSM_LIBS" --list "$b" 2>&1 | grep 'not found'
+done | sort -u)
+if [ -n "$missing" ]; then
+  log "device-session: libraries not found (DEEPQSM_LIBS=$DEEPQSM_LIBS):" "$missing"
+  ldconfig -p 2>/dev/null | grep -E 'libcuda\.|cudnn|nccl|cufft' | head -20 | tee -a "$out/session.txt"
+  exit 3
+fi
+gpu_line=$("$bin/deepqsm_gpu_tests" "no test has this name" 2>&1 | grep -m1 '^GPU:')
+if [ -z "$gpu_line" ]; then
+  log "device-session: the packed binaries see no GPU:"
+  "$bin/deepqsm_gpu_tests" "no test has this name" 2>&1 | head -20 | tee -a "$out/session.txt"
+  exit 3
+fi
+log "$gpu_line"
 
 case "$phase" in
   check)
-    # Tests, memcheck and the U-Net benchmarks (gpu-check.sh), then the
-    # generator benchmark; the logs come back as one archive.
-    logs=pack/check-logs
-    rm -rf "$logs"
-    GPU_CHECK_OUT=$logs bash scripts/gpu-check.sh "$bin"
+    # Tests, memcheck and the U-Net benchmarks (gpu-check.sh, which writes
+    # its summary and logs into $out/check as it goes), then the generator
+    # benchmark.
+    logs=$out/check
+    GPU_CHECK_OUT=$logs GPU_CHECK_MEMCHECK_TIMEOUT=150 timeout -k 10 420 \
+      bash scripts/gpu-check.sh "$bin"
     rc=$?
-    "$bin/deepqsm_bench_synth" 4 >"$logs/bench-synth.log" 2>&1
-    echo "deepqsm_bench_synth (exit $?):" | tee -a "$logs/summary.txt"
-    sed 's/^/  /' "$logs/bench-synth.log" | tee -a "$logs/summary.txt"
-    cp "$logs/summary.txt" "$out/check-summary.txt"
-    tar -C pack -cf - check-logs | zstd -q -T0 -o "$out/check-logs.tar.zst"
+    [ "$rc" = 124 ] && log "gpu-check: stopped at its 420 s limit"
+    timeout -k 5 90 "$bin/deepqsm_bench_synth" 4 >"$logs/bench-synth.log" 2>&1
+    log "deepqsm_bench_synth (exit $?):"
+    sed 's/^/  /' "$logs/bench-synth.log" | tee -a "$out/session.txt"
     exit "$rc"
     ;;
 
   compare)
-    COMPARE_JSON=$out/compare.jsonl bash benchmarks/compare.sh --gpu "$bin" |
-      tee "$out/compare.txt"
-    # End to end on the 2016 challenge brain (evaluation only): the wall
-    # clock of the whole command, GPU and CPU, and the metrics vs COSMOS.
+    # End to end on the 2016 challenge brain first (evaluation only; quick,
+    # and what users run): the wall clock of the whole command, GPU and CPU,
+    # and the metrics vs COSMOS.
     d=pack/qsm2016
     if [ -f "$d/phs_tissue.nii.gz" ]; then
       {
         for dev in gpu cpu; do
           t0=$(date +%s%N)
-          "$bin/deepqsm-infer" "$d/phs_tissue.nii.gz" -o "pack/chi-$dev.nii.gz" \
+          timeout -k 5 120 "$bin/deepqsm-infer" "$d/phs_tissue.nii.gz" -o "pack/chi-$dev.nii.gz" \
             --mask "$d/msk.nii.gz" --device "$dev"
           rc=$?
           t1=$(date +%s%N)
@@ -79,8 +134,12 @@ case "$phase" in
         "$bin/deepqsm" eval "pack/chi-gpu.nii.gz" --ref "pack/chi-cpu.nii.gz" --mask "$d/msk.nii.gz"
       } 2>&1 | tee "$out/infer-challenge.txt"
     else
-      echo "no pack/qsm2016: challenge inference skipped" | tee "$out/infer-challenge.txt"
+      log "no pack/qsm2016: challenge inference skipped"
     fi
+    # Each result lands in compare.jsonl as it is measured, so a run cut
+    # off by the limit still brings back what it finished.
+    COMPARE_JSON=$out/compare.jsonl timeout -k 10 420 bash benchmarks/compare.sh --gpu "$bin" 2>&1 |
+      tee "$out/compare.txt"
     ;;
 
   train)
@@ -88,8 +147,6 @@ case "$phase" in
     precision=${3:-bf16}
     run=pack/run
     cfg=pack/paper-device.json
-    # The paper recipe, checkpointing often enough that a call's end loses
-    # little; the same file on every call so --resume accepts it.
     python3 - "$cfg" "$precision" <<'PY'
 import json, sys
 c = json.load(open("configs/deepqsm-paper.json"))
@@ -99,19 +156,21 @@ json.dump(c, open(sys.argv[1], "w"), indent=2)
 PY
     resume=()
     ls "$run"/checkpoint-*.h5 >/dev/null 2>&1 && resume=(--resume)
-    # SIGTERM at the end of the budget; the newest checkpoint survives it.
-    timeout -s TERM "$((minutes * 60))" "$bin/deepqsm" train --config "$cfg" --out "$run" \
-      --device gpu "${resume[@]}" 2>&1 | tee -a pack/train.log | tail -n 200 >"$out/train-tail.log"
-    echo "train: exit ${PIPESTATUS[0]} (124 = the time budget ended it)"
+    # SIGTERM at the end of the budget: the step finishes and is
+    # checkpointed; SIGKILL a minute later if it does not.
+    timeout -k 60 -s TERM "$((minutes * 60))" "$bin/deepqsm" train --config "$cfg" --out "$run" \
+      --device gpu "${resume[@]}" >"$out/train.log" 2>&1
+    log "train: exit $? (124 or 143 = the time budget ended it)"
+    tail -n 5 "$out/train.log" | tee -a "$out/session.txt"
     cp "$run/log.jsonl" "$out/log.jsonl" 2>/dev/null
     if "$bin/deepqsm" export "$run" -o pack/model.h5; then
       split -b 15M pack/model.h5 "$out/model.h5.part-"
-      ls -l "$out"
+      ls -l "$out" | tee -a "$out/session.txt"
     fi
     ;;
 
   *)
-    echo "device-session: unknown phase '$phase' (check, compare or train)" >&2
+    log "device-session: unknown phase '$phase' (check, compare or train)"
     exit 2
     ;;
 esac

@@ -97,13 +97,22 @@ else
 fi
 say ""
 
-# ---- memory errors in the op tests ([ops] and the kernel tests)
+# ---- memory errors in the op tests ([ops] and the kernel tests; not the
+# whole-U-Net and 50-step tests, which take minutes under memcheck). On
+# gVisor machines compute-sanitizer refuses the device ("Device not
+# supported"): reported as such, not as a memory error.
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$sanitizer" ] && [ -n "$gpu_line" ]; then
   t0=$(date +%s)
-  "$sanitizer" --tool memcheck --error-exitcode 99 \
-    "$bin" "[ops],cuda *,device memory*" >"$out/memcheck.log" 2>&1
+  timeout -k 10 "${GPU_CHECK_MEMCHECK_TIMEOUT:-600}" \
+    "$sanitizer" --tool memcheck --target-processes all --error-exitcode 99 \
+    "$bin" "[ops],cuda fill*,cuda relu*,cuda dropout*,cuda channel*,cuda max-pool*,cuda MSE*,cuda Adam*,device memory*" \
+    >"$out/memcheck.log" 2>&1
   rc=$?
+  if grep -q "Device not supported" "$out/memcheck.log"; then
+    say "compute-sanitizer memcheck: not supported on this machine (gVisor?); see $out/memcheck.log"
+    rc=0
+  fi
   t1=$(date +%s)
   errors=$(grep -m1 -E 'ERROR SUMMARY: [0-9]+' "$out/memcheck.log" || echo "ERROR SUMMARY: ?")
   [ "$rc" -ne 0 ] && status=1

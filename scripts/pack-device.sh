@@ -12,17 +12,19 @@
 # binaries run through the packed loader; the driver, cuDNN, NCCL and cuFFT
 # stay the device's. On the device (carry pack/deepqsm-device.tar.zst):
 #
-#   tar --zstd -xf pack/deepqsm-device.tar.zst -C pack
-#   cudnn=$(python3 -c 'import nvidia.cudnn,os;print(os.path.dirname(nvidia.cudnn.__file__))')/lib
-#   nccl=$(python3 -c 'import nvidia.nccl,os;print(os.path.dirname(nvidia.nccl.__file__))')/lib
-#   cufft=$(python3 -c 'import nvidia.cufft,os;print(os.path.dirname(nvidia.cufft.__file__))')/lib
-#   export DEEPQSM_LIBS=pack/device/lib:$cudnn:$nccl:$cufft:/usr/local/cuda/lib64
+#   zstd -dc pack/deepqsm-device.tar.zst | tar -xf - -C pack
+#   # the CUDA 13 wheels are namespace packages (no __file__): list nvidia.__path__
+#   nv=$(python3 -c 'import nvidia;print(nvidia.__path__[0])')
+#   export DEEPQSM_LIBS=pack/device/lib:$nv/cudnn/lib:$nv/nccl/lib:$nv/cu13/lib:/usr/local/nvidia/lib64
 #   bash scripts/gpu-check.sh pack/device/bin
 #
 # scripts/device-session.sh does all of this, in three calls' worth of phases.
 #
 # pack/device/bin holds wrappers that start each binary through the packed
-# loader with DEEPQSM_LIBS as its library path.
+# loader with DEEPQSM_LIBS as its library path (which replaces
+# LD_LIBRARY_PATH, so the driver's folder must be in it). /proc/self/exe is
+# then the loader, and its command line carries the binary, so `train
+# --gpus N` re-executes correctly; deepqsm-infer finds pack/device/models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
