@@ -3,11 +3,14 @@
 #include <sys/wait.h>
 
 #include <catch2/catch.hpp>
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "core/checkpoint.h"
 #include "core/unet.h"
@@ -158,4 +161,54 @@ TEST_CASE("export strips a checkpoint to weights that load identically", "[cli]"
   check_one_line_failure(run(dir, "export '" + junk + "' -o '" + dir.file("m2.h5") + "'"),
                          "junk.h5");
   CHECK_FALSE(fs::exists(dir.file("m2.h5")));
+}
+
+TEST_CASE("export --average writes the mean weights of a run's newest checkpoints", "[cli]") {
+  TempDir dir("deepqsm-cli");
+  const std::string cfg = std::string(DEEPQSM_SOURCE_DIR) + "/configs/test-tiny.json";
+  const std::string run_dir = dir.file("run");
+  // test-tiny checkpoints only at the end; a 4-step run with checkpoints
+  // every step, all kept, leaves steps 1..4.
+  std::string text = dq::test::slurp(cfg);
+  const std::string key = "\"checkpoint_every\": 0";
+  REQUIRE(text.find(key) != std::string::npos);
+  text.replace(text.find(key), key.size(), "\"checkpoint_every\": 1, \"keep_checkpoints\": 10");
+  const std::string cfg4 = dir.write("every-step.json", text);
+  Run t = run(dir, "train --config '" + cfg4 + "' --out '" + run_dir + "' --steps 4 --quiet");
+  INFO("stderr: " << t.err);
+  REQUIRE(t.code() == 0);
+  const std::vector<std::string> ckpts = dq::step_checkpoint_paths(run_dir);
+  REQUIRE(ckpts.size() == 4);
+
+  const std::string model = dir.file("swa.h5");
+  Run e = run(dir, "export '" + run_dir + "' --average 3 -o '" + model + "'");
+  INFO("stderr: " << e.err);
+  REQUIRE(e.code() == 0);
+  CHECK_THAT(e.out, Contains("3 checkpoints") && Contains("steps 2 to 4"));
+  const dq::CheckpointData swa = dq::load_checkpoint(model);
+  CHECK(swa.step == 4);
+  std::vector<dq::CheckpointData> last;
+  for (size_t i = 1; i < 4; ++i) last.push_back(dq::load_checkpoint(ckpts[i]));
+  double max_err = 0;
+  for (int64_t i = 0; i < swa.params.numel(); ++i) {
+    const double mean = (double(last[0].params.f32()[i]) + last[1].params.f32()[i] +
+                         last[2].params.f32()[i]) / 3.0;
+    max_err = std::max(max_err, std::fabs(swa.params.f32()[i] - mean));
+  }
+  CHECK(max_err < 1e-6);
+
+  // The same files named one by one give the same model.
+  const std::string model2 = dir.file("swa2.h5");
+  Run e2 = run(dir, "export '" + ckpts[3] + "' '" + ckpts[1] + "' '" + ckpts[2] + "' -o '" +
+                        model2 + "'");
+  REQUIRE(e2.code() == 0);
+  const dq::CheckpointData swa2 = dq::load_checkpoint(model2);
+  CHECK(swa2.step == 4);
+  CHECK(std::equal(swa.params.f32(), swa.params.f32() + swa.params.numel(), swa2.params.f32()));
+
+  // More than the folder holds, or --average without a folder: one line.
+  check_one_line_failure(run(dir, "export '" + run_dir + "' --average 9 -o '" + model + "'"),
+                         "holds only 4");
+  check_one_line_failure(run(dir, "export '" + ckpts[0] + "' --average 2 -o '" + model + "'"),
+                         "needs a run folder");
 }

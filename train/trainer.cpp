@@ -580,6 +580,12 @@ int64_t set_up(Trainer& t, TrainResult& res, int64_t steps) {
 
 }  // namespace
 
+std::vector<std::string> step_checkpoint_paths(const std::string& dir) {
+  std::vector<std::string> paths;
+  for (const auto& [step, path] : step_checkpoints(dir)) paths.push_back(path.string());
+  return paths;
+}
+
 std::string newest_checkpoint(const std::string& dir) {
   const auto all = step_checkpoints(dir);
   if (!all.empty()) return all.rbegin()->second.string();

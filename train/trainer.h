@@ -25,6 +25,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "train/config.h"
 
@@ -57,5 +58,7 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt);
 // The newest checkpoint in `dir` (highest step among checkpoint-*.h5, else
 // checkpoint.h5), or "" when there is none.
 std::string newest_checkpoint(const std::string& dir);
+// The checkpoint-<step>.h5 files in `dir`, oldest step first.
+std::vector<std::string> step_checkpoint_paths(const std::string& dir);
 
 }  // namespace dq
