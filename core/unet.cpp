@@ -7,6 +7,17 @@
 
 namespace dq {
 
+bool same_architecture(const UNetConfig& a, const UNetConfig& b) {
+  return a.depth == b.depth && a.base_filters == b.base_filters && a.residual == b.residual &&
+         a.head_kernel == b.head_kernel;
+}
+
+std::string describe_architecture(const UNetConfig& m) {
+  return "depth " + std::to_string(m.depth) + ", base " + std::to_string(m.base_filters) +
+         ", residual " + (m.residual ? "true" : "false") + ", head_kernel " +
+         std::to_string(m.head_kernel);
+}
+
 namespace {
 
 std::string lvl(const char* prefix, int i) {

@@ -34,6 +34,11 @@ struct UNetConfig {
   int head_kernel = 1;    // 1 (the paper's 1x1x1 linear head) or 3
 };
 
+// Whether weights of one config fit the other (dropout does not change
+// the parameters), and a short description for messages.
+bool same_architecture(const UNetConfig& a, const UNetConfig& b);
+std::string describe_architecture(const UNetConfig& m);
+
 class UNet {
  public:
   explicit UNet(const UNetConfig& cfg);

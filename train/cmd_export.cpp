@@ -56,11 +56,6 @@ std::vector<std::string> sources(const ExportArgs& a) {
   return files;
 }
 
-bool same_architecture(const UNetConfig& x, const UNetConfig& y) {
-  return x.depth == y.depth && x.base_filters == y.base_filters && x.residual == y.residual &&
-         x.head_kernel == y.head_kernel;
-}
-
 int run_export(const ExportArgs& a) {
   const std::vector<std::string> files = sources(a);
   // The newest (highest step) source gives the step, config and state; the
@@ -74,9 +69,9 @@ int run_export(const ExportArgs& a) {
   for (size_t f = 1; f < files.size(); ++f) {
     CheckpointData other = load_checkpoint(files[f], true);
     if (!same_architecture(other.model, ck.model) || other.params.numel() != ck.params.numel())
-      fail(files[f], " holds a U-Net of depth ", other.model.depth, ", base ",
-           other.model.base_filters, "; ", files.front(), " one of depth ", ck.model.depth,
-           ", base ", ck.model.base_filters, ": only one architecture can be averaged");
+      fail(files[f], " holds a U-Net of ", describe_architecture(other.model), "; ",
+           files.front(), " one of ", describe_architecture(ck.model),
+           ": only one architecture can be averaged");
     for (int64_t i = 0; i < other.params.numel(); ++i)
       sum[static_cast<size_t>(i)] += other.params.f32()[i];
     first_step = std::min(first_step, other.step);

@@ -487,14 +487,10 @@ int64_t set_up(Trainer& t, TrainResult& res, int64_t steps) {
     // Rank 0 reads the weights; the broadcast below hands them to the rest.
     if (t.lead) {
       CheckpointData ck = load_checkpoint(cfg.init_from, /*weights_only=*/true);
-      const UNetConfig& a = ck.model;
-      const UNetConfig& b = cfg.model;
-      if (a.depth != b.depth || a.base_filters != b.base_filters || a.residual != b.residual ||
-          a.head_kernel != b.head_kernel)
-        fail("train.init_from: ", cfg.init_from, " holds a U-Net of depth ", a.depth, ", base ",
-             a.base_filters, ", residual ", a.residual ? "true" : "false", ", head_kernel ",
-             a.head_kernel, "; the config's model is depth ", b.depth, ", base ", b.base_filters,
-             ", residual ", b.residual ? "true" : "false", ", head_kernel ", b.head_kernel);
+      if (!same_architecture(ck.model, cfg.model))
+        fail("train.init_from: ", cfg.init_from, " holds a U-Net of ",
+             describe_architecture(ck.model), "; the config's model is ",
+             describe_architecture(cfg.model));
       hp = ck.params;
       t.log_json({{"step", 0}, {"event", "init"}, {"path", cfg.init_from}});
       t.say("initialised from the weights in " + cfg.init_from + " (Adam moments start at zero)");
