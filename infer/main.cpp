@@ -36,6 +36,12 @@ constexpr const char* kAbout =
     "z, inverted there, and resampled back. Voxels whose largest/smallest side ratio exceeds\n"
     "--max-anisotropy (default 1.1) are resampled to isotropic (the smallest side) and back.\n"
     "\n"
+    "Scales (--scales, default 2): the dipole kernel depends on the direction of k only, so\n"
+    "the inversion looks the same at every scale. The network also runs on the field averaged\n"
+    "over 2x2x2 voxels, where it reaches twice as far, and that pass supplies the large\n"
+    "structures (below ~1/(2 pi sigma) cycles/voxel, sigma = --scale-sigma, default 8); the\n"
+    "full-resolution pass supplies edges and detail. --scales 1 is one plain pass.\n"
+    "\n"
     "Model: --model, else $DEEPQSM_MODEL, else models/deepqsm-default.h5 next to the\n"
     "executable (../models/) or in the source tree. Device: auto (the default) runs the\n"
     "network on the GPU when one is visible (CUDA backend, fp32), else on the CPU (oneDNN);\n"
@@ -83,6 +89,14 @@ int main(int argc, char** argv) {
                  "radius, or the most the tile holds)");
   app.add_option("--max-anisotropy", o.max_anisotropy,
                  "Resample to isotropic voxels above this largest/smallest voxel-side ratio")
+      ->capture_default_str();
+  app.add_option("--scales", o.scales,
+                 "Network passes at full, 1/2, 1/4 ... resolution, blended so the coarser pass "
+                 "gives the large structures (1 = one full-resolution pass)")
+      ->capture_default_str();
+  app.add_option("--scale-sigma", o.scale_sigma,
+                 "Blend between scales: below the frequencies of a Gaussian of this sigma "
+                 "(voxels of the finer grid) the coarser pass is kept")
       ->capture_default_str();
   app.add_option("--refine", o.refine,
                  "Conjugate-gradient iterations of data consistency after the network: minimise "

@@ -16,10 +16,11 @@
 #include "core/checkpoint.h"
 #include "core/cpu/cpu_backend.h"
 #include "core/error.h"
+#include "core/multiscale.h"
 #include "core/nifti_io.h"
 #include "core/png_io.h"
-#include "core/unet.h"
 #include "core/refine.h"
+#include "core/unet.h"
 #include "core/volume_ops.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/device.h"
@@ -119,6 +120,9 @@ int run_inference(const InferOptions& opt) {
   if (opt.device != "gpu" && opt.device != "auto" && opt.device != "cpu")
     fail("--device must be auto, cpu or gpu, got '", opt.device, "'");
   if (opt.out_path.empty()) fail("an output path is needed (-o chi.nii.gz)");
+  if (opt.scales < 1 || opt.scales > 4) fail("--scales must be 1 to 4, got ", opt.scales);
+  if (!(opt.scale_sigma >= 0) || !std::isfinite(opt.scale_sigma))
+    fail("--scale-sigma must be a finite number >= 0 (voxels), got ", opt.scale_sigma);
 
   // Model first: a bad model file should fail before minutes of work.
   const std::string model_path = opt.model_path.empty() ? default_model_path() : opt.model_path;
@@ -209,7 +213,6 @@ int run_inference(const InferOptions& opt) {
     std::printf("B0:     along z%s; voxels isotropic within %.2f: no resampling\n",
                 tilt > 0 ? " (within the tolerance)" : "", opt.max_anisotropy);
   }
-  const float* wf = wfield.empty() ? field.data.data() : wfield.data();
   const Dims3 wd = work.dims;
 
   // ---- network on the work grid: whole volume (padded) or tiles.
@@ -235,54 +238,63 @@ int run_inference(const InferOptions& opt) {
     be->download(y, host_out);
   };
 
-  const PadPlan plan = pad_plan(wd, mult);
-  const double need = static_cast<double>(plan.out.numel()) * bytes_per_voxel(ck.model);
-  const double avail = available_memory_bytes();
-  int64_t tile = opt.tile;
-  if (tile == 0 && need > 0.5 * avail) {
-    // The largest tile whose pass fits in half the available memory.
-    tile = std::max<int64_t>(
-        mult,
-        static_cast<int64_t>(std::cbrt(0.5 * avail / bytes_per_voxel(ck.model))) / mult * mult);
-    std::printf("memory: a whole-volume pass needs ~%.1f GiB, %.1f GiB available: tiling\n",
-                need / 1073741824.0, avail / 1073741824.0);
-  }
-  const std::vector<float> padded = pad_volume(wf, plan);
-  std::vector<float> wchi;
-  if (tile > 0) {
-    if (tile % mult != 0) fail("--tile ", tile, " must be a multiple of ", mult, " for this model");
-    int64_t halo = opt.halo;
-    if (halo < 0) {
-      // The receptive radius makes tiles agree with a whole-volume pass up to
-      // rounding; a tile too small for it gets the largest halo it can hold.
-      halo = round_up(receptive_radius(ck.model), mult);
-      const int64_t fit = (tile - mult) / 2 / mult * mult;
-      if (halo > fit) {
-        std::printf(
-            "note:   halo %lld < receptive radius %lld for tile %lld: results may differ "
-            "slightly near tile borders (use a larger --tile)\n",
-            static_cast<long long>(fit), static_cast<long long>(receptive_radius(ck.model)),
-            static_cast<long long>(tile));
-        halo = fit;
-      }
+  // One network pass over a grid of any size: padded to the side multiple,
+  // whole or in tiles. Called once per scale; reports its plan on stdout.
+  const PredictFn predict = [&](const std::vector<float>& f, const Dims3& d) {
+    const PadPlan plan = pad_plan(d, mult);
+    const double need = static_cast<double>(plan.out.numel()) * bytes_per_voxel(ck.model);
+    const double avail = available_memory_bytes();
+    int64_t tile = opt.tile;
+    if (tile == 0 && need > 0.5 * avail) {
+      // The largest tile whose pass fits in half the available memory.
+      tile = std::max<int64_t>(
+          mult,
+          static_cast<int64_t>(std::cbrt(0.5 * avail / bytes_per_voxel(ck.model))) / mult * mult);
+      std::printf("memory: a whole-volume pass needs ~%.1f GiB, %.1f GiB available: tiling\n",
+                  need / 1073741824.0, avail / 1073741824.0);
     }
-    // Tiles cover the padded grid, so they sit on the whole pass's pooling grid.
-    const std::vector<Tile> tiles = make_tiles(plan.out, tile, halo, mult);
-    std::printf("pad:    %s -> %s (multiple of %lld)\n", dims_str(wd).c_str(),
-                dims_str(plan.out).c_str(), static_cast<long long>(mult));
-    std::printf("tiles:  %zu tiles of %lld^3 with a %lld-voxel halo (receptive radius %lld)\n",
-                tiles.size(), static_cast<long long>(tile), static_cast<long long>(halo),
-                static_cast<long long>(receptive_radius(ck.model)));
+    const std::vector<float> padded = pad_volume(f.data(), plan);
     std::vector<float> out(padded.size(), 0.0f);
-    run_tiled(padded.data(), plan.out, tiles, run_net, out.data());
-    wchi = crop_volume(out.data(), plan);
-  } else {
-    std::printf("pad:    %s -> %s (multiple of %lld), one pass\n", dims_str(wd).c_str(),
-                dims_str(plan.out).c_str(), static_cast<long long>(mult));
-    std::vector<float> out(padded.size());
-    run_net(plan.out, padded, out);
-    wchi = crop_volume(out.data(), plan);
-  }
+    if (tile > 0) {
+      if (tile % mult != 0)
+        fail("--tile ", tile, " must be a multiple of ", mult, " for this model");
+      int64_t halo = opt.halo;
+      if (halo < 0) {
+        // The receptive radius makes tiles agree with a whole-volume pass up to
+        // rounding; a tile too small for it gets the largest halo it can hold.
+        halo = round_up(receptive_radius(ck.model), mult);
+        const int64_t fit = (tile - mult) / 2 / mult * mult;
+        if (halo > fit) {
+          std::printf(
+              "note:   halo %lld < receptive radius %lld for tile %lld: results may differ "
+              "slightly near tile borders (use a larger --tile)\n",
+              static_cast<long long>(fit), static_cast<long long>(receptive_radius(ck.model)),
+              static_cast<long long>(tile));
+          halo = fit;
+        }
+      }
+      // Tiles cover the padded grid, so they sit on the whole pass's pooling grid.
+      const std::vector<Tile> tiles = make_tiles(plan.out, tile, halo, mult);
+      std::printf("pad:    %s -> %s (multiple of %lld)\n", dims_str(d).c_str(),
+                  dims_str(plan.out).c_str(), static_cast<long long>(mult));
+      std::printf("tiles:  %zu tiles of %lld^3 with a %lld-voxel halo (receptive radius %lld)\n",
+                  tiles.size(), static_cast<long long>(tile), static_cast<long long>(halo),
+                  static_cast<long long>(receptive_radius(ck.model)));
+      run_tiled(padded.data(), plan.out, tiles, run_net, out.data());
+    } else {
+      std::printf("pad:    %s -> %s (multiple of %lld), one pass\n", dims_str(d).c_str(),
+                  dims_str(plan.out).c_str(), static_cast<long long>(mult));
+      run_net(plan.out, padded, out);
+    }
+    return crop_volume(out.data(), plan);
+  };
+  if (opt.scales > 1)
+    std::printf(
+        "scales: %d (the network also runs on the field averaged to %gx the voxel size; "
+        "below about 1/(2 pi %g) cycles/voxel the coarser pass is kept)\n",
+        opt.scales, std::pow(2.0, opt.scales - 1), opt.scale_sigma);
+  std::vector<float> wchi = predict_multiscale(wfield.empty() ? field.data : wfield, wd, opt.scales,
+                                               opt.scale_sigma, predict);
 
   // ---- back to the input grid, masked.
   std::vector<float> chi;
@@ -302,8 +314,8 @@ int run_inference(const InferOptions& opt) {
     std::vector<float> refined(chi.size());
     std::vector<double> objective;
     if (gpu)
-      cuda_refine_chi(field.data.data(), chi.data(), mask.data(), dims, field.voxel_mm,
-                      opt.b0_dir, ro, refined.data(), &objective);
+      cuda_refine_chi(field.data.data(), chi.data(), mask.data(), dims, field.voxel_mm, opt.b0_dir,
+                      ro, refined.data(), &objective);
     else
       refine_chi(field.data.data(), chi.data(), mask.data(), dims, field.voxel_mm, opt.b0_dir, ro,
                  refined.data(), &objective);
