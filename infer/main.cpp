@@ -41,6 +41,9 @@ constexpr const char* kAbout =
     "over 2x2x2 voxels, where it reaches twice as far, and that pass supplies the large\n"
     "structures (below ~1/(2 pi sigma) cycles/voxel, sigma = --scale-sigma, default 8); the\n"
     "full-resolution pass supplies edges and detail. --scales 1 is one plain pass.\n"
+    "Mirroring the field along x, y or z mirrors chi (D(k) is even in each k component), so\n"
+    "--flips N averages N mirrored passes per scale, which cancels part of the network's error\n"
+    "at N times the cost.\n"
     "\n"
     "Model: --model, else $DEEPQSM_MODEL, else models/deepqsm-default.h5 next to the\n"
     "executable (../models/) or in the source tree. Device: auto (the default) runs the\n"
@@ -97,6 +100,10 @@ int main(int argc, char** argv) {
   app.add_option("--scale-sigma", o.scale_sigma,
                  "Blend between scales: below the frequencies of a Gaussian of this sigma "
                  "(voxels of the finer grid) the coarser pass is kept")
+      ->capture_default_str();
+  app.add_option("--flips", o.flips,
+                 "Average this many mirrored passes per scale: 1 (none), 2 (x), 4 (x, y) or 8 "
+                 "(x, y, z); each costs one more network pass")
       ->capture_default_str();
   app.add_option("--refine", o.refine,
                  "Conjugate-gradient iterations of data consistency after the network: minimise "

@@ -15,8 +15,8 @@
 
 #include "core/checkpoint.h"
 #include "core/cpu/cpu_backend.h"
+#include "core/ensemble.h"
 #include "core/error.h"
-#include "core/multiscale.h"
 #include "core/nifti_io.h"
 #include "core/png_io.h"
 #include "core/refine.h"
@@ -121,6 +121,8 @@ int run_inference(const InferOptions& opt) {
     fail("--device must be auto, cpu or gpu, got '", opt.device, "'");
   if (opt.out_path.empty()) fail("an output path is needed (-o chi.nii.gz)");
   if (opt.scales < 1 || opt.scales > 4) fail("--scales must be 1 to 4, got ", opt.scales);
+  if (opt.flips != 1 && opt.flips != 2 && opt.flips != 4 && opt.flips != 8)
+    fail("--flips must be 1, 2, 4 or 8, got ", opt.flips);
   if (!(opt.scale_sigma >= 0) || !std::isfinite(opt.scale_sigma))
     fail("--scale-sigma must be a finite number >= 0 (voxels), got ", opt.scale_sigma);
 
@@ -293,8 +295,16 @@ int run_inference(const InferOptions& opt) {
         "scales: %d (the network also runs on the field averaged to %gx the voxel size; "
         "below about 1/(2 pi %g) cycles/voxel the coarser pass is kept)\n",
         opt.scales, std::pow(2.0, opt.scales - 1), opt.scale_sigma);
+  if (opt.flips > 1)
+    std::printf("flips:  %d mirrored passes per scale averaged (%s)\n", opt.flips,
+                opt.flips == 2   ? "x"
+                : opt.flips == 4 ? "x, y"
+                                 : "x, y, z");
+  const PredictFn mirrored = [&](const std::vector<float>& f, const Dims3& d) {
+    return predict_mirrored(f, d, opt.flips, predict);
+  };
   std::vector<float> wchi = predict_multiscale(wfield.empty() ? field.data : wfield, wd, opt.scales,
-                                               opt.scale_sigma, predict);
+                                               opt.scale_sigma, mirrored);
 
   // ---- back to the input grid, masked.
   std::vector<float> chi;

@@ -20,9 +20,10 @@ struct InferOptions {
   int64_t halo = -1;            // -1 = from the network's receptive field
   double max_anisotropy = 1.1;  // largest/smallest voxel side above which we resample
   double max_tilt_deg = 0.5;    // B0 tilts up to this are treated as along z
-  int scales = 2;            // network passes at 1, 1/2, ... of the resolution (core/multiscale.h)
-  double scale_sigma = 8.0;  // blend between scales: Gaussian sigma, voxels of the finer grid
-  int refine = 0;            // conjugate-gradient data-consistency iterations after the net
+  int scales = 2;               // network passes at 1, 1/2, ... of the resolution (core/ensemble.h)
+  double scale_sigma = 8.0;     // blend between scales: Gaussian sigma, voxels of the finer grid
+  int flips = 1;   // mirrored passes averaged per scale: 1, 2, 4 or 8 (core/ensemble.h)
+  int refine = 0;  // conjugate-gradient data-consistency iterations after the net
   double refine_lambda = 1e-2;  // weight of |chi - chi_net|^2 in the refinement
 };
 

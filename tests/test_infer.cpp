@@ -156,6 +156,7 @@ TEST_CASE("bad inputs fail with one line and a non-zero exit", "[infer]") {
     check_one_line_failure(run(dir, q(ph.field) + out + " --scales 0"), "--scales");
     check_one_line_failure(run(dir, q(ph.field) + out + " --scales 2 --scale-sigma -1"),
                            "--scale-sigma");
+    check_one_line_failure(run(dir, q(ph.field) + out + " --flips 3"), "--flips");
   }
   SECTION("usage errors") {
     const Run r = run(dir, "--no-such-option");

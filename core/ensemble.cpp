@@ -1,5 +1,5 @@
-// Scale pyramid for inference (see core/multiscale.h).
-#include "core/multiscale.h"
+// Scale pyramid for inference (see core/ensemble.h).
+#include "core/ensemble.h"
 
 #include <algorithm>
 #include <cmath>
@@ -167,6 +167,40 @@ std::vector<float> predict_multiscale(const std::vector<float>& field, const Dim
   const std::vector<float> up = upsample_linear(coarse.data(), cd, 2, d);
   const std::vector<float> fine = predict(field, d);
   return blend_scales(fine.data(), up.data(), d, sigma);
+}
+
+std::vector<float> flip_volume(const std::vector<float>& in, const Dims3& d, int axes) {
+  DQ_CHECK(axes >= 0 && axes < 8, "flip_volume: axes must be 0..7, got ", axes);
+  DQ_CHECK(in.size() == static_cast<size_t>(d.numel()), "flip_volume: size mismatch");
+  const bool fx = axes & 1, fy = axes & 2, fz = axes & 4;
+  std::vector<float> out(in.size());
+  for (int64_t z = 0; z < d.nz; ++z)
+    for (int64_t y = 0; y < d.ny; ++y) {
+      const float* src = in.data() + at(d, fz ? d.nz - 1 - z : z, fy ? d.ny - 1 - y : y, 0);
+      float* dst = out.data() + at(d, z, y, 0);
+      if (fx)
+        std::reverse_copy(src, src + d.nx, dst);
+      else
+        std::copy(src, src + d.nx, dst);
+    }
+  return out;
+}
+
+std::vector<float> predict_mirrored(const std::vector<float>& field, const Dims3& d, int flips,
+                                    const PredictFn& predict) {
+  DQ_CHECK(flips == 1 || flips == 2 || flips == 4 || flips == 8,
+           "predict_mirrored: flips must be 1, 2, 4 or 8, got ", flips);
+  if (flips == 1) return predict(field, d);
+  std::vector<double> acc(field.size(), 0.0);
+  for (int axes = 0; axes < flips; ++axes) {
+    const std::vector<float> out =
+        axes == 0 ? predict(field, d)
+                  : flip_volume(predict(flip_volume(field, d, axes), d), d, axes);
+    for (size_t i = 0; i < acc.size(); ++i) acc[i] += out[i];
+  }
+  std::vector<float> mean(acc.size());
+  for (size_t i = 0; i < acc.size(); ++i) mean[i] = static_cast<float>(acc[i] / flips);
+  return mean;
 }
 
 }  // namespace dq

@@ -1,14 +1,23 @@
-// Scale pyramid for inference. The dipole kernel D(k) = 1/3 - (k.b)^2/|k|^2
-// depends on the direction of k only, not on |k|, so the field averaged onto
-// a grid of twice the voxel size is (up to the aliasing of the averaging) the
-// field of chi averaged the same way: the inversion looks the same at every
-// scale. A U-Net sees a fixed number of voxels around each output voxel (its
-// receptive field, and during training its patch), which is too few for
-// structures as large as white matter or the brain's low spatial
-// frequencies. Run on the coarser field it reaches twice as far in mm, so
-// the low frequencies come from the coarse pass and the edges and fine
-// detail from the full-resolution pass. Pure functions on (nz, ny, nx) fp32
-// arrays, x fastest, as in core/volume_ops.h.
+// Inference ensembles from the invariances of the dipole kernel
+// D(k) = 1/3 - (k.b)^2/|k|^2 with b along z:
+//
+// Scale. D depends on the direction of k only, not on |k|, so the field
+// averaged onto a grid of twice the voxel size is (up to the aliasing of the
+// averaging) the field of chi averaged the same way: the inversion looks the
+// same at every scale. A U-Net sees a fixed number of voxels around each
+// output voxel (its receptive field, and during training its patch), which
+// is too few for structures as large as white matter or the brain's low
+// spatial frequencies. Run on the coarser field it reaches twice as far in
+// mm, so the low frequencies come from the coarse pass and the edges and
+// fine detail from the full-resolution pass.
+//
+// Mirror. D is unchanged by k_x -> -k_x, k_y -> -k_y and k_z -> -k_z, so
+// mirroring the field along any axis mirrors chi. A trained network is only
+// approximately equivariant; averaging its mirrored passes (test-time
+// augmentation) cancels part of its error.
+//
+// Pure functions on (nz, ny, nx) fp32 arrays, x fastest, as in
+// core/volume_ops.h.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -49,5 +58,14 @@ using PredictFn = std::function<std::vector<float>(const std::vector<float>&, co
 // the same at every level because the physics is). scales 1 is one plain pass.
 std::vector<float> predict_multiscale(const std::vector<float>& field, const Dims3& d, int scales,
                                       double sigma, const PredictFn& predict);
+
+// The volume mirrored along x (axes bit 1), y (bit 2) and z (bit 4); its own inverse.
+std::vector<float> flip_volume(const std::vector<float>& in, const Dims3& d, int axes);
+
+// The mean of `flips` passes of `predict`, each on the field mirrored by
+// axes 0, 1, 2, ..., flips - 1 (in that order: none, x, y, xy, z, xz, yz,
+// xyz) and mirrored back. flips is 1, 2, 4 or 8; 1 is one plain pass.
+std::vector<float> predict_mirrored(const std::vector<float>& field, const Dims3& d, int flips,
+                                    const PredictFn& predict);
 
 }  // namespace dq
