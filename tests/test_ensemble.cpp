@@ -27,6 +27,15 @@ std::vector<float> ramp(const dq::Dims3& d, double a, double b, double c, double
   return v;
 }
 
+// N(0, 0.1^2) noise on the grid.
+std::vector<float> noise(const dq::Dims3& d, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 0.1f);
+  std::vector<float> v(static_cast<size_t>(d.numel()));
+  for (float& x : v) x = g(rng);
+  return v;
+}
+
 double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size(); ++i) {
@@ -99,10 +108,7 @@ TEST_CASE("Gaussian blur keeps constants and sums, spreads an impulse by sigma",
 TEST_CASE("blending takes the coarse pass's low frequencies and the fine pass's rest",
           "[multiscale]") {
   const dq::Dims3 d{12, 14, 16};
-  std::mt19937 rng(4);
-  std::normal_distribution<float> g(0.0f, 0.1f);
-  std::vector<float> fine(static_cast<size_t>(d.numel()));
-  for (float& x : fine) x = g(rng);
+  std::vector<float> fine = noise(d, 4);
   // A coarse pass that differs by a constant moves the result by it and
   // keeps every detail of the fine pass.
   std::vector<float> shifted = fine;
@@ -143,10 +149,7 @@ TEST_CASE("the dipole field of a block-averaged chi is the block-averaged field"
   // grid of 2 mm voxels the averaged chi gives (up to aliasing) the averaged
   // field. Smooth chi (blurred noise) keeps aliasing small.
   const dq::Dims3 d{48, 48, 48};
-  std::mt19937 rng(9);
-  std::normal_distribution<float> g(0.0f, 0.1f);
-  std::vector<float> chi(static_cast<size_t>(d.numel()));
-  for (float& x : chi) x = g(rng);
+  std::vector<float> chi = noise(d, 9);
   dq::gaussian_blur(chi.data(), d, 2.0);
   // A sin^2 taper to 0 at the faces keeps the periodic FFT grid free of the
   // jump between opposite faces (which would alias).
@@ -179,10 +182,7 @@ TEST_CASE("the dipole field of a block-averaged chi is the block-averaged field"
 TEST_CASE("mirroring is its own inverse and a mirrored chi has the mirrored field",
           "[multiscale][dipole]") {
   const dq::Dims3 d{10, 12, 14};
-  std::mt19937 rng(2);
-  std::normal_distribution<float> g(0.0f, 0.1f);
-  std::vector<float> chi(static_cast<size_t>(d.numel()));
-  for (float& x : chi) x = g(rng);
+  std::vector<float> chi = noise(d, 2);
   CHECK(dq::flip_volume(chi, d, 0) == chi);
   const std::vector<float> fx = dq::flip_volume(chi, d, 1);
   CHECK(fx[at(d, 3, 4, 0)] == chi[at(d, 3, 4, 13)]);
