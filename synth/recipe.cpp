@@ -94,6 +94,16 @@ void Recipe::validate() const {
   check_finite(lesion_chi_max, "data.lesion_chi");
   if (lesion_chi_min > lesion_chi_max)
     fail("data.lesion_chi: min ", lesion_chi_min, " is larger than max ", lesion_chi_max, " ppm");
+  check_finite(region_prob, "data.region_prob");
+  if (region_prob < 0 || region_prob > 1)
+    fail("data.region_prob: a probability must lie in [0, 1], got ", region_prob);
+  check_finite(region_size_min, "data.region_size");
+  check_finite(region_size_max, "data.region_size");
+  if (region_size_min <= 0 || region_size_max > 0.5 || region_size_min > region_size_max)
+    fail(
+        "data.region_size: semi-axes are fractions of the volume side with 0 < min <= max <= "
+        "0.5, got [",
+        region_size_min, ", ", region_size_max, "]");
 }
 
 double Recipe::size_reference_mm() const {

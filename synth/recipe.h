@@ -52,6 +52,14 @@ struct Recipe {
   // [lesion_chi_min, lesion_chi_max] instead of chi_dist.
   double lesion_prob = 0.0;
   double lesion_chi_min = 0.4, lesion_chi_max = 1.6;  // ppm
+  // A brain-like region: with probability region_prob a volume keeps its
+  // sources only inside a random ellipsoid (chi is zeroed outside before the
+  // dipole convolution) and its field only there (zeroed after the noise),
+  // as a local field is after background-field removal: known inside a
+  // mask, zero outside, produced by the tissue inside. Semi-axes are drawn
+  // per axis from [region_size_min, region_size_max] x volume_size voxels.
+  double region_prob = 0.0;
+  double region_size_min = 0.25, region_size_max = 0.45;
 
   // Throws dq::Error naming the offending field when the recipe cannot work
   // (negative or too-large sizes, a patch larger than the volume, empty counts).

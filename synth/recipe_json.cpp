@@ -9,10 +9,10 @@ namespace dq {
 
 const std::vector<std::string>& recipe_keys() {
   static const std::vector<std::string> keys = {
-      "volume_size",        "cubes",       "spheres",   "size",      "chi",        "patch_size",
-      "patches_per_volume", "voxel_mm",    "b0_dir",    "dipole_k0", "pad",        "rectangles",
-      "additive",           "chi_dist",    "chi_mean",  "chi_std",   "chi_values", "b0_cone_deg",
-      "noise_std",          "lesion_prob", "lesion_chi"};
+      "volume_size",        "cubes",       "spheres",    "size",        "chi",        "patch_size",
+      "patches_per_volume", "voxel_mm",    "b0_dir",     "dipole_k0",   "pad",        "rectangles",
+      "additive",           "chi_dist",    "chi_mean",   "chi_std",     "chi_values", "b0_cone_deg",
+      "noise_std",          "lesion_prob", "lesion_chi", "region_prob", "region_size"};
   return keys;
 }
 
@@ -65,6 +65,10 @@ bool read_recipe_key(Recipe& r, const std::string& key, const json& v, const std
     r.lesion_prob = read_number(v, path);
   } else if (key == "lesion_chi") {
     std::tie(r.lesion_chi_min, r.lesion_chi_max) = read_range(v, path);
+  } else if (key == "region_prob") {
+    r.region_prob = read_number(v, path);
+  } else if (key == "region_size") {
+    std::tie(r.region_size_min, r.region_size_max) = read_range(v, path);
   } else {
     return false;
   }
@@ -92,7 +96,9 @@ nlohmann::ordered_json recipe_to_json(const Recipe& r) {
           {"b0_cone_deg", r.b0_cone_deg},
           {"noise_std", r.noise_std},
           {"lesion_prob", r.lesion_prob},
-          {"lesion_chi", {r.lesion_chi_min, r.lesion_chi_max}}};
+          {"lesion_chi", {r.lesion_chi_min, r.lesion_chi_max}},
+          {"region_prob", r.region_prob},
+          {"region_size", {r.region_size_min, r.region_size_max}}};
 }
 
 }  // namespace dq

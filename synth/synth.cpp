@@ -223,6 +223,46 @@ void add_field_noise(const Recipe& r, uint64_t seed, int64_t volume, float* fiel
     field[i] += static_cast<float>(r.noise_std * synth_gauss(kn, static_cast<uint64_t>(i)));
 }
 
+SynthRegion draw_region(const Recipe& r, uint64_t seed, int64_t volume) {
+  SynthRegion g;
+  if (r.region_prob == 0) return g;
+  const uint64_t kg = key_for(synth_volume_key(seed, volume), kSynthRegion);
+  if (static_cast<double>(philox_uniform(kg, 0)) >= r.region_prob) return g;
+  g.active = true;
+  const double n = static_cast<double>(r.volume_size);
+  for (int a = 0; a < 3; ++a) {
+    const auto ua = static_cast<uint64_t>(a);
+    g.centre[a] = static_cast<float>((n - 1) / 2 + uniform_real(kg, 1 + ua, -0.1, 0.1) * n);
+    g.inv_axis[a] = static_cast<float>(
+        1.0 / (n * uniform_real(kg, 4 + ua, r.region_size_min, r.region_size_max)));
+  }
+  return g;
+}
+
+bool region_contains(const SynthRegion& g, int64_t i, int64_t j, int64_t k) {
+  if (!g.active) return true;
+  // offset_mm's two fp32 steps, scaled by 1 / semi-axis instead of the voxel size.
+  const float ux = offset_mm(i, g.centre[0], g.inv_axis[0]);
+  const float uy = offset_mm(j, g.centre[1], g.inv_axis[1]);
+  const float uz = offset_mm(k, g.centre[2], g.inv_axis[2]);
+  const float xx = ux * ux;
+  const float yy = uy * uy;
+  const float zz = uz * uz;
+  const float xy = xx + yy;
+  const float d2 = xy + zz;
+  return d2 <= 1.0f;
+}
+
+void apply_region(const SynthRegion& g, int64_t n, float* v) {
+  if (!g.active) return;
+  for (int64_t k = 0; k < n; ++k)
+    for (int64_t j = 0; j < n; ++j) {
+      float* row = v + (k * n + j) * n;
+      for (int64_t i = 0; i < n; ++i)
+        if (!region_contains(g, i, j, k)) row[i] = 0.0f;
+    }
+}
+
 SynthVolume generate_volume(const Recipe& r, uint64_t seed, int64_t volume) {
   SynthVolume v;
   v.n = r.volume_size;
@@ -230,9 +270,12 @@ SynthVolume generate_volume(const Recipe& r, uint64_t seed, int64_t volume) {
   v.chi.assign(static_cast<size_t>(dims.numel()), 0.0f);
   v.field.assign(static_cast<size_t>(dims.numel()), 0.0f);
   rasterise(r, draw_shapes(r, seed, volume), v.chi.data());
+  const SynthRegion region = draw_region(r, seed, volume);
+  apply_region(region, v.n, v.chi.data());
   v.b0 = volume_b0(r, seed, volume);
   forward_field(v.chi.data(), dims, r.voxel_mm, v.b0, r.dipole_k0, r.pad, v.field.data());
   add_field_noise(r, seed, volume, v.field.data());
+  apply_region(region, v.n, v.field.data());
   return v;
 }
 

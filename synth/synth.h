@@ -16,6 +16,7 @@
 //                                           second normal draw; lesion coin, lesion chi
 //   key_for(vkey, 5)  counters 0, 1:        the volume's B0 direction in the cone
 //   key_for(vkey, 6)  counters 2m, 2m+1:    field noise at voxel m (flat index)
+//   key_for(vkey, 7)  counters 0..6:        region coin, centre x, y, z, semi-axes x, y, z
 // Shape i's parameters depend only on i, not on how many shapes precede it,
 // and the options beyond the paper draw from their own streams, so the
 // paper recipe's volumes do not change when an option is added.
@@ -49,7 +50,8 @@ enum SynthStream : uint64_t {
   kSynthCorners = 3,
   kSynthExtras = 4,
   kSynthB0 = 5,
-  kSynthNoise = 6
+  kSynthNoise = 6,
+  kSynthRegion = 7
 };
 
 uint64_t synth_volume_key(uint64_t seed, int64_t volume);
@@ -101,6 +103,22 @@ double synth_gauss(uint64_t key, uint64_t index);
 // voxel m of an (n, n, n) field. Does nothing when noise_std is 0.
 void add_field_noise(const Recipe& r, uint64_t seed, int64_t volume, float* field);
 
+// A volume's brain-like region (Recipe::region_prob): an axis-aligned
+// ellipsoid. Membership rule, fp32, one operation per statement (the GPU
+// uses __fsub_rn/__fmul_rn/__fadd_rn): with u_a = (float(i_a) - centre[a])
+// * inv_axis[a], voxel (i, j, k) is inside iff (u_x*u_x + u_y*u_y) + u_z*u_z
+// <= 1.
+struct SynthRegion {
+  bool active = false;            // false: the whole volume
+  float centre[3] = {0, 0, 0};    // (x, y, z), voxels: the volume centre +- 10 % of its side
+  float inv_axis[3] = {1, 1, 1};  // 1 / semi-axis, (x, y, z), 1 / voxels
+};
+
+SynthRegion draw_region(const Recipe& r, uint64_t seed, int64_t volume);
+bool region_contains(const SynthRegion& g, int64_t i, int64_t j, int64_t k);
+// Zeros an (n, n, n) volume outside the region (nothing when inactive).
+void apply_region(const SynthRegion& g, int64_t n, float* v);
+
 struct SynthVolume {
   int64_t n = 0;             // voxels per side
   std::vector<float> chi;    // (n, n, n) = (z, y, x), ppm
@@ -108,8 +126,8 @@ struct SynthVolume {
   Vec3 b0{0.0, 0.0, 1.0};    // this volume's B0 direction (volume_b0)
 };
 
-// draw_shapes + rasterise + forward_field (voxel_mm, volume_b0, dipole_k0,
-// pad) + add_field_noise.
+// draw_shapes + rasterise + apply_region(chi) + forward_field (voxel_mm,
+// volume_b0, dipole_k0, pad) + add_field_noise + apply_region(field).
 SynthVolume generate_volume(const Recipe& r, uint64_t seed, int64_t volume);
 
 // `count` patches of patch_size^3 with random corners, each fully inside

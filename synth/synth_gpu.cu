@@ -25,6 +25,27 @@ __global__ void noise_k(float* field, int64_t total, uint64_t key, double noise_
   }
 }
 
+// Zeros vol (n, n, n) outside the region: region_contains's rule, with the
+// same fp32 operations in the same order (no contraction).
+__global__ void region_k(float* vol, int64_t n, SynthRegion g) {
+  const int64_t total = n * n * n;
+  for (int64_t m = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; m < total;
+       m += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = m % n, j = m / n % n, k = m / (n * n);
+    const float ux = __fmul_rn(__fsub_rn(static_cast<float>(i), g.centre[0]), g.inv_axis[0]);
+    const float uy = __fmul_rn(__fsub_rn(static_cast<float>(j), g.centre[1]), g.inv_axis[1]);
+    const float uz = __fmul_rn(__fsub_rn(static_cast<float>(k), g.centre[2]), g.inv_axis[2]);
+    const float d2 = __fadd_rn(__fadd_rn(__fmul_rn(ux, ux), __fmul_rn(uy, uy)), __fmul_rn(uz, uz));
+    if (!(d2 <= 1.0f)) vol[m] = 0.0f;
+  }
+}
+
+void apply_region_gpu(const SynthRegion& g, int64_t n, float* vol, cudaStream_t s) {
+  if (!g.active) return;
+  region_k<<<detail::grid_for(n * n * n), detail::kThreads, 0, s>>>(vol, n, g);
+  DQ_CUDA(cudaGetLastError());
+}
+
 // out (count, P, P, P) gathers the patches with corners (z, y, x) from
 // vol (n, n, n); one thread per output element.
 __global__ void gather_patches_k(const float* vol, int64_t n, const int64_t* corners, int count,
@@ -58,6 +79,8 @@ Vec3 GpuSynth::generate(uint64_t seed, int64_t volume) {
   const std::vector<SynthShape> shapes = draw_shapes(r_, seed, volume);
   DQ_CUDA(cudaMemsetAsync(chi_.data(), 0, volume_bytes(r_), stream_));
   rasterise_gpu(r_, shapes, static_cast<float*>(chi_.data()), shapes_, stream_);
+  const SynthRegion region = draw_region(r_, seed, volume);
+  apply_region_gpu(region, n, static_cast<float*>(chi_.data()), stream_);
   const Vec3 b0 = volume_b0(r_, seed, volume);
   dipole_->set_kernel(r_.voxel_mm, b0, r_.dipole_k0);
   dipole_->forward(chi(), static_cast<float*>(field_.data()));
@@ -67,6 +90,7 @@ Vec3 GpuSynth::generate(uint64_t seed, int64_t volume) {
         static_cast<float*>(field_.data()), total, kn, r_.noise_std);
     DQ_CUDA(cudaGetLastError());
   }
+  apply_region_gpu(region, n, static_cast<float*>(field_.data()), stream_);
   current_ = volume;
   current_seed_ = seed;
   return b0;

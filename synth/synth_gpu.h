@@ -2,8 +2,9 @@
 // host by draw_shapes), rasterised in one kernel over all shapes by the
 // rule stated at shape_contains, so chi equals the CPU volume bit for bit;
 // the field through cuFFT (cuda/dipole_gpu.h), equal to the CPU field to
-// fp32 rounding (1e-5 relative); noise and patch corners from the same
-// counters as the CPU (noise through device log/cos, so equal to rounding).
+// fp32 rounding (1e-5 relative); noise, region and patch corners from the
+// same counters as the CPU (noise through device log/cos, so equal to
+// rounding; the region by region_contains's fp32 rule, so exactly).
 #pragma once
 #include <cuda_runtime.h>
 

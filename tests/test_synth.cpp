@@ -494,6 +494,63 @@ TEST_CASE("Gaussian noise on the field", "[synth]") {
   CHECK(synth_gauss(5, 0) == synth_gauss(5, 0));
 }
 
+TEST_CASE("a brain-like region: sources and field only inside an ellipsoid", "[synth]") {
+  Recipe r = small_recipe();
+  const int64_t n = r.volume_size;
+  const SynthVolume whole = generate_volume(r, 8, 1);
+  r.region_prob = 1.0;
+  r.region_size_min = 0.3;
+  r.region_size_max = 0.4;
+  r.noise_std = 0.001;
+  const SynthVolume v = generate_volume(r, 8, 1);
+  const SynthRegion g = draw_region(r, 8, 1);
+  REQUIRE(g.active);
+  for (int a = 0; a < 3; ++a) {
+    CHECK(std::fabs(g.centre[a] - (n - 1) / 2.0) <= 0.1 * n + 1e-4);
+    CHECK(1.0 / g.inv_axis[a] >= 0.3 * n - 1e-3);
+    CHECK(1.0 / g.inv_axis[a] <= 0.4 * n + 1e-3);
+  }
+  // chi is the whole volume's chi inside and 0 outside; the field is 0
+  // outside and the field of the masked chi (plus noise) inside.
+  std::vector<float> chi_in = whole.chi;
+  int64_t inside = 0;
+  for (int64_t k = 0; k < n; ++k)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t i = 0; i < n; ++i) {
+        const size_t m = static_cast<size_t>((k * n + j) * n + i);
+        if (region_contains(g, i, j, k)) {
+          ++inside;
+          REQUIRE(v.chi[m] == whole.chi[m]);
+        } else {
+          chi_in[m] = 0.0f;
+          REQUIRE(v.chi[m] == 0.0f);
+          REQUIRE(v.field[m] == 0.0f);
+        }
+      }
+  // A fraction of an ellipsoid of these semi-axes: 4/3 pi abc / n^3 in [0.11, 0.27].
+  CHECK(inside > 0.1 * n * n * n);
+  CHECK(inside < 0.3 * n * n * n);
+  std::vector<float> field(chi_in.size());
+  forward_field(chi_in.data(), {n, n, n}, r.voxel_mm, r.b0_dir, r.dipole_k0, r.pad, field.data());
+  double err = 0, ref = 0;
+  for (size_t m = 0; m < field.size(); ++m)
+    if (v.field[m] != 0.0f) {
+      err += (v.field[m] - field[m]) * (v.field[m] - field[m]);
+      ref += field[m] * field[m];
+    }
+  CHECK(std::sqrt(err / ref) < 0.2);  // the 0.001 ppm noise, nothing else
+  CHECK(std::sqrt(err / ref) > 0.001);
+
+  // The coin: about region_prob of the volumes, and the paper's volumes
+  // unchanged when it comes up tails.
+  r.region_prob = 0.3;
+  int heads = 0;
+  for (int64_t vol = 0; vol < 400; ++vol) heads += draw_region(r, 8, vol).active;
+  CHECK(heads / 400.0 == Approx(0.3).margin(0.07));
+  r.region_prob = 0.0;
+  CHECK_FALSE(draw_region(r, 8, 1).active);
+}
+
 TEST_CASE("options are off in the paper recipe and round-trip through JSON", "[synth]") {
   const Recipe paper;
   CHECK(paper.rects_max == 0);
@@ -502,6 +559,7 @@ TEST_CASE("options are off in the paper recipe and round-trip through JSON", "[s
   CHECK(paper.b0_cone_deg == 0);
   CHECK(paper.noise_std == 0);
   CHECK(paper.lesion_prob == 0);
+  CHECK(paper.region_prob == 0);
 
   Recipe r;
   r.rects_min = 1;
@@ -516,6 +574,9 @@ TEST_CASE("options are off in the paper recipe and round-trip through JSON", "[s
   r.lesion_prob = 0.1;
   r.lesion_chi_min = 0.3;
   r.lesion_chi_max = 2.0;
+  r.region_prob = 0.7;
+  r.region_size_min = 0.2;
+  r.region_size_max = 0.3;
   const auto j = recipe_to_json(r);
   Recipe back;
   for (const auto& [key, value] : j.items()) REQUIRE(read_recipe_key(back, key, value, key));
@@ -550,6 +611,9 @@ TEST_CASE("invalid option values are refused with the key's name", "[synth]") {
   refused([](Recipe& r) { r.noise_std = -0.01; }, "data.noise_std");
   refused([](Recipe& r) { r.lesion_prob = 1.5; }, "data.lesion_prob");
   refused([](Recipe& r) { r.lesion_chi_min = 2, r.lesion_chi_max = 1; }, "data.lesion_chi");
+  refused([](Recipe& r) { r.region_prob = -0.1; }, "data.region_prob");
+  refused([](Recipe& r) { r.region_size_max = 0.6; }, "data.region_size");
+  refused([](Recipe& r) { r.region_size_min = 0; }, "data.region_size");
   refused([](Recipe& r) { r.cubes_max = r.cubes_min = 0, r.spheres_max = r.spheres_min = 0; },
           "empty counts");
   // Boxes alone are enough to fill a volume.

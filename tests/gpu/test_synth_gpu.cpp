@@ -45,6 +45,7 @@ Recipe with_options(Recipe r) {
   r.b0_cone_deg = 25;
   r.voxel_mm = {0.9, 1.0, 1.6};
   r.noise_std = 0.002;
+  r.region_prob = 0.5;
   r.pad = 5;
   return r;
 }
