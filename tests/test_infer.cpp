@@ -328,4 +328,20 @@ TEST_CASE("deepqsm phantom writes field, chi and mask on one grid", "[infer]") {
   CHECK(field.data == ph.field);
   CHECK(chi.data == ph.chi);
   CHECK(mask.qform == field.qform);
+
+  // --noise-std: white noise of that standard deviation on the field only.
+  const std::string fn = dir.file("fn.nii");
+  const std::string noisy = std::string("'") + DEEPQSM_BINARY + "' phantom -o " + q(fn) +
+                            " --size 32 --noise-std 0.01 --seed 4 >/dev/null";
+  REQUIRE(std::system(noisy.c_str()) == 0);
+  const dq::Volume n = dq::read_nifti(fn);
+  double s = 0, s2 = 0;
+  for (size_t i = 0; i < n.data.size(); ++i) {
+    const double e = n.data[i] - ph.field[i];
+    s += e;
+    s2 += e * e;
+  }
+  const double count = static_cast<double>(n.data.size());
+  CHECK(s / count == Approx(0).margin(3e-4));  // 32768 draws: standard error 5.5e-5
+  CHECK(std::sqrt(s2 / count) == Approx(0.01).epsilon(0.03));
 }

@@ -120,10 +120,47 @@ TEST_CASE("synth writes the documented HDF5 layout", "[synth_cli]") {
   const dq::SynthVolume sv = dq::generate_volume(recipe, 11, 1);
   CHECK(v.data == sv.chi);
   CHECK(fs::exists(vols + "/field_0000.nii.gz"));
+  CHECK_FALSE(fs::exists(vols + "/mask_0000.nii.gz"));  // no region in this recipe
   CHECK(slurp(png).substr(1, 3) == "PNG");
   // Nothing but the results: no temporary file left.
   for (const auto& e : fs::directory_iterator(dir.path))
     CHECK(e.path().filename().string().find(".tmp") == std::string::npos);
+}
+
+TEST_CASE("synth --volumes-out writes each volume's region mask", "[synth_cli]") {
+  TempDir dir("deepqsm-synth");
+  std::string recipe_text = kTinyRecipe;
+  recipe_text.insert(recipe_text.rfind('}'), R"(, "region_prob": 0.5)");
+  const std::string cfg = dir.write("recipe.json", recipe_text);
+  const std::string vols = (dir.path / "vols").string();
+  const Run r =
+      run(dir, "synth --quiet --config '" + cfg + "' --volumes 6 --out '" +
+                   (dir.path / "p.h5").string() + "' --seed 3 --volumes-out '" + vols + "'");
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code() == 0);
+  CHECK_THAT(r.out, Contains("{chi,field,mask}"));
+  dq::Recipe recipe;
+  const dq::json parsed = dq::json::parse(recipe_text);
+  for (const auto& [key, value] : parsed.items())
+    REQUIRE(dq::read_recipe_key(recipe, key, value, key));
+  int regions = 0;
+  for (int v = 0; v < 6; ++v) {
+    char name[32];
+    std::snprintf(name, sizeof name, "/mask_%04d.nii.gz", v);
+    const dq::Volume m = dq::read_nifti(vols + name);
+    const dq::Volume field = dq::read_nifti(vols + std::string(name).replace(1, 4, "field"));
+    const dq::SynthRegion g = dq::draw_region(recipe, 3, v);
+    regions += g.active;
+    for (int64_t k = 0; k < 24; ++k)
+      for (int64_t j = 0; j < 24; ++j)
+        for (int64_t i = 0; i < 24; ++i) {
+          const size_t at = static_cast<size_t>((k * 24 + j) * 24 + i);
+          REQUIRE(m.data[at] == (dq::region_contains(g, i, j, k) ? 1.0f : 0.0f));
+          if (m.data[at] == 0.0f) REQUIRE(field.data[at] == 0.0f);
+        }
+  }
+  CHECK(regions > 0);  // seed 3 draws both kinds among the six
+  CHECK(regions < 6);
 }
 
 TEST_CASE("synth reads a training config's data section and seed", "[synth_cli]") {

@@ -140,6 +140,13 @@ int run_synth(const std::string& config, int64_t volumes, const std::string& out
     if (!volumes_out.empty()) {
       write_nifti_new(volume_name(volumes_out, "chi", v), vol_chi.data(), n, n, n, r.voxel_mm);
       write_nifti_new(volume_name(volumes_out, "field", v), vol_field.data(), n, n, n, r.voxel_mm);
+      if (r.region_prob > 0) {
+        // The volume's region (all ones when its coin said whole volume), so
+        // the volume can be scored like an in-vivo map, inside its mask.
+        std::vector<float> mask(static_cast<size_t>(dims.numel()), 1.0f);
+        apply_region(draw_region(r, seed, v), n, mask.data());
+        write_nifti_new(volume_name(volumes_out, "mask", v), mask.data(), n, n, n, r.voxel_mm);
+      }
     }
     if (v == 0 && !preview.empty()) {
       const auto wc = robust_window(vol_chi.data(), dims.numel());
@@ -162,8 +169,8 @@ int run_synth(const std::string& config, int64_t volumes, const std::string& out
   std::printf("wrote %lld (field, chi) patch pairs of %lld^3 to %s\n",
               static_cast<long long>(volumes * per), static_cast<long long>(P), out.c_str());
   if (!volumes_out.empty())
-    std::printf("volumes: %s/{chi,field}_0000.nii.gz ... (%lld each)\n", volumes_out.c_str(),
-                static_cast<long long>(volumes));
+    std::printf("volumes: %s/{chi,field%s}_0000.nii.gz ... (%lld each)\n", volumes_out.c_str(),
+                r.region_prob > 0 ? ",mask" : "", static_cast<long long>(volumes));
   if (!preview.empty()) std::printf("preview: %s\n", preview.c_str());
   return 0;
 }
@@ -194,7 +201,8 @@ Command add_synth_command(CLI::App& app) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   cmd->add_option("--out", o->out, "HDF5 patch file to write")->required();
   cmd->add_option("--volumes-out", o->volumes_out,
-                  "Also write chi_XXXX.nii.gz and field_XXXX.nii.gz for every volume here");
+                  "Also write chi_XXXX.nii.gz and field_XXXX.nii.gz for every volume here (and "
+                  "mask_XXXX.nii.gz, its region, when region_prob > 0)");
   cmd->add_option("--preview", o->preview,
                   "Also draw the first volume's central slices to this PNG");
   cmd->add_option("--seed", o->seed,

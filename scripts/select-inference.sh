@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# How deepqsm-infer's defaults (--scales, --scale-sigma, --flips, --refine)
+# are chosen for a model: on synthetic data only, never on in-vivo data.
+# Generates a held-out evaluation set, runs deepqsm-infer with each option
+# set, scores it with `deepqsm eval` (NRMSE %, demeaned, inside the mask) and
+# prints a markdown table with the mean over the cases and the time per run.
+#
+# Cases (fixed seeds, none used in training):
+#   whole    one 160^3 volume of the paper recipe, 0.002 ppm field noise,
+#            scored over the whole volume
+#   region1  two volumes whose sources and field lie only inside a random
+#   region2  ellipsoid (data.region_prob 1), scored inside it: the shape of
+#            an in-vivo local field after background removal
+#   phantom  the head phantom (deepqsm phantom), clean and with 0.002 ppm
+#   ph+noise noise, scored inside its brain mask
+#
+# Usage: scripts/select-inference.sh MODEL.h5 ['OPTIONS' ...]
+#   e.g. scripts/select-inference.sh models/deepqsm-default.h5 '--scales 1' '--scales 2 --flips 4'
+# Without option sets it compares a built-in list. BUILD_DIR picks the build.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${BUILD_DIR:-$root/build}
+deepqsm=$build/deepqsm
+infer=$build/deepqsm-infer
+[ $# -ge 1 ] || { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+model=$1
+shift
+[ -f "$model" ] || { echo "select-inference: no model file $model" >&2; exit 1; }
+for b in "$deepqsm" "$infer"; do
+  [ -x "$b" ] || { echo "select-inference: $b not found; build first (scripts/build.sh)" >&2; exit 1; }
+done
+if [ $# -gt 0 ]; then
+  sets=("$@")
+else
+  sets=("--scales 1" "--scales 2" "--scales 2 --scale-sigma 4" "--scales 2 --scale-sigma 16"
+        "--scales 1 --flips 2" "--scales 1 --flips 8" "--scales 2 --flips 8")
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+seed=987654321
+echo '{"volume_size": 160, "patches_per_volume": 1, "pad": 32, "noise_std": 0.002}' >"$work/whole.json"
+echo '{"volume_size": 160, "patches_per_volume": 1, "pad": 32, "noise_std": 0.002, "region_prob": 1}' \
+  >"$work/region.json"
+"$deepqsm" synth --config "$work/whole.json" --volumes 1 --seed $seed --out "$work/w.h5" \
+  --volumes-out "$work/whole" --quiet >/dev/null
+"$deepqsm" synth --config "$work/region.json" --volumes 2 --seed $seed --out "$work/r.h5" \
+  --volumes-out "$work/region" --quiet >/dev/null
+"$deepqsm" phantom -o "$work/ph_field.nii.gz" --chi "$work/ph_chi.nii.gz" \
+  --mask "$work/ph_mask.nii.gz" >/dev/null
+"$deepqsm" phantom -o "$work/phn_field.nii.gz" --noise-std 0.002 --seed 5 >/dev/null
+
+# name field chi mask("" = whole grid)
+cases=("whole $work/whole/field_0000.nii.gz $work/whole/chi_0000.nii.gz -"
+       "region1 $work/region/field_0000.nii.gz $work/region/chi_0000.nii.gz $work/region/mask_0000.nii.gz"
+       "region2 $work/region/field_0001.nii.gz $work/region/chi_0001.nii.gz $work/region/mask_0001.nii.gz"
+       "phantom $work/ph_field.nii.gz $work/ph_chi.nii.gz $work/ph_mask.nii.gz"
+       "ph+noise $work/phn_field.nii.gz $work/ph_chi.nii.gz $work/ph_mask.nii.gz")
+
+echo "model: $model ($(nproc) cores; NRMSE %, demeaned, inside the mask; synthetic data only)"
+echo
+header="| options |"
+rule="| --- |"
+for c in "${cases[@]}"; do header+=" ${c%% *} |"; rule+=" ---: |"; done
+echo "$header mean | s per run |"
+echo "$rule ---: | ---: |"
+for opts in "${sets[@]}"; do
+  row="| \`$opts\` |"
+  sum=0
+  secs=0
+  for c in "${cases[@]}"; do
+    read -r name field chi mask <<<"$c"
+    mask_args=()
+    [ "$mask" = "-" ] || mask_args=(--mask "$mask")
+    t0=$(date +%s.%N)
+    # shellcheck disable=SC2086  # the option set is split on purpose
+    "$infer" "$field" -o "$work/out.nii.gz" --model "$model" "${mask_args[@]}" $opts >/dev/null
+    t1=$(date +%s.%N)
+    v=$("$deepqsm" eval "$work/out.nii.gz" --ref "$chi" "${mask_args[@]}" --json |
+      python3 -c 'import json,sys; print("%.2f" % json.load(sys.stdin)["NRMSE"])')
+    row+=" $v |"
+    sum=$(python3 -c "print($sum + $v)")
+    secs=$(python3 -c "print($secs + $t1 - $t0)")
+  done
+  n=${#cases[@]}
+  echo "$row $(python3 -c "print('%.2f' % ($sum / $n))") | $(python3 -c "print('%.1f' % ($secs / $n))") |"
+done
