@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 #include "core/error.h"
 
@@ -14,7 +15,12 @@ std::mutex& fftw_planner_mutex() {
   return m;
 }
 
-Fft3::Fft3(const Dims3& dims) : dims_(dims) {
+int fft_threads() {
+  const unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
+Fft3::Fft3(const Dims3& dims, int threads) : dims_(dims) {
   DQ_CHECK(dims.nz > 0 && dims.ny > 0 && dims.nx > 0, "empty FFT grid");
   // FFTW takes int sizes; a 1290^3 grid would overflow, far beyond any volume here.
   DQ_CHECK(dims.numel() < (int64_t{1} << 31), "FFT grid too large");
@@ -30,10 +36,21 @@ Fft3::Fft3(const Dims3& dims) : dims_(dims) {
             nx = static_cast<int>(dims.nx);
   auto* spec = reinterpret_cast<fftwf_complex*>(spectrum_);
   std::lock_guard<std::mutex> lock(fftw_planner_mutex());
+#ifdef DEEPQSM_FFTW_THREADS
+  // The thread count is planner state: set it for these two plans only, under
+  // the planner lock, and put it back so other plans stay single-threaded.
+  static const bool threads_ok = fftwf_init_threads() != 0;
+  if (threads_ok) fftwf_plan_with_nthreads(threads > 1 ? threads : 1);
+#else
+  (void)threads;
+#endif
   // FFTW_ESTIMATE does not touch the buffers while planning, so no data is
   // lost and planning costs no transforms.
   fftwf_plan r2c = fftwf_plan_dft_r2c_3d(nz, ny, nx, real_, spec, FFTW_ESTIMATE);
   fftwf_plan c2r = fftwf_plan_dft_c2r_3d(nz, ny, nx, spec, real_, FFTW_ESTIMATE);
+#ifdef DEEPQSM_FFTW_THREADS
+  if (threads_ok) fftwf_plan_with_nthreads(1);
+#endif
   if (!r2c || !c2r) {  // the destructor will not run: release everything here
     if (r2c) fftwf_destroy_plan(r2c);
     if (c2r) fftwf_destroy_plan(c2r);

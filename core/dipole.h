@@ -51,9 +51,18 @@ std::mutex& fftw_planner_mutex();
 // R2C / C2R plans for one grid, on buffers it owns. Plans are made with
 // FFTW_ESTIMATE (milliseconds), so building one per volume or per batch is
 // cheap; reuse one across volumes of the same size when convenient.
+// The threads a repeated transform on an otherwise idle machine should use:
+// the host's hardware threads (at least 1).
+int fft_threads();
+
 class Fft3 {
  public:
-  explicit Fft3(const Dims3& dims);
+  // threads > 1 plans multi-threaded transforms (FFTW's threads library,
+  // when it was found at build time; otherwise one thread). Use it for a
+  // transform repeated many times on an otherwise idle machine (the CG
+  // refinement, TV); generators that already run one transform per worker
+  // keep the default 1.
+  explicit Fft3(const Dims3& dims, int threads = 1);
   ~Fft3();
   Fft3(const Fft3&) = delete;
   Fft3& operator=(const Fft3&) = delete;

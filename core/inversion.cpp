@@ -175,7 +175,7 @@ int tv_admm(const float* field, const uint8_t* mask, const Dims3& dims, const Ve
                           static_cast<float>(1.0 / voxel_mm[1]),
                           static_cast<float>(1.0 / voxel_mm[2])};
 
-  Fft3 fft(g);
+  Fft3 fft(g, fft_threads());
   std::vector<float> fp(n);  // padded field, for the objective
   pad_into(field, dims, pad, fp.data());
   std::memcpy(fft.real(), fp.data(), sizeof(float) * n);

@@ -26,7 +26,7 @@ struct DipoleOp {
            const uint8_t* m)
       : dims(d),
         pad(p),
-        fft(d.padded(p)),
+        fft(d.padded(p), fft_threads()),
         kernel(dipole_kernel(d.padded(p), voxel_mm, b0_dir, k0)),
         mask(m) {}
 
