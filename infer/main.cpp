@@ -39,11 +39,19 @@ constexpr const char* kAbout =
     "Scales (--scales, default 2): the dipole kernel depends on the direction of k only, so\n"
     "the inversion looks the same at every scale. The network also runs on the field averaged\n"
     "over 2x2x2 voxels, where it reaches twice as far, and that pass supplies the large\n"
-    "structures (below ~1/(2 pi sigma) cycles/voxel, sigma = --scale-sigma, default 8); the\n"
+    "structures (below ~1/(2 pi sigma) cycles/voxel, sigma = --scale-sigma, default 16); the\n"
     "full-resolution pass supplies edges and detail. --scales 1 is one plain pass.\n"
     "Mirroring the field along x, y or z mirrors chi (D(k) is even in each k component), so\n"
     "--flips N averages N mirrored passes per scale, which cancels part of the network's error\n"
     "at N times the cost.\n"
+    "\n"
+    "Refinement (--refine, default 20 iterations): the network's chi is then pulled towards\n"
+    "data consistency by conjugate gradients on |M (D*chi - field)|^2 + lambda |chi - chi_net|^2\n"
+    "(M the mask, lambda = --refine-lambda), with the dipole convolution zero-padded by\n"
+    "--refine-pad voxels per side so it does not wrap around. The net supplies what the field\n"
+    "cannot (near the cone where D(k) = 0), the data the rest. --refine 0 turns it off.\n"
+    "These defaults were chosen on synthetic data only (scripts/select-inference.sh,\n"
+    "models/README.md).\n"
     "\n"
     "Model: --model, else $DEEPQSM_MODEL, else models/deepqsm-default.h5 next to the\n"
     "executable (../models/) or in the source tree. Device: auto (the default) runs the\n"
@@ -110,6 +118,11 @@ int main(int argc, char** argv) {
                  "|D*chi - field|^2 + lambda |chi - chi_net|^2 inside the mask (0 = off)")
       ->capture_default_str();
   app.add_option("--refine-lambda", o.refine_lambda, "lambda of --refine")->capture_default_str();
+  app.add_option("--refine-pad", o.refine_pad,
+                 "Zero voxels added on each side for --refine's FFTs, so the dipole convolution "
+                 "does not wrap around the grid's edges")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("--preview", o.preview_path,
                  "Write a PNG of the central axial, coronal and sagittal slices of field and chi");
   app.footer(

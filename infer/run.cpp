@@ -321,6 +321,7 @@ int run_inference(const InferOptions& opt) {
     RefineOptions ro;
     ro.iterations = opt.refine;
     ro.lambda = opt.refine_lambda;
+    ro.pad = opt.refine_pad;
     std::vector<float> refined(chi.size());
     std::vector<double> objective;
     if (gpu)

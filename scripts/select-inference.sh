@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How deepqsm-infer's defaults (--scales, --scale-sigma, --flips, --refine)
+# How deepqsm-infer's defaults (--scales, --scale-sigma, --flips, --refine, --refine-pad)
 # are chosen for a model: on synthetic data only, never on in-vivo data.
 # Generates a held-out evaluation set, runs deepqsm-infer with each option
 # set, scores it with `deepqsm eval` (NRMSE %, demeaned, inside the mask) and
@@ -16,13 +16,15 @@
 #
 # Usage: scripts/select-inference.sh MODEL.h5 ['OPTIONS' ...]
 #   e.g. scripts/select-inference.sh models/deepqsm-default.h5 '--scales 1' '--scales 2 --flips 4'
-# Without option sets it compares a built-in list. BUILD_DIR picks the build.
+# Without option sets it compares a built-in list ("" = the defaults). TKD and
+# Tikhonov (deepqsm invert, literature defaults) close the table as a yardstick.
+# BUILD_DIR picks the build.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build}
 deepqsm=$build/deepqsm
 infer=$build/deepqsm-infer
-[ $# -ge 1 ] || { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 model=$1
 shift
 [ -f "$model" ] || { echo "select-inference: no model file $model" >&2; exit 1; }
@@ -32,8 +34,8 @@ done
 if [ $# -gt 0 ]; then
   sets=("$@")
 else
-  sets=("--scales 1" "--scales 2" "--scales 2 --scale-sigma 4" "--scales 2 --scale-sigma 16"
-        "--scales 1 --flips 2" "--scales 1 --flips 8" "--scales 2 --flips 8")
+  sets=("" "--scales 1 --refine 0" "--scales 2 --refine 0" "--refine-pad 0" "--scales 1"
+        "--flips 8" "--scales 3")
 fi
 
 work=$(mktemp -d)
@@ -64,17 +66,23 @@ rule="| --- |"
 for c in "${cases[@]}"; do header+=" ${c%% *} |"; rule+=" ---: |"; done
 echo "$header mean | s per run |"
 echo "$rule ---: | ---: |"
-for opts in "${sets[@]}"; do
-  row="| \`$opts\` |"
+# Two classical inversions with their literature defaults close the table, as
+# a yardstick for the cases (no model involved).
+for opts in "${sets[@]}" "classical tkd" "classical tikhonov"; do
+  if [[ $opts == classical* ]]; then row="| ${opts#classical } (reference) |"; else row="| \`${opts:-(defaults)}\` |"; fi
   sum=0
   secs=0
   for c in "${cases[@]}"; do
-    read -r name field chi mask <<<"$c"
+    read -r _ field chi mask <<<"$c"
     mask_args=()
     [ "$mask" = "-" ] || mask_args=(--mask "$mask")
     t0=$(date +%s.%N)
-    # shellcheck disable=SC2086  # the option set is split on purpose
-    "$infer" "$field" -o "$work/out.nii.gz" --model "$model" "${mask_args[@]}" $opts >/dev/null
+    if [[ $opts == classical* ]]; then
+      "$deepqsm" invert "${opts#classical }" "$field" -o "$work/out.nii.gz" "${mask_args[@]}" >/dev/null
+    else
+      # shellcheck disable=SC2086  # the option set is split on purpose
+      "$infer" "$field" -o "$work/out.nii.gz" --model "$model" "${mask_args[@]}" $opts >/dev/null
+    fi
     t1=$(date +%s.%N)
     v=$("$deepqsm" eval "$work/out.nii.gz" --ref "$chi" "${mask_args[@]}" --json |
       python3 -c 'import json,sys; print("%.2f" % json.load(sys.stdin)["NRMSE"])')
