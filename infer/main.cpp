@@ -121,7 +121,6 @@ int main(int argc, char** argv) {
   app.add_option("--refine-pad", o.refine_pad,
                  "Zero voxels added on each side for --refine's FFTs, so the dipole convolution "
                  "does not wrap around the grid's edges")
-      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--preview", o.preview_path,
                  "Write a PNG of the central axial, coronal and sagittal slices of field and chi");

@@ -121,6 +121,10 @@ int run_inference(const InferOptions& opt) {
     fail("--device must be auto, cpu or gpu, got '", opt.device, "'");
   if (opt.out_path.empty()) fail("an output path is needed (-o chi.nii.gz)");
   if (opt.scales < 1 || opt.scales > 4) fail("--scales must be 1 to 4, got ", opt.scales);
+  if (opt.refine < 0) fail("--refine must be >= 0 iterations, got ", opt.refine);
+  if (opt.refine_pad < 0) fail("--refine-pad must be >= 0 voxels, got ", opt.refine_pad);
+  if (!(opt.refine_lambda > 0) || !std::isfinite(opt.refine_lambda))
+    fail("--refine-lambda must be a finite number > 0, got ", opt.refine_lambda);
   if (opt.flips != 1 && opt.flips != 2 && opt.flips != 4 && opt.flips != 8)
     fail("--flips must be 1, 2, 4 or 8, got ", opt.flips);
   if (!(opt.scale_sigma >= 0) || !std::isfinite(opt.scale_sigma))
