@@ -16,7 +16,8 @@
 //
 // Default lambda 1e-2 (the Tikhonov default, so the refinement trusts the
 // network where the dipole kernel is near zero) and 10 iterations.
-// deepqsm-infer offers this as `--refine N`. cuda/inversion.h has the GPU
+// deepqsm-infer runs it by default (`--refine 20`, `--refine-pad 32`: the
+// choice of scripts/select-inference.sh on synthetic data). cuda/inversion.h has the GPU
 // version, cuda_refine_chi, with the same numbers.
 #pragma once
 #include <cstdint>

@@ -39,8 +39,15 @@ seed $seed, held out from training), field by the dipole model with D(0) = 1/3 a
 along z, no noise. Metrics over every voxel (no mask; definitions in
 [docs/metrics.md](../metrics.md)). Methods with literature defaults: TKD threshold
 0.19; Tikhonov identity, lambda 1e-2; TV lambda 1e-3, rho 0.1, at most 250 ADMM
-iterations (tolerance 1e-3); DeepQSM: deepqsm-infer's default model. Times are
+iterations (tolerance 1e-3); DeepQSM: deepqsm-infer's default model and options. Times are
 wall-clock on the CPU, including NIfTI I/O.
+
+The paper's recipe simulates the field by a periodic (unpadded) FFT convolution, the
+forward model TKD, Tikhonov and TV invert here exactly. An in-vivo field is not periodic:
+the shipped model was trained on zero-padded simulations (\`data.pad\` 32) and
+deepqsm-infer's refinement pads by 32 voxels by default (\`--refine-pad\`), so on these
+volumes DeepQSM is scored on a field unlike the one it expects at the edges
+(models/README.md).
 
 MD
 table_header "$md"
