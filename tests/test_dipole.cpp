@@ -10,10 +10,13 @@
 #include "core/error.h"
 #include "core/philox.h"
 #include "core/tkd.h"
+#include "tests/test_util.h"
 
 using namespace dq;
 
 namespace {
+
+using dq::test::rel_l2;
 
 const Vec3 kIso{1.0, 1.0, 1.0};
 const Vec3 kBz{0.0, 0.0, 1.0};
@@ -59,15 +62,6 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<double>& b) {
   double m = 0;
   for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
   return m;
-}
-
-double nrmse(const std::vector<float>& got, const std::vector<float>& want) {
-  double e = 0, s = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    e += (got[i] - want[i]) * (got[i] - want[i]);
-    s += want[i] * want[i];
-  }
-  return std::sqrt(e / s);
 }
 
 }  // namespace
@@ -273,7 +267,7 @@ TEST_CASE("TKD approximately inverts the forward model on a smooth chi", "[dipol
     sxx += chi[i] * chi[i];
     syy += rec[i] * rec[i];
   }
-  const double e = nrmse(rec, chi), e_fine = nrmse(rec_fine, chi);
+  const double e = rel_l2(rec, chi), e_fine = rel_l2(rec_fine, chi);
   INFO("NRMSE t=0.19: " << e << ", t=0.001: " << e_fine);
   // The 0.19 truncation underestimates chi (a third of k-space is clamped)
   // but keeps its shape; a tiny threshold is all but the exact inverse.

@@ -10,8 +10,11 @@
 #include "core/dipole.h"
 #include "core/ensemble.h"
 #include "core/error.h"
+#include "tests/test_util.h"
 
 namespace {
+
+using dq::test::rel_l2;
 
 size_t at(const dq::Dims3& d, int64_t z, int64_t y, int64_t x) {
   return static_cast<size_t>((z * d.ny + y) * d.nx + x);
@@ -34,15 +37,6 @@ std::vector<float> noise(const dq::Dims3& d, uint32_t seed) {
   std::vector<float> v(static_cast<size_t>(d.numel()));
   for (float& x : v) x = g(rng);
   return v;
-}
-
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return std::sqrt(num / den);
 }
 
 }  // namespace

@@ -5,15 +5,27 @@
 #include <sys/wait.h>
 
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace dq::test {
 
 namespace fs = std::filesystem;
+
+// ||got - want|| / ||want|| (not demeaned; core/metrics.h has the QSM metrics).
+inline double rel_l2(const std::vector<float>& got, const std::vector<float>& want) {
+  double e = 0, s = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    e += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+    s += double(want[i]) * want[i];
+  }
+  return std::sqrt(e / s);
+}
 
 // A fresh directory under the system temp dir, removed with its contents.
 struct TempDir {
