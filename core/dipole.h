@@ -48,13 +48,13 @@ inline int64_t fftfreq_index(int64_t i, int64_t n) {
 // plans/buffers is thread-safe and needs no lock.
 std::mutex& fftw_planner_mutex();
 
-// R2C / C2R plans for one grid, on buffers it owns. Plans are made with
-// FFTW_ESTIMATE (milliseconds), so building one per volume or per batch is
-// cheap; reuse one across volumes of the same size when convenient.
 // The threads a repeated transform on an otherwise idle machine should use:
 // the host's hardware threads (at least 1).
 int fft_threads();
 
+// R2C / C2R plans for one grid, on buffers it owns. Plans are made with
+// FFTW_ESTIMATE (milliseconds), so building one per volume or per batch is
+// cheap; reuse one across volumes of the same size when convenient.
 class Fft3 {
  public:
   // threads > 1 plans multi-threaded transforms (FFTW's threads library,
