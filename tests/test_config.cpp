@@ -290,3 +290,45 @@ TEST_CASE("loss-scale and all-reduce keys are checked", "[config]") {
   CHECK_THAT(error_of(R"({"optim": {"loss_scale": "off"}})"),
              Contains("optim.loss_scale: unknown key") && Contains("train.loss_scale"));
 }
+
+TEST_CASE("the learning-rate schedule", "[config]") {
+  SECTION("constant: optim.lr at every update, after an optional linear warm-up") {
+    dq::TrainConfig c = dq::parse_train_config(R"({"optim": {"lr": 1e-3}})", "constant");
+    CHECK(dq::scheduled_lr(c, 1) == c.optim.lr);
+    CHECK(dq::scheduled_lr(c, 100000) == c.optim.lr);
+    c = dq::parse_train_config(R"({"optim": {"lr": 1e-3, "warmup_steps": 4}})", "warm");
+    CHECK(dq::scheduled_lr(c, 1) == Approx(0.25e-3));
+    CHECK(dq::scheduled_lr(c, 2) == Approx(0.5e-3));
+    CHECK(dq::scheduled_lr(c, 4) == Approx(1e-3));
+    CHECK(dq::scheduled_lr(c, 5) == c.optim.lr);
+  }
+  SECTION("cosine: lr to lr_min over decay_steps after the warm-up, then lr_min") {
+    const dq::TrainConfig c = dq::parse_train_config(
+        R"({"optim": {"lr": 1e-3, "lr_min": 1e-5, "schedule": "cosine", "warmup_steps": 10,
+            "decay_steps": 100}})",
+        "cosine");
+    CHECK(dq::scheduled_lr(c, 5) == Approx(0.5e-3));
+    CHECK(dq::scheduled_lr(c, 10) == Approx(1e-3));
+    // Half-way down the cosine: the mean of the two ends.
+    CHECK(dq::scheduled_lr(c, 60) == Approx(0.5 * (1e-3 + 1e-5)));
+    // A quarter of the way: lr_min + (lr - lr_min) (1 + cos(pi/4)) / 2.
+    CHECK(dq::scheduled_lr(c, 35) == Approx(1e-5 + (1e-3 - 1e-5) * 0.8535533905932737));
+    CHECK(dq::scheduled_lr(c, 110) == Approx(1e-5));
+    CHECK(dq::scheduled_lr(c, 100000) == Approx(1e-5));
+    for (int64_t t = 11; t < 110; ++t) CHECK(dq::scheduled_lr(c, t + 1) < dq::scheduled_lr(c, t));
+    // The dump keeps the schedule.
+    CHECK(canon(dq::parse_train_config(canon(c), "dump")) == canon(c));
+  }
+  SECTION("mistakes are refused, naming the key") {
+    CHECK_THAT(error_of(R"({"optim": {"schedule": "step"}})"),
+               Contains("optim.schedule") && Contains("\"cosine\""));
+    CHECK_THAT(error_of(R"({"optim": {"schedule": "cosine"}})"),
+               Contains("optim.decay_steps: must be >= 1"));
+    CHECK_THAT(error_of(R"({"optim": {"decay_steps": 100}})"),
+               Contains("optim.decay_steps: is only read"));
+    CHECK_THAT(error_of(R"({"optim": {"lr": 1e-4, "lr_min": 1e-3}})"),
+               Contains("optim.lr_min") && Contains("above optim.lr"));
+    CHECK_THAT(error_of(R"({"optim": {"warmup_steps": -1}})"), Contains("optim.warmup_steps"));
+    CHECK_THAT(error_of(R"({"optim": {"lr_min": -1e-4}})"), Contains("optim.lr_min"));
+  }
+}

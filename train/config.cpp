@@ -37,7 +37,8 @@ const KeyTable& known_keys() {
         {"", {"name", "model", "data", "optim", "train"}},
         {"model", {"depth", "base_filters", "dropout", "residual", "head_kernel"}},
         {"data", data},
-        {"optim", {"lr", "beta1", "beta2", "eps"}},
+        {"optim",
+         {"lr", "beta1", "beta2", "eps", "schedule", "lr_min", "warmup_steps", "decay_steps"}},
         {"train",
          {"steps", "batch", "device", "precision", "loss_scale", "loss_scale_init",
           "loss_scale_growth_interval", "allreduce_overlap", "allreduce_bucket_kb",
@@ -101,13 +102,29 @@ void parse_data(const json& obj, TrainConfig& cfg) {
                });
 }
 
-void parse_optim(const json& obj, AdamConfig& o) {
+void parse_optim(const json& obj, TrainConfig& cfg) {
+  AdamConfig& o = cfg.optim;
   for_each_key(obj, "optim", known_keys(),
                [&](const std::string& key, const json& v, const std::string& path) {
+                 if (key == "schedule") {
+                   cfg.lr_schedule = read_string(v, path);
+                   check(cfg.lr_schedule == "constant" || cfg.lr_schedule == "cosine", path,
+                         "\"constant\" or \"cosine\"", "\"" + cfg.lr_schedule + "\"");
+                   return;
+                 }
+                 if (key == "warmup_steps" || key == "decay_steps") {
+                   int64_t& n = key == "warmup_steps" ? cfg.warmup_steps : cfg.decay_steps;
+                   n = read_int(v, path);
+                   check(n >= 0, path, ">= 0", std::to_string(n));
+                   return;
+                 }
                  const float x = read_float(v, path);
                  if (key == "lr") {
                    check(x > 0, path, "> 0", num(x));
                    o.lr = x;
+                 } else if (key == "lr_min") {
+                   check(x >= 0, path, ">= 0", num(x));
+                   cfg.lr_min = x;
                  } else if (key == "beta1" || key == "beta2") {
                    check(x >= 0 && x < 1, path, "in [0, 1)", num(x));
                    (key == "beta1" ? o.beta1 : o.beta2) = x;
@@ -218,6 +235,14 @@ void check_combinations(const TrainConfig& cfg) {
          ": train.reference_field and train.reference_chi go together (set both or neither)");
   if (!cfg.reference_mask.empty() && cfg.reference_field.empty())
     fail("train.reference_mask: needs train.reference_field and train.reference_chi");
+  if (cfg.lr_schedule == "cosine" && cfg.decay_steps == 0)
+    fail(
+        "optim.decay_steps: must be >= 1 with optim.schedule \"cosine\" (the updates over "
+        "which the rate falls from optim.lr to optim.lr_min)");
+  if (cfg.lr_schedule == "constant" && cfg.decay_steps > 0)
+    fail("optim.decay_steps: is only read with optim.schedule \"cosine\" (it is \"constant\")");
+  if (cfg.lr_min > cfg.optim.lr)
+    fail("optim.lr_min: ", cfg.lr_min, " is above optim.lr ", cfg.optim.lr);
 }
 
 // Rejects duplicate keys, which nlohmann would otherwise resolve silently by
@@ -316,7 +341,7 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
                    else if (key == "data")
                      parse_data(v, cfg);
                    else if (key == "optim")
-                     parse_optim(v, cfg.optim);
+                     parse_optim(v, cfg);
                    else if (key == "train")
                      parse_train(v, cfg);
                  });
@@ -376,7 +401,11 @@ const char* default_train_config_json() {
     "lr": 0.001,
     "beta1": 0.9,
     "beta2": 0.99,
-    "eps": 1e-08
+    "eps": 1e-08,
+    "schedule": "constant",
+    "lr_min": 0,
+    "warmup_steps": 0,
+    "decay_steps": 0
   },
   "train": {
     "steps": 300,
@@ -405,6 +434,18 @@ const char* default_train_config_json() {
 )json";
 }
 
+float scheduled_lr(const TrainConfig& cfg, int64_t update) {
+  const double lr = cfg.optim.lr;
+  const int64_t t = std::max<int64_t>(update, 1);
+  if (t <= cfg.warmup_steps)
+    return static_cast<float>(lr * static_cast<double>(t) / static_cast<double>(cfg.warmup_steps));
+  if (cfg.lr_schedule != "cosine") return cfg.optim.lr;
+  const double p = std::min(
+      1.0, static_cast<double>(t - cfg.warmup_steps) / static_cast<double>(cfg.decay_steps));
+  const double lo = cfg.lr_min;
+  return static_cast<float>(lo + 0.5 * (lr - lo) * (1.0 + std::cos(M_PI * p)));
+}
+
 std::string train_config_to_json(const TrainConfig& cfg) {
   // ordered_json keeps the documented section and key order.
   using ojson = nlohmann::ordered_json;
@@ -421,10 +462,10 @@ std::string train_config_to_json(const TrainConfig& cfg) {
   j["data"]["refresh_every"] = cfg.refresh_every;
   j["data"]["train_volumes"] = cfg.train_volumes;
   j["data"]["val_volumes"] = cfg.val_volumes;
-  j["optim"] = {{"lr", float_json(cfg.optim.lr)},
-                {"beta1", float_json(cfg.optim.beta1)},
-                {"beta2", float_json(cfg.optim.beta2)},
-                {"eps", float_json(cfg.optim.eps)}};
+  j["optim"] = {{"lr", float_json(cfg.optim.lr)},       {"beta1", float_json(cfg.optim.beta1)},
+                {"beta2", float_json(cfg.optim.beta2)}, {"eps", float_json(cfg.optim.eps)},
+                {"schedule", cfg.lr_schedule},          {"lr_min", float_json(cfg.lr_min)},
+                {"warmup_steps", cfg.warmup_steps},     {"decay_steps", cfg.decay_steps}};
   j["train"] = {{"steps", cfg.steps},
                 {"batch", cfg.batch},
                 {"device", cfg.device},

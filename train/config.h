@@ -14,19 +14,26 @@ namespace dq {
 struct TrainConfig {
   std::string name = "deepqsm";
   UNetConfig model;
-  Recipe data;                     // "data": the generator recipe
+  Recipe data;                       // "data": the generator recipe
   std::string source = "generator";  // "generator" | "stream" | "hdf5": where patches come from
-  std::string patch_file;          // source "hdf5": datasets field, chi (N, P, P, P[, 1])
-  int64_t refresh_every = 0;       // steps; > 0: fresh train_volumes every this many steps
-  int64_t train_volumes = 8;       // volumes of the training set (per refresh); stream: 0 = fresh
-  int64_t val_volumes = 1;         // held-out volumes, from their own seed range
+  std::string patch_file;            // source "hdf5": datasets field, chi (N, P, P, P[, 1])
+  int64_t refresh_every = 0;         // steps; > 0: fresh train_volumes every this many steps
+  int64_t train_volumes = 8;         // volumes of the training set (per refresh); stream: 0 = fresh
+  int64_t val_volumes = 1;           // held-out volumes, from their own seed range
   AdamConfig optim;
+  // Learning-rate schedule over Adam's update count (optim.schedule etc.):
+  // optim.lr after a linear warm-up, held ("constant", the paper) or
+  // cosine-decayed to lr_min over decay_steps updates and held there.
+  std::string lr_schedule = "constant";  // "constant" | "cosine"
+  float lr_min = 0.0f;
+  int64_t warmup_steps = 0;
+  int64_t decay_steps = 0;         // cosine: updates after the warm-up (>= 1)
   std::string device = "cpu";      // "cpu" | "gpu"
   std::string precision = "fp32";  // "fp32" | "tf32" | "bf16" | "fp16"
   // Loss scaling (core/loss_scale.h): "auto" (dynamic for fp16, off
   // otherwise) | "dynamic" | "static" (loss_scale_init, never changed) | "off".
   std::string loss_scale = "auto";
-  float loss_scale_init = 65536.0f;          // initial (or static) scale
+  float loss_scale_init = 65536.0f;           // initial (or static) scale
   int64_t loss_scale_growth_interval = 2000;  // clean steps before the scale doubles
   // Gradient all-reduce in buckets started during the backward pass
   // (train/comm.h); results are the same either way. A bucket starts once
@@ -49,10 +56,14 @@ struct TrainConfig {
   std::string init_from;
   std::string out_dir = "runs/deepqsm";
   std::string log_file = "log.jsonl";  // JSON lines, relative to out_dir
-  bool tensorboard = true;         // event files in out_dir/tb
+  bool tensorboard = true;             // event files in out_dir/tb
   // Optional evaluation pair (NIfTI paths; evaluation only, never training).
   std::string reference_field, reference_chi, reference_mask;
 };
+
+// The learning rate of Adam's update number `update` (1-based, counting
+// applied updates only, like Adam's bias correction).
+float scheduled_lr(const TrainConfig& cfg, int64_t update);
 
 // Parses and validates a config. `source` names the file in error messages.
 TrainConfig parse_train_config(const std::string& json_text, const std::string& source);

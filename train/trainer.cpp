@@ -711,7 +711,9 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
       }
       if (apply) {
         const int64_t skipped = t.scaler ? t.scaler->skipped_steps() : 0;
-        t.be->adam_step(t.params, t.grads, t.m, t.v, cfg.optim, done - skipped);
+        AdamConfig step_cfg = cfg.optim;
+        step_cfg.lr = scheduled_lr(cfg, done - skipped);
+        t.be->adam_step(t.params, t.grads, t.m, t.v, step_cfg, done - skipped);
       }
       res.final_loss = loss;
       res.steps = done;
@@ -727,10 +729,14 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
       if (done % cfg.log_every == 0 || last) {
         const double eta =
             elapsed / static_cast<double>(done - start) * static_cast<double>(steps - done);
-        const int n =
+        const double lr_now = scheduled_lr(cfg, done - (t.scaler ? t.scaler->skipped_steps() : 0));
+        int n =
             std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4e  %.1f samples/s  ETA %s",
                           static_cast<long long>(done), static_cast<long long>(steps), loss, sps,
                           format_duration(eta).c_str());
+        const bool scheduled = cfg.lr_schedule != "constant" || cfg.warmup_steps > 0;
+        if (scheduled && n > 0 && static_cast<size_t>(n) < sizeof line)
+          n += std::snprintf(line + n, sizeof line - static_cast<size_t>(n), "  lr %.2e", lr_now);
         if (t.scaler && n > 0 && static_cast<size_t>(n) < sizeof line)
           std::snprintf(line + n, sizeof line - static_cast<size_t>(n),
                         "  loss scale %g (%lld skipped)", static_cast<double>(t.scaler->scale()),
@@ -741,10 +747,13 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
         } else {
           t.say(line);
         }
-        json entry = {
-            {"step", done}, {"loss", loss}, {"samples_per_s", sps}, {"elapsed_s", elapsed}};
-        std::vector<std::pair<std::string, double>> scalars = {{"train/loss", loss},
-                                                               {"train/samples_per_s", sps}};
+        json entry = {{"step", done},
+                      {"loss", loss},
+                      {"lr", lr_now},
+                      {"samples_per_s", sps},
+                      {"elapsed_s", elapsed}};
+        std::vector<std::pair<std::string, double>> scalars = {
+            {"train/loss", loss}, {"train/lr", lr_now}, {"train/samples_per_s", sps}};
         if (t.scaler) {
           entry["loss_scale"] = t.scaler->scale();
           entry["skipped_steps"] = t.scaler->skipped_steps();
