@@ -15,6 +15,10 @@ __device__ __forceinline__ int64_t fftfreq_index_d(int64_t i, int64_t n) {
   return i < (n + 1) / 2 ? i : i - n;
 }
 
+__device__ __forceinline__ bool nyquist_d(int64_t i, int64_t n) {
+  return n % 2 == 0 && i == n / 2;
+}
+
 // One thread per half-spectrum bin; (bx, by, bz) is the unit B0 direction.
 __global__ void dipole_kernel_k(int64_t nz, int64_t ny, int64_t nx, int64_t nxh, double vx,
                                 double vy, double vz, double bx, double by, double bz, double k0,
@@ -27,8 +31,14 @@ __global__ void dipole_kernel_k(int64_t nz, int64_t ny, int64_t nx, int64_t nxh,
     const double ky = static_cast<double>(fftfreq_index_d(y, ny)) / (ny * vy);
     const double kx = static_cast<double>(fftfreq_index_d(x, nx)) / (nx * vx);
     const double k2 = kx * kx + ky * ky + kz * kz;
-    const double kb = kx * bx + ky * by + kz * bz;
-    out[idx] = static_cast<float>(k2 > 0.0 ? 1.0 / 3.0 - kb * kb / k2 : k0);
+    // The symmetric part on even axes' Nyquist planes (core/dipole.cpp,
+    // kernel_on): a holds the other axes' terms of k.b, c the Nyquist ones'.
+    double a = 0.0, c = 0.0;
+    (nyquist_d(x, nx) ? c : a) += kx * bx;
+    (nyquist_d(y, ny) ? c : a) += ky * by;
+    (nyquist_d(z, nz) ? c : a) += kz * bz;
+    const double kb2 = a * a + c * c;
+    out[idx] = static_cast<float>(k2 > 0.0 ? 1.0 / 3.0 - kb2 / k2 : k0);
   }
 }
 
