@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <set>
 #include <sstream>
 #include <vector>
 
@@ -237,13 +239,16 @@ EngineInfo engine_info(const Descriptor& cfg) {
   return info;
 }
 
-// Whether an engine's numerics fit the precision mode. The essential rules
-// always apply: fp32 refuses tensor cores (TF32) and down-converted inputs,
-// tf32 refuses down-converted inputs, and every mode refuses reduced-
-// precision accumulation. `strict` adds the preferences (deterministic
-// engines; fp32 without FFT or Winograd, whose rounding differs from a direct
-// convolution's), which are dropped when no engine meets them.
-bool acceptable(const EngineInfo& e, Precision p, bool strict, bool deterministic) {
+// Whether an engine's numerics fit the precision mode and the operand type
+// `io`. The essential rules always apply: fp32 refuses tensor cores (TF32),
+// fp32 operands are never down-converted (not in tf32 mode, nor when a
+// bf16/fp16 layer falls back to fp32 operands, whose range a conversion to
+// fp16 would lose), and every mode refuses reduced-precision accumulation.
+// `strict` adds the preferences (deterministic engines; fp32 without FFT or
+// Winograd, whose rounding differs from a direct convolution's), which are
+// dropped when no engine meets them.
+bool acceptable(const EngineInfo& e, Precision p, cudnnDataType_t io, bool strict,
+                bool deterministic) {
   // Without its notes an engine might be a TF32 or down-converting one.
   if (!e.known) return false;
   for (cudnnBackendNumericalNote_t n : e.notes) {
@@ -252,7 +257,7 @@ bool acceptable(const EngineInfo& e, Precision p, bool strict, bool deterministi
         if (p == Precision::fp32) return false;
         break;
       case CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS:
-        if (!half_io(p)) return false;
+        if (io == CUDNN_DATA_FLOAT) return false;
         break;
       case CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION: return false;
       case CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC:
@@ -269,6 +274,28 @@ bool acceptable(const EngineInfo& e, Precision p, bool strict, bool deterministi
     }
   }
   return true;
+}
+
+// "tensor-core,nondeterministic": an engine's numerical notes, for the report.
+std::string notes_text(const EngineInfo& e) {
+  std::string t;
+  for (cudnnBackendNumericalNote_t n : e.notes) {
+    const char* name = "other";
+    switch (n) {
+      case CUDNN_NUMERICAL_NOTE_TENSOR_CORE: name = "tensor-core"; break;
+      case CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS: name = "down-convert"; break;
+      case CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION: name = "reduced-reduction"; break;
+      case CUDNN_NUMERICAL_NOTE_FFT: name = "fft"; break;
+      case CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC: name = "nondeterministic"; break;
+      case CUDNN_NUMERICAL_NOTE_WINOGRAD:
+      case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_4x4:
+      case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_6x6:
+      case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_13x13: name = "winograd"; break;
+      default: break;
+    }
+    t += (t.empty() ? "" : ",") + std::string(name);
+  }
+  return t.empty() ? "none" : t;
 }
 
 // A cudaEvent pair for timing candidates, destroyed on every exit path.
@@ -410,6 +437,8 @@ struct CudnnConv::Plan {
   int candidates = 0;
   float ms = 0.0f;
   bool fused = false;
+  std::string notes;  // the chosen engine's numerical notes, for the report
+  std::string why;    // without an engine: why the last graph tried was refused
 };
 
 CudnnConv::CudnnConv(cudaStream_t stream, std::shared_ptr<DevicePool> pool, const ConvOptions& opt)
@@ -432,11 +461,13 @@ std::string CudnnConv::report() const {
   for (const auto& kv : plans_) {
     const Plan& p = *kv.second;
     if (!p.exec) {
-      os << kv.first << ": no engine; runs with fp32 operands\n";
+      os << kv.first << ": no engine (" << (p.why.empty() ? "none offered" : p.why)
+         << "); runs with fp32 operands\n";
       continue;
     }
-    os << p.key << ": engine " << p.engine << (p.fused ? ", fused" : "") << ", " << p.candidates
-       << " candidate(s), " << p.ms << " ms, workspace " << p.workspace << " B\n";
+    os << p.key << ": engine " << p.engine << " [" << p.notes << "]" << (p.fused ? ", fused" : "")
+       << ", " << p.candidates << " candidate(s), " << p.ms << " ms, workspace " << p.workspace
+       << " B\n";
   }
   return os.str();
 }
@@ -502,14 +533,27 @@ CudnnConv::Plan* CudnnConv::plan(ConvPass pass, const ConvGeometry& g, bool bias
         .set(DQ_ATTR(CUDNN_ATTR_OPERATIONGRAPH_OPS), ops.ops);
     cudnnStatus_t gs = graph.try_finalize();
     if (gs != CUDNN_STATUS_SUCCESS) {
+      p.why = "no operation graph: " + cudnn::status_text(gs);
       if (fused || !required) return false;
-      fail("cuDNN: no operation graph for ", key, ": ", cudnn::status_text(gs));
+      fail("cuDNN: ", p.why, " for ", key);
     }
 
     std::string why;  // what the heuristics and the filter said, for the no-engine error
     std::vector<Descriptor> cfgs = heuristic_configs(graph, CUDNN_HEUR_MODE_A, "A", why);
-    for (Descriptor& d : heuristic_configs(graph, CUDNN_HEUR_MODE_FALLBACK, "fallback", why))
+    std::vector<EngineInfo> infos;
+    std::set<int64_t> seen;
+    for (const Descriptor& d : cfgs) {
+      infos.push_back(engine_info(d));
+      seen.insert(infos.back().index);
+    }
+    // The fallback list mostly repeats mode A's engines: each is built once.
+    for (Descriptor& d : heuristic_configs(graph, CUDNN_HEUR_MODE_FALLBACK, "fallback", why)) {
+      EngineInfo info = engine_info(d);
+      if (info.index >= 0 && seen.count(info.index)) continue;
+      seen.insert(info.index);
       cfgs.push_back(std::move(d));
+      infos.push_back(std::move(info));
+    }
 
     struct Candidate {
       Descriptor plan;
@@ -517,22 +561,30 @@ CudnnConv::Plan* CudnnConv::plan(ConvPass pass, const ConvGeometry& g, bool bias
       int64_t workspace, engine;
     };
     std::vector<Candidate> cands;
-    // Why the last (least strict) pass turned configurations down.
-    int refused_notes = 0, unbuilt = 0, too_big = 0;
+    // Why configurations were turned down: by their notes in the last (least
+    // strict) pass; unbuilt and too big over both, each configuration being
+    // finalized at most once (engines that compile at run time take seconds
+    // per finalize), and at most kMaxAttempts in all.
+    int refused_notes = 0, unbuilt = 0, too_big = 0, attempts = 0;
+    std::vector<char> tried(cfgs.size(), 0);
     for (bool strict : {true, false}) {
-      refused_notes = unbuilt = too_big = 0;
+      refused_notes = 0;
       for (size_t i = 0; i < cfgs.size(); ++i) {
-        if (static_cast<int>(cands.size()) == kMaxCandidates) break;
+        if (static_cast<int>(cands.size()) == kMaxCandidates || attempts == kMaxAttempts) break;
         const Descriptor& cfg = cfgs[i];
-        EngineInfo info = engine_info(cfg);
-        if (!acceptable(info, opt_.precision, strict, opt_.deterministic)) {
+        const EngineInfo& info = infos[i];
+        if (!acceptable(info, opt_.precision, io, strict, opt_.deterministic)) {
           ++refused_notes;
           continue;
         }
+        if (tried[i]) continue;
+        tried[i] = 1;
+        ++attempts;
         Descriptor ep(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
         ep.set(DQ_ATTR(CUDNN_ATTR_EXECUTION_PLAN_HANDLE), handle_)
             .set(DQ_ATTR(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG), cfg);
         if (ep.try_finalize() != CUDNN_STATUS_SUCCESS) {
+          cudnn::clear_last_error();  // an expected refusal must not label a later error
           ++unbuilt;
           continue;
         }
@@ -546,13 +598,25 @@ CudnnConv::Plan* CudnnConv::plan(ConvPass pass, const ConvGeometry& g, bool bias
       if (!cands.empty()) break;
     }
     if (cands.empty()) {
+      p.why = std::to_string(cfgs.size()) + " configurations, " + std::to_string(refused_notes) +
+              " refused by their notes, " + std::to_string(unbuilt) + " unbuilt, " +
+              std::to_string(too_big) + " over the workspace limit" + why;
       if (fused || !required) return false;
       fail("cuDNN offers no engine for ", key, " in ", precision_name(opt_.precision),
            " precision: ", cfgs.size(), " configurations proposed, ", refused_notes,
            " refused by their numerical notes, ", unbuilt, " failed to build, ", too_big,
            " need more than the ", opt_.workspace_limit >> 20, " MiB workspace limit", why);
     }
+
     keep.push_back(std::move(graph));
+
+    // An engine that builds but fails to run on this shape is skipped; a
+    // fault that outlives it (sticky, or from earlier work on the stream)
+    // stops here with its own message instead of being cleared.
+    auto engine_failed = [&] {
+      DQ_CUDA(cudaStreamSynchronize(stream_));
+      cudaGetLastError();  // the failed launch's own, non-sticky error
+    };
 
     // Time the candidates on the call's own buffers.
     size_t best = 0;
@@ -569,7 +633,7 @@ CudnnConv::Plan* CudnnConv::plan(ConvPass pass, const ConvGeometry& g, bool bias
         // A warm-up run, which also weeds out engines that build but fail
         // to launch on this shape, then the mean of three.
         if (execute(handle_, cands[i].plan, p.uids, vp, ws.get()) != CUDNN_STATUS_SUCCESS) {
-          cudaGetLastError();
+          engine_failed();
           continue;
         }
         DQ_CUDA(cudaEventRecord(ev.start, stream_));
@@ -579,7 +643,7 @@ CudnnConv::Plan* CudnnConv::plan(ConvPass pass, const ConvGeometry& g, bool bias
         DQ_CUDA(cudaEventRecord(ev.stop, stream_));
         DQ_CUDA(cudaEventSynchronize(ev.stop));
         if (!ok) {
-          cudaGetLastError();
+          engine_failed();
           continue;
         }
         float ms = 0.0f;
@@ -596,6 +660,7 @@ CudnnConv::Plan* CudnnConv::plan(ConvPass pass, const ConvGeometry& g, bool bias
       }
       p.ms = best_ms;
     }
+    p.notes = notes_text(infos[cands[best].cfg]);
     keep.push_back(std::move(cfgs[cands[best].cfg]));
     DQ_CHECK(keep.size() <= ConvOps::kKeep, "cuDNN graph keeps ", keep.size(), " descriptors");
     p.exec = std::move(cands[best].plan);
@@ -607,12 +672,16 @@ CudnnConv::Plan* CudnnConv::plan(ConvPass pass, const ConvGeometry& g, bool bias
   // A refusal anywhere in a graph that may be refused (the fused one, or
   // reduced-precision operands) means "no engine", not an error: the caller
   // has another way to do the same work.
+  // A CUDA fault (an illegal address is sticky) or an exhausted device pool
+  // is never a refusal: it surfaces here, with its own message.
   auto p = std::make_unique<Plan>();
   auto attempt = [&](bool fused) {
     try {
       return build(*p, fused);
-    } catch (const Error&) {
+    } catch (const Error& e) {
       if (!fused && required) throw;
+      if (cudaPeekAtLastError() != cudaSuccess || std::strstr(e.what(), "out of memory")) throw;
+      p->why = e.what();
       return false;
     }
   };
@@ -621,8 +690,10 @@ CudnnConv::Plan* CudnnConv::plan(ConvPass pass, const ConvGeometry& g, bool bias
   bool built = try_fused && attempt(true);
   if (!built) built = attempt(false);
   if (!built) {
+    std::string why = p->why;
     p = std::make_unique<Plan>();
     p->key = key;
+    p->why = std::move(why);
   }
   Plan* raw = plans_.emplace(key, std::move(p)).first->second.get();
   return raw->exec ? raw : nullptr;

@@ -80,6 +80,7 @@ struct ConvOptions {
 class CudnnConv {
  public:
   static constexpr int kMaxCandidates = 8;
+  static constexpr int kMaxAttempts = 16;  // execution plans finalized per graph
 
   CudnnConv(cudaStream_t stream, std::shared_ptr<DevicePool> pool, const ConvOptions& opt);
   ~CudnnConv();

@@ -14,6 +14,11 @@ std::string status_text(cudnnStatus_t s) {
   return text;
 }
 
+void clear_last_error() {
+  char last[512];
+  cudnnGetLastErrorString(last, sizeof(last));
+}
+
 const char* descriptor_type_name(cudnnBackendDescriptorType_t t) {
   switch (t) {
     case CUDNN_BACKEND_POINTWISE_DESCRIPTOR: return "CUDNN_BACKEND_POINTWISE_DESCRIPTOR";

@@ -21,6 +21,10 @@ namespace dq::cudnn {
 
 // "CUDNN_STATUS_NOT_SUPPORTED (cuDNN's last error message, if any)".
 std::string status_text(cudnnStatus_t s);
+// Reads and so empties cuDNN's last-error message, after a refusal that is
+// expected (a configuration that does not build), so that it cannot be
+// reported later as the cause of an unrelated failure.
+void clear_last_error();
 const char* descriptor_type_name(cudnnBackendDescriptorType_t t);
 
 class Descriptor {

@@ -82,7 +82,7 @@ void rasterise_gpu(const Recipe& r, const std::vector<SynthShape>& shapes, float
     g.chi = x.chi;
     g.sphere = x.kind == ShapeKind::sphere ? 1 : 0;
   }
-  const size_t bytes = sizeof(GpuShape) * table.size();
+  const size_t bytes = shape_table_bytes(table.size());
   if (scratch.size() < bytes) scratch = DeviceBuffer(bytes);
   // Synchronous copy: `table` is a local, and the kernel must see all of it.
   DQ_CUDA(cudaMemcpyAsync(scratch.data(), table.data(), bytes, cudaMemcpyHostToDevice, s));
@@ -94,6 +94,10 @@ void rasterise_gpu(const Recipe& r, const std::vector<SynthShape>& shapes, float
       static_cast<const GpuShape*>(scratch.data()), static_cast<int>(table.size()), n, v[0], v[1],
       v[2], r.additive ? 1 : 0, chi);
   DQ_CUDA(cudaGetLastError());
+}
+
+size_t shape_table_bytes(size_t shapes) {
+  return sizeof(GpuShape) * shapes;
 }
 
 }  // namespace dq

@@ -71,6 +71,9 @@ GpuSynth::GpuSynth(const Recipe& r, cudaStream_t stream) : r_(r), stream_(stream
   const int64_t n = r_.volume_size;
   chi_ = DeviceBuffer(volume_bytes(r_));
   field_ = DeviceBuffer(volume_bytes(r_));
+  shapes_ = DeviceBuffer(shape_table_bytes(static_cast<size_t>(r_.cubes_max) +
+                                           static_cast<size_t>(r_.spheres_max) +
+                                           static_cast<size_t>(r_.rects_max)));
   dipole_ = std::make_unique<CudaDipole>(Dims3{n, n, n}, r_.pad, stream_);
 }
 

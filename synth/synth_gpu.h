@@ -26,6 +26,10 @@ namespace dq {
 // until the kernel has run (it is resized as needed).
 void rasterise_gpu(const Recipe& r, const std::vector<SynthShape>& shapes, float* chi,
                    DeviceBuffer& scratch, cudaStream_t s);
+// Bytes of the device shape table for `shapes` shapes: GpuSynth sizes its
+// scratch for the recipe's most once, so no cudaMalloc (which synchronises
+// the device) happens in the producer thread while training runs.
+size_t shape_table_bytes(size_t shapes);
 
 // One volume at a time on one stream: chi, field, the forward model's plans
 // and the patch staging buffers, allocated once.
