@@ -89,53 +89,34 @@ namespace {
 // x_count = nx gives the full grid, nx/2 + 1 the R2C half spectrum. For even
 // nx the half spectrum's last bin is the Nyquist bin, which fftfreq labels
 // -nx/2; using that label keeps both grids identical where they overlap.
-//
-// On a Nyquist plane of an even axis the label -n/2 is also +n/2, and with
-// B0 oblique to that axis D(k) is not D(-k) there: D(k) = 1/3 - (k.b)^2/|k|^2
-// is even in k, but -k wraps the Nyquist component back onto itself. A
-// kernel that is not Hermitian-symmetric leaves the C2R result undefined
-// (FFTW ignores the imaginary part those planes get, cuFFT may not, so the
-// CPU and GPU would disagree). The kernel is therefore the symmetric part,
-// (D(k) + D(-k))/2 with -k taken on the periodic grid, which is what the real
-// part of a full complex inverse FFT (numpy's ifftn(...).real) applies:
-// with a = the k.b terms of the other axes and c = those of the Nyquist ones,
-// (k.b)^2 becomes ((a + c)^2 + (a - c)^2)/2 = a^2 + c^2. Away from Nyquist
-// planes c = 0 and nothing changes; with B0 along an axis neither.
 std::vector<float> kernel_on(const Dims3& dims, int64_t x_count, const Vec3& voxel_mm,
                              const Vec3& b0_dir, double k0_value) {
+  const DipoleSpec spec = dipole_spec(dims, voxel_mm, b0_dir, k0_value);
+  std::vector<float> d(static_cast<size_t>(dims.nz * dims.ny * x_count));
+  size_t at = 0;
+  for (int64_t z = 0; z < dims.nz; ++z)
+    for (int64_t y = 0; y < dims.ny; ++y)
+      for (int64_t x = 0; x < x_count; ++x) d[at++] = dipole_bin(spec, z, y, x);
+  return d;
+}
+
+}  // namespace
+
+DipoleSpec dipole_spec(const Dims3& dims, const Vec3& voxel_mm, const Vec3& b0_dir,
+                       double k0_value) {
   DQ_CHECK(dims.nz > 0 && dims.ny > 0 && dims.nx > 0, "empty dipole kernel grid");
   for (double v : voxel_mm)
     if (!(v > 0.0)) fail("voxel size must be positive, got ", v, " mm");
   const double bn =
       std::sqrt(b0_dir[0] * b0_dir[0] + b0_dir[1] * b0_dir[1] + b0_dir[2] * b0_dir[2]);
   if (!(bn > 0.0)) fail("the B0 direction must be a non-zero vector");
-  const double bx = b0_dir[0] / bn, by = b0_dir[1] / bn, bz = b0_dir[2] / bn;
-  // A bin on an even axis's Nyquist plane.
-  auto nyquist = [](int64_t i, int64_t n) { return n % 2 == 0 && i == n / 2; };
-
-  std::vector<float> d(static_cast<size_t>(dims.nz * dims.ny * x_count));
-  size_t at = 0;
-  for (int64_t z = 0; z < dims.nz; ++z) {
-    const double kz = static_cast<double>(fftfreq_index(z, dims.nz)) / (dims.nz * voxel_mm[2]);
-    for (int64_t y = 0; y < dims.ny; ++y) {
-      const double ky = static_cast<double>(fftfreq_index(y, dims.ny)) / (dims.ny * voxel_mm[1]);
-      for (int64_t x = 0; x < x_count; ++x) {
-        const double kx = static_cast<double>(fftfreq_index(x, dims.nx)) / (dims.nx * voxel_mm[0]);
-        const double k2 = kx * kx + ky * ky + kz * kz;
-        // a: the other axes' terms of k.b; c: the Nyquist axes' (x, y, z order).
-        double a = 0.0, c = 0.0;
-        (nyquist(x, dims.nx) ? c : a) += kx * bx;
-        (nyquist(y, dims.ny) ? c : a) += ky * by;
-        (nyquist(z, dims.nz) ? c : a) += kz * bz;
-        const double kb2 = a * a + c * c;
-        d[at++] = static_cast<float>(k2 > 0.0 ? 1.0 / 3.0 - kb2 / k2 : k0_value);
-      }
-    }
-  }
-  return d;
+  DipoleSpec spec{dims.nz,     dims.ny, dims.nx, voxel_mm[0], voxel_mm[1],
+                  voxel_mm[2], 0,       0,       0,           k0_value};
+  spec.bx = b0_dir[0] / bn;
+  spec.by = b0_dir[1] / bn;
+  spec.bz = b0_dir[2] / bn;
+  return spec;
 }
-
-}  // namespace
 
 std::vector<float> dipole_kernel(const Dims3& dims, const Vec3& voxel_mm, const Vec3& b0_dir,
                                  double k0_value) {

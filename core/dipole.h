@@ -20,6 +20,7 @@
 #include <mutex>
 #include <vector>
 
+#include "core/hd.h"
 #include "core/tensor.h"
 
 namespace dq {
@@ -39,8 +40,53 @@ struct Dims3 {
 
 // numpy.fft.fftfreq index: m for bin i of an n-point transform
 // (0, 1, ..., ceil(n/2) - 1, -floor(n/2), ..., -1).
-inline int64_t fftfreq_index(int64_t i, int64_t n) {
+DQ_HD int64_t fftfreq_index(int64_t i, int64_t n) {
   return i < (n + 1) / 2 ? i : i - n;
+}
+
+// Everything one bin of the dipole kernel depends on; plain data, so the
+// CUDA kernel takes it by value.
+struct DipoleSpec {
+  int64_t nz, ny, nx;  // the grid
+  double vx, vy, vz;   // voxel size, mm
+  double bx, by, bz;   // unit B0 direction
+  double k0;           // D(0)
+};
+
+// Validates the grid, voxel size and B0 direction (one clear error each) and
+// normalises the direction.
+DipoleSpec dipole_spec(const Dims3& dims, const Vec3& voxel_mm, const Vec3& b0_dir,
+                       double k0_value);
+
+// D at bin (z, y, x) of the grid, bins labelled in fftfreq order, computed in
+// double (no FMA) and rounded once to float; the CPU kernel (dipole_kernel)
+// and the GPU one (cuda_dipole_kernel) both call this, so they agree exactly.
+//
+// On a Nyquist plane of an even axis the label -n/2 is also +n/2, and with
+// B0 oblique to that axis D(k) is not D(-k) there: D(k) = 1/3 - (k.b)^2/|k|^2
+// is even in k, but -k wraps the Nyquist component back onto itself. A
+// kernel that is not Hermitian-symmetric leaves the C2R result undefined
+// (FFTW ignores the imaginary part those planes get, cuFFT may not, so the
+// CPU and GPU would disagree). The kernel is therefore the symmetric part,
+// (D(k) + D(-k))/2 with -k taken on the periodic grid, which is what the real
+// part of a full complex inverse FFT (numpy's ifftn(...).real) applies:
+// with a = the k.b terms of the other axes and c = those of the Nyquist ones,
+// (k.b)^2 becomes ((a + c)^2 + (a - c)^2)/2 = a^2 + c^2. Away from Nyquist
+// planes c = 0 and nothing changes; with B0 along an axis neither.
+DQ_HD float dipole_bin(const DipoleSpec& s, int64_t z, int64_t y, int64_t x) {
+  const double kz = static_cast<double>(fftfreq_index(z, s.nz)) / (s.nz * s.vz);
+  const double ky = static_cast<double>(fftfreq_index(y, s.ny)) / (s.ny * s.vy);
+  const double kx = static_cast<double>(fftfreq_index(x, s.nx)) / (s.nx * s.vx);
+  const double k2 = add_rn(add_rn(mul_rn(kx, kx), mul_rn(ky, ky)), mul_rn(kz, kz));
+  double a = 0.0, c = 0.0;  // x, y, z order
+  double& ax = s.nx % 2 == 0 && x == s.nx / 2 ? c : a;
+  ax = add_rn(ax, mul_rn(kx, s.bx));
+  double& ay = s.ny % 2 == 0 && y == s.ny / 2 ? c : a;
+  ay = add_rn(ay, mul_rn(ky, s.by));
+  double& az = s.nz % 2 == 0 && z == s.nz / 2 ? c : a;
+  az = add_rn(az, mul_rn(kz, s.bz));
+  const double kb2 = add_rn(mul_rn(a, a), mul_rn(c, c));
+  return static_cast<float>(k2 > 0.0 ? 1.0 / 3.0 - kb2 / k2 : s.k0);
 }
 
 // FFTW's planner (plan creation and destruction) is not thread-safe; every

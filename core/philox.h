@@ -5,11 +5,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define DQ_HD __host__ __device__ __forceinline__
-#else
-#define DQ_HD inline
-#endif
+#include "core/hd.h"
 
 namespace dq {
 

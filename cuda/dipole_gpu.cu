@@ -11,34 +11,13 @@ namespace dq {
 
 namespace {
 
-__device__ __forceinline__ int64_t fftfreq_index_d(int64_t i, int64_t n) {
-  return i < (n + 1) / 2 ? i : i - n;
-}
-
-__device__ __forceinline__ bool nyquist_d(int64_t i, int64_t n) {
-  return n % 2 == 0 && i == n / 2;
-}
-
-// One thread per half-spectrum bin; (bx, by, bz) is the unit B0 direction.
-__global__ void dipole_kernel_k(int64_t nz, int64_t ny, int64_t nx, int64_t nxh, double vx,
-                                double vy, double vz, double bx, double by, double bz, double k0,
-                                float* out) {
-  const int64_t total = nz * ny * nxh;
+// One thread per half-spectrum bin, by the formula the CPU uses (dipole_bin).
+__global__ void dipole_kernel_k(DipoleSpec spec, int64_t nxh, float* out) {
+  const int64_t total = spec.nz * spec.ny * nxh;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t x = idx % nxh, y = idx / nxh % ny, z = idx / (nxh * ny);
-    const double kz = static_cast<double>(fftfreq_index_d(z, nz)) / (nz * vz);
-    const double ky = static_cast<double>(fftfreq_index_d(y, ny)) / (ny * vy);
-    const double kx = static_cast<double>(fftfreq_index_d(x, nx)) / (nx * vx);
-    const double k2 = kx * kx + ky * ky + kz * kz;
-    // The symmetric part on even axes' Nyquist planes (core/dipole.cpp,
-    // kernel_on): a holds the other axes' terms of k.b, c the Nyquist ones'.
-    double a = 0.0, c = 0.0;
-    (nyquist_d(x, nx) ? c : a) += kx * bx;
-    (nyquist_d(y, ny) ? c : a) += ky * by;
-    (nyquist_d(z, nz) ? c : a) += kz * bz;
-    const double kb2 = a * a + c * c;
-    out[idx] = static_cast<float>(k2 > 0.0 ? 1.0 / 3.0 - kb2 / k2 : k0);
+    const int64_t x = idx % nxh, y = idx / nxh % spec.ny, z = idx / (nxh * spec.ny);
+    out[idx] = dipole_bin(spec, z, y, x);
   }
 }
 
@@ -77,16 +56,10 @@ __global__ void crop_k(const float* buf, int64_t nz, int64_t ny, int64_t nx, int
 
 void cuda_dipole_kernel(const Dims3& dims, const Vec3& voxel_mm, const Vec3& b0_dir,
                         double k0_value, float* out, cudaStream_t s) {
-  DQ_CHECK(dims.nz > 0 && dims.ny > 0 && dims.nx > 0, "empty dipole kernel grid");
-  for (double v : voxel_mm)
-    if (!(v > 0.0)) fail("voxel size must be positive, got ", v, " mm");
-  const double bn =
-      std::sqrt(b0_dir[0] * b0_dir[0] + b0_dir[1] * b0_dir[1] + b0_dir[2] * b0_dir[2]);
-  if (!(bn > 0.0)) fail("the B0 direction must be a non-zero vector");
+  const DipoleSpec spec = dipole_spec(dims, voxel_mm, b0_dir, k0_value);
   const int64_t nxh = dims.nx / 2 + 1;
   dipole_kernel_k<<<detail::grid_for(dims.nz * dims.ny * nxh), detail::kThreads, 0, s>>>(
-      dims.nz, dims.ny, dims.nx, nxh, voxel_mm[0], voxel_mm[1], voxel_mm[2], b0_dir[0] / bn,
-      b0_dir[1] / bn, b0_dir[2] / bn, k0_value, out);
+      spec, nxh, out);
   DQ_CUDA(cudaGetLastError());
 }
 
