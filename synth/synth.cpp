@@ -308,14 +308,19 @@ void cut_patches(const Recipe& r, const SynthVolume& v, uint64_t seed, int64_t v
   }
 }
 
-PatchSet generate_patches(const Recipe& r, uint64_t seed, int64_t first_volume, int64_t n_volumes) {
+PatchSet empty_patch_set(const Recipe& r, int64_t first_volume, int64_t n_volumes) {
   r.validate();
   if (first_volume < 0 || n_volumes < 0)
     fail("generate_patches: volume range [", first_volume, ", +", n_volumes, ") is invalid");
-  const int64_t P = r.patch_size, per = r.patches_per_volume;
-  const Shape shape{n_volumes * per, P, P, P, 1};
-  PatchSet out{Tensor::zeros(shape), Tensor::zeros(shape)};
-  const int64_t stride = per * P * P * P;  // floats per volume's patches
+  const int64_t P = r.patch_size;
+  const Shape shape{n_volumes * r.patches_per_volume, P, P, P, 1};
+  return PatchSet{Tensor::zeros(shape), Tensor::zeros(shape)};
+}
+
+PatchSet generate_patches(const Recipe& r, uint64_t seed, int64_t first_volume, int64_t n_volumes) {
+  PatchSet out = empty_patch_set(r, first_volume, n_volumes);
+  const int64_t P = r.patch_size;
+  const int64_t stride = r.patches_per_volume * P * P * P;  // floats per volume's patches
   for (int64_t v = 0; v < n_volumes; ++v) {
     const SynthVolume vol = generate_volume(r, seed, first_volume + v);
     cut_patches(r, vol, seed, first_volume + v, r.patches_per_volume, out.field.f32() + v * stride,

@@ -153,5 +153,8 @@ struct PatchSet {
   Tensor field, chi;  // (N, P, P, P, 1) fp32 host, N = n_volumes * patches_per_volume
 };
 PatchSet generate_patches(const Recipe& r, uint64_t seed, int64_t first_volume, int64_t n_volumes);
+// The zero-filled PatchSet for volumes [first_volume, first_volume + n_volumes)
+// of a validated recipe, which generate_patches and its GPU twin fill.
+PatchSet empty_patch_set(const Recipe& r, int64_t first_volume, int64_t n_volumes);
 
 }  // namespace dq

@@ -147,15 +147,11 @@ void GpuSynth::download(float* chi_out, float* field_out) {
 
 PatchSet generate_patches_gpu(const Recipe& r, uint64_t seed, int64_t first_volume,
                               int64_t n_volumes) {
-  r.validate();
-  if (first_volume < 0 || n_volumes < 0)
-    fail("generate_patches: volume range [", first_volume, ", +", n_volumes, ") is invalid");
-  const int64_t P = r.patch_size, per = r.patches_per_volume;
-  const Shape shape{n_volumes * per, P, P, P, 1};
-  PatchSet out{Tensor::zeros(shape), Tensor::zeros(shape)};
+  PatchSet out = empty_patch_set(r, first_volume, n_volumes);
   if (n_volumes == 0) return out;
   GpuSynth gen(r, nullptr);
-  const int64_t stride = per * P * P * P;
+  const int64_t P = r.patch_size;
+  const int64_t stride = r.patches_per_volume * P * P * P;
   for (int64_t v = 0; v < n_volumes; ++v) {
     gen.generate(seed, first_volume + v);
     gen.cut_patches_to_host(seed, first_volume + v, r.patches_per_volume,
