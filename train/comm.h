@@ -32,8 +32,10 @@
 //          communication stream wait for it (NCCL must not read gradients
 //          the backward kernels have not written yet), then queues
 //          ncclAllReduce(avg) there; wait_all makes the backend's stream
-//          wait for the communication stream, so Adam (and the host, at the
-//          loss download) sees the means. Neither call blocks the host.
+//          wait for the communication stream, so Adam sees the means, and
+//          the host waits for them while polling NCCL's asynchronous error
+//          state (a dead peer then stops this rank with a message rather
+//          than hanging it in the loss download). start_mean never blocks.
 //   single nothing (the trainer does not bucket with one rank).
 // Each element is still reduced once, by the same operation, so the result
 // is bit-identical to the one-call allreduce_mean with 2 ranks (a + b is

@@ -5,9 +5,11 @@
 #include <nccl.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <thread>
 
 #include "core/error.h"
 #include "cuda/check.h"
@@ -64,7 +66,7 @@ class NcclCommunicator final : public Communicator {
     DQ_CUDA(cudaDeviceSynchronize());
     DQ_NCCL(ncclAllReduce(buf.raw(), buf.raw(), static_cast<size_t>(buf.numel()), ncclFloat,
                           ncclAvg, comm_, stream_));
-    DQ_CUDA(cudaStreamSynchronize(stream_));
+    wait_until_done(stream_, "all-reduce");
   }
   void start_mean(Backend& be, Tensor& buf, int64_t offset, int64_t count) override {
     DQ_CHECK(buf.device() == Device::cuda, "the NCCL communicator reduces device buffers only");
@@ -81,15 +83,18 @@ class NcclCommunicator final : public Communicator {
   }
   void wait_all(Backend& be) override {
     // The backend's stream (Adam, the loss download) waits for every
-    // reduction queued on ours; the host does not wait here.
+    // reduction queued on ours. The host waits too, watching NCCL's error
+    // state: were it to block in the loss download instead, a dead peer
+    // would hang it there for good.
     DQ_CUDA(cudaEventRecord(reduced_, stream_));
     DQ_CUDA(cudaStreamWaitEvent(cuda_stream(be), reduced_, 0));
+    wait_until_done(stream_, "gradient all-reduce");
   }
   void broadcast(Tensor& buf, int root) override {
     DQ_CHECK(buf.device() == Device::cuda, "the NCCL communicator broadcasts device buffers only");
     DQ_CUDA(cudaDeviceSynchronize());
     DQ_NCCL(ncclBroadcast(buf.raw(), buf.raw(), buf.nbytes(), ncclChar, root, comm_, stream_));
-    DQ_CUDA(cudaStreamSynchronize(stream_));
+    wait_until_done(stream_, "broadcast");
   }
   void broadcast_bytes(void* data, size_t n, int root) override {
     char* p = static_cast<char*>(data);
@@ -99,14 +104,14 @@ class NcclCommunicator final : public Communicator {
         DQ_CUDA(cudaMemcpyAsync(scratch_, p + off, len, cudaMemcpyHostToDevice, stream_));
       DQ_NCCL(ncclBroadcast(scratch_, scratch_, len, ncclChar, root, comm_, stream_));
       DQ_CUDA(cudaMemcpyAsync(p + off, scratch_, len, cudaMemcpyDeviceToHost, stream_));
-      DQ_CUDA(cudaStreamSynchronize(stream_));
+      wait_until_done(stream_, "broadcast");
     }
   }
   void barrier() override {
     // NCCL has no barrier; a one-element all-reduce completes only when every
     // rank has joined it.
     DQ_NCCL(ncclAllReduce(scratch_, scratch_, 1, ncclFloat, ncclSum, comm_, stream_));
-    DQ_CUDA(cudaStreamSynchronize(stream_));
+    wait_until_done(stream_, "barrier");
   }
   [[noreturn]] void abort(int code) override {
     // No ncclCommAbort: since NCCL 2.16 it waits for the node's other ranks
@@ -117,6 +122,25 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  // cudaStreamSynchronize, except that it watches the communicator: when a
+  // peer dies or the network fails, NCCL records an asynchronous error and
+  // its kernels never finish, so a plain synchronise would hang forever.
+  // This rank then stops with the error instead (and the launcher ends the
+  // others). Polls every 20 us: far below a training step.
+  void wait_until_done(cudaStream_t s, const char* what) {
+    for (;;) {
+      const cudaError_t e = cudaStreamQuery(s);
+      if (e == cudaSuccess) return;
+      if (e != cudaErrorNotReady) DQ_CUDA(e);
+      ncclResult_t async = ncclSuccess;
+      DQ_NCCL(ncclCommGetAsyncError(comm_, &async));
+      if (async != ncclSuccess && async != ncclInProgress)
+        fail("NCCL ", what, " failed on rank ", rank_, " of ", size_, ": ",
+             ncclGetErrorString(async), " (another rank died or the network failed)");
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+  }
+
   void release() {
     if (scratch_) cudaFree(scratch_);
     if (reduced_) cudaEventDestroy(reduced_);
