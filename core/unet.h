@@ -91,6 +91,13 @@ class UNet {
   // them: both stay put once a shape has been through forward and backward.
   int64_t buffer_bytes() const;
   int64_t buffer_allocations() const { return allocations_; }
+  // Gives the activation buffers back (their memory returns to the backend,
+  // or to the driver once the backend is gone too); the next pass makes them
+  // again.
+  void release_buffers() {
+    bufs_.clear();
+    plan_.clear();
+  }
 
  private:
   // Every buffer a training step over input x uses, by name. forward and

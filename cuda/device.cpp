@@ -16,6 +16,12 @@ int cuda_device_count() {
   return n;
 }
 
+size_t cuda_free_bytes() {
+  size_t free = 0, total = 0;
+  DQ_CUDA(cudaMemGetInfo(&free, &total));
+  return free;
+}
+
 std::string cuda_device_summary(int device) {
   cudaDeviceProp prop{};
   DQ_CUDA(cudaGetDeviceProperties(&prop, device));

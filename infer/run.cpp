@@ -222,10 +222,28 @@ int run_inference(const InferOptions& opt) {
   const Dims3 wd = work.dims;
 
   // ---- network on the work grid: whole volume (padded) or tiles.
-  // auto takes the GPU when one is visible; the CUDA backend fails with a
-  // clear message when gpu is asked for and there is none.
-  const bool gpu = opt.device == "gpu" || (opt.device == "auto" && cuda_device_count() > 0);
-  std::unique_ptr<Backend> be = gpu ? make_cuda_backend(CudaBackendOptions{}) : make_cpu_backend();
+  // auto takes the GPU when one is visible and works (a GPU it cannot use:
+  // no kernel image for its architecture, cuDNN missing, memory taken by
+  // others, falls back to the CPU with a warning); gpu fails with a clear
+  // message instead.
+  bool gpu = opt.device == "gpu" || (opt.device == "auto" && cuda_device_count() > 0);
+  std::unique_ptr<Backend> be;
+  if (gpu) {
+    try {
+      be = make_cuda_backend(CudaBackendOptions{});
+      Tensor probe = be->alloc(Shape{16});  // a kernel and a copy: the device really works
+      be->fill(probe, 1.0f);
+      Tensor host = Tensor::zeros(Shape{16});
+      be->download(probe, host);
+      if (host.f32()[15] != 1.0f) fail("the GPU returned wrong values for a test fill");
+    } catch (const Error& e) {
+      if (opt.device == "gpu") throw;
+      std::fprintf(stderr, "warning: the GPU is not usable (%s); running on the CPU\n", e.what());
+      be.reset();
+      gpu = false;
+    }
+  }
+  if (!be) be = make_cpu_backend();
   std::printf("model:  %s (U-Net depth %d, base %d filters, trained %lld steps)\n",
               model_path.c_str(), ck.model.depth, ck.model.base_filters,
               static_cast<long long>(ck.step));
@@ -249,15 +267,22 @@ int run_inference(const InferOptions& opt) {
   const PredictFn predict = [&](const std::vector<float>& f, const Dims3& d) {
     const PadPlan plan = pad_plan(d, mult);
     const double need = static_cast<double>(plan.out.numel()) * bytes_per_voxel(ck.model);
-    const double avail = available_memory_bytes();
+    // The GPU's own memory bounds a pass there: what the driver still has
+    // plus what the backend's pool holds unused.
+    const double avail =
+        gpu ? static_cast<double>(cuda_free_bytes() + cuda_pool_stats(*be).capacity -
+                                  cuda_pool_stats(*be).in_use)
+            : available_memory_bytes();
     int64_t tile = opt.tile;
     if (tile == 0 && need > 0.5 * avail) {
       // The largest tile whose pass fits in half the available memory.
       tile = std::max<int64_t>(
           mult,
           static_cast<int64_t>(std::cbrt(0.5 * avail / bytes_per_voxel(ck.model))) / mult * mult);
-      std::printf("memory: a whole-volume pass needs ~%.1f GiB, %.1f GiB available: tiling\n",
-                  need / 1073741824.0, avail / 1073741824.0);
+      std::printf(
+          "memory: a whole-volume pass needs ~%.1f GiB, %.1f GiB of %s memory available: "
+          "tiling\n",
+          need / 1073741824.0, avail / 1073741824.0, gpu ? "GPU" : "host");
     }
     const std::vector<float> padded = pad_volume(f.data(), plan);
     std::vector<float> out(padded.size(), 0.0f);
@@ -309,6 +334,12 @@ int run_inference(const InferOptions& opt) {
   };
   std::vector<float> wchi = predict_multiscale(wfield.empty() ? field.data : wfield, wd, opt.scales,
                                                opt.scale_sigma, mirrored);
+  // The network is done: its buffers, weights and the backend's memory go
+  // back before the refinement allocates its FFT grids (on the GPU, the
+  // pool would otherwise keep them from cuda_refine_chi).
+  net.release_buffers();
+  params = Tensor();
+  be.reset();
 
   // ---- back to the input grid, masked.
   std::vector<float> chi;

@@ -98,13 +98,15 @@ fi
 say ""
 
 # ---- memory errors in the op tests ([ops] and the kernel tests; not the
-# whole-U-Net and 50-step tests, which take minutes under memcheck). On
+# whole-U-Net and 50-step tests, which take minutes under memcheck), with
+# cuDNN's first engine instead of timing every candidate (autotuning under
+# memcheck could take the whole device slot). On
 # gVisor machines compute-sanitizer refuses the device ("Device not
 # supported"): reported as such, not as a memory error.
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$sanitizer" ] && [ -n "$gpu_line" ]; then
   t0=$(date +%s)
-  timeout -k 10 "${GPU_CHECK_MEMCHECK_TIMEOUT:-600}" \
+  DEEPQSM_GPU_TEST_AUTOTUNE=0 timeout -k 10 "${GPU_CHECK_MEMCHECK_TIMEOUT:-600}" \
     "$sanitizer" --tool memcheck --target-processes all --error-exitcode 99 \
     "$bin" "[ops],cuda fill*,cuda relu*,cuda dropout*,cuda channel*,cuda max-pool*,cuda MSE*,cuda Adam*,device memory*" \
     >"$out/memcheck.log" 2>&1

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -40,10 +41,15 @@ struct Mode {
 };
 const Mode kModes[] = {{"fp32", 1e-5}, {"tf32", 1e-3}, {"bf16", 2e-2}, {"fp16", 2e-2}};
 
+// DEEPQSM_GPU_TEST_AUTOTUNE=0 (gpu-check.sh's memcheck pass) takes cuDNN's
+// first proposed engine instead of timing every candidate: the results are
+// held to the same tolerances, and memcheck is not slowed by many timing runs.
 std::unique_ptr<Backend> gpu_backend(const std::string& precision, bool fuse = true) {
   CudaBackendOptions opt;
   opt.precision = precision;
   opt.fuse = fuse;
+  const char* tune = std::getenv("DEEPQSM_GPU_TEST_AUTOTUNE");
+  opt.autotune = tune == nullptr || std::string(tune) != "0";
   opt.arena_bytes = size_t{256} << 20;
   return make_cuda_backend(opt);
 }
