@@ -80,8 +80,31 @@ class StopSignals {
   struct sigaction old_term_ {}, old_int_ {};
 };
 
+// Device memory one rank's training takes, reserved as one arena at start so
+// the steps allocate nothing (device_pool.h): the U-Net's activations and
+// gradient scratch for the rank's batch (UNet::activation_bytes, the same
+// plan the passes use), the batch's field, target, prediction and gradient,
+// parameters with their gradient, Adam moments and the all-reduce buffer,
+// a validation pass of one patch, and cuDNN workspaces; bf16/fp16 add their
+// half-precision operand copies. The paper recipe (batch 40 of 64^3, fp32)
+// comes to about 10.8 GB, inside a 16 GB V100. An underestimate only means the pool grows
+// once (reported at the end of the run); the report shows the real peak.
+size_t training_arena_bytes(const TrainConfig& cfg, int world) {
+  const int64_t P = cfg.data.patch_size, local = std::max<int64_t>(1, cfg.batch / world);
+  const UNet net(cfg.model);
+  const double act = static_cast<double>(net.activation_bytes(Shape{local, P, P, P, 1}));
+  const double val = static_cast<double>(net.activation_bytes(Shape{1, P, P, P, 1})) / 2.0;
+  const double batch = 4.0 * 4.0 * static_cast<double>(local * P * P * P);
+  const double params = 5.0 * 4.0 * static_cast<double>(net.layout().total());
+  // Half-precision copies live for one layer at a time (the largest layer's
+  // operands, a fraction of all activations).
+  const double half = cfg.precision == "bf16" || cfg.precision == "fp16" ? 0.1 * act : 0.0;
+  const double workspace = 2.0 * static_cast<double>(CudaBackendOptions{}.workspace_limit);
+  return static_cast<size_t>(1.1 * (act + val + batch + params + half) + workspace);
+}
+
 // Called after the communicator, which has made this rank's GPU current.
-std::unique_ptr<Backend> make_backend(const TrainConfig& cfg) {
+std::unique_ptr<Backend> make_backend(const TrainConfig& cfg, int world) {
   if (cfg.device == "cpu") {
     if (cfg.precision != "fp32")
       fail("train.precision \"", cfg.precision,
@@ -91,6 +114,7 @@ std::unique_ptr<Backend> make_backend(const TrainConfig& cfg) {
   CudaBackendOptions o;
   DQ_CUDA(cudaGetDevice(&o.device));
   o.precision = cfg.precision;
+  o.arena_bytes = training_arena_bytes(cfg, world);
   return make_cuda_backend(o);
 }
 
@@ -99,7 +123,7 @@ std::unique_ptr<Backend> make_backend(const TrainConfig& cfg) {
 // and unwinding would destroy the communicator, which waits for them too.
 std::unique_ptr<Backend> make_backend_or_abort(const TrainConfig& cfg, Communicator& comm) {
   try {
-    return make_backend(cfg);
+    return make_backend(cfg, comm.size());
   } catch (const std::exception& e) {
     if (comm.size() > 1) {
       std::fprintf(stderr, "deepqsm: rank %d: %s\n", comm.rank(), e.what());
@@ -822,6 +846,22 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
       }
     }
     if (t.tty) std::printf("\n");
+    if (t.be->device() == Device::cuda) {
+      // Issue 8's peak device memory, and whether the arena sized at start
+      // held it (growths: arenas added later, each a cudaMalloc mid-run).
+      const DevicePoolStats ps = cuda_pool_stats(*t.be);
+      t.log_json({{"step", steps},
+                  {"event", "device memory"},
+                  {"arena_bytes", ps.capacity},
+                  {"peak_bytes", ps.peak},
+                  {"growths", ps.growths}});
+      std::snprintf(line, sizeof line,
+                    "device memory (rank %d): peak %.2f GiB of a %.2f GiB pool%s", t.comm->rank(),
+                    ps.peak / 1073741824.0, ps.capacity / 1073741824.0,
+                    ps.growths == 0 ? ", all reserved at start"
+                                    : "; the pool grew after the start (see device_pool.h)");
+      std::printf("%s\n", line);
+    }
     return res;
   } catch (const std::exception& e) {
     // A failure on one rank would leave the others blocked in the next
