@@ -332,3 +332,9 @@ TEST_CASE("the learning-rate schedule", "[config]") {
     CHECK_THAT(error_of(R"({"optim": {"lr_min": -1e-4}})"), Contains("optim.lr_min"));
   }
 }
+
+TEST_CASE("train.autotune is a bool, on by default", "[config]") {
+  CHECK(dq::parse_train_config("{}", "empty").autotune);
+  CHECK_FALSE(dq::parse_train_config(R"({"train": {"autotune": false}})", "off").autotune);
+  CHECK_THAT(error_of(R"({"train": {"autotune": 1}})"), Contains("train.autotune"));
+}

@@ -41,7 +41,7 @@ const KeyTable& known_keys() {
          {"lr", "beta1", "beta2", "eps", "schedule", "lr_min", "warmup_steps", "decay_steps"}},
         {"train",
          {"steps", "batch", "device", "precision", "loss_scale", "loss_scale_init",
-          "loss_scale_growth_interval", "allreduce_overlap", "allreduce_bucket_kb",
+          "loss_scale_growth_interval", "allreduce_overlap", "allreduce_bucket_kb", "autotune",
           "checkpoint_every", "keep_checkpoints", "validate_every", "log_every", "seed", "init_from",
           "out_dir", "log_file", "tensorboard", "reference_field", "reference_chi", "reference_mask"}},
     };
@@ -170,6 +170,8 @@ void parse_train(const json& obj, TrainConfig& cfg) {
                          std::to_string(cfg.loss_scale_growth_interval));
                  } else if (key == "allreduce_overlap") {
                    cfg.allreduce_overlap = read_bool(v, path);
+                 } else if (key == "autotune") {
+                   cfg.autotune = read_bool(v, path);
                  } else if (key == "allreduce_bucket_kb") {
                    cfg.allreduce_bucket_kb = read_int(v, path);
                    check(cfg.allreduce_bucket_kb >= 1, path, ">= 1",
@@ -417,6 +419,7 @@ const char* default_train_config_json() {
     "loss_scale_growth_interval": 2000,
     "allreduce_overlap": true,
     "allreduce_bucket_kb": 1024,
+    "autotune": true,
     "checkpoint_every": 100,
     "keep_checkpoints": 2,
     "validate_every": 100,
@@ -475,6 +478,7 @@ std::string train_config_to_json(const TrainConfig& cfg) {
                 {"loss_scale_growth_interval", cfg.loss_scale_growth_interval},
                 {"allreduce_overlap", cfg.allreduce_overlap},
                 {"allreduce_bucket_kb", cfg.allreduce_bucket_kb},
+                {"autotune", cfg.autotune},
                 {"checkpoint_every", cfg.checkpoint_every},
                 {"keep_checkpoints", cfg.keep_checkpoints},
                 {"validate_every", cfg.validate_every},

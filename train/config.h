@@ -44,6 +44,11 @@ struct TrainConfig {
   // then goes out in ~5 buckets, and only enc0's waits for the backward's end.
   bool allreduce_overlap = true;
   int64_t allreduce_bucket_kb = 1024;
+  // GPU: time cuDNN's candidate engines per layer shape and keep the fastest
+  // (true), or take the heuristics' first acceptable one (false). Timing can
+  // pick differently from run to run, so a resumed GPU run matches an
+  // uninterrupted one bit for bit only with false. No effect on the CPU.
+  bool autotune = true;
   int64_t steps = 200;
   int64_t batch = 4;               // global batch, split evenly over the ranks
   int64_t checkpoint_every = 100;  // steps; 0 = only at the end

@@ -115,6 +115,7 @@ std::unique_ptr<Backend> make_backend(const TrainConfig& cfg, int world) {
   DQ_CUDA(cudaGetDevice(&o.device));
   o.precision = cfg.precision;
   o.arena_bytes = training_arena_bytes(cfg, world);
+  o.autotune = cfg.autotune;
   return make_cuda_backend(o);
 }
 

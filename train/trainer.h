@@ -9,7 +9,9 @@
 // checkpoint holds weights, both Adam moments, the step, the seed and the
 // loss scaler's state (whose skipped-step count sets Adam's step count). Step
 // s of a resumed run therefore sees the same batch, dropout masks and
-// optimiser state as step s of an uninterrupted one.
+// optimiser state as step s of an uninterrupted one. On a GPU the cuDNN
+// engine of each layer must also be the same: with train.autotune (timing
+// picks it) the two runs agree to rounding, without it bit for bit.
 //
 // Output directory (train.out_dir or --out):
 //   checkpoint-<step, 8 digits>.h5   the newest train.keep_checkpoints of them
