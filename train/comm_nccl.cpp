@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "cuda/check.h"
 #include "cuda/cuda_backend.h"
+#include "cuda/device.h"
 #include "train/comm.h"
 
 #define DQ_NCCL(call)                                                                  \
@@ -163,9 +164,11 @@ class NcclCommunicator final : public Communicator {
 }  // namespace
 
 int nccl_select_device(int rank, int local_rank) {
-  int devices = 0;
-  DQ_CUDA(cudaGetDeviceCount(&devices));
-  if (devices == 0) fail("train.device \"gpu\": no CUDA device is visible to rank ", rank);
+  // No driver reads as no device: one plain message, not the runtime's code.
+  const int devices = cuda_device_count();
+  if (devices == 0)
+    fail("train.device \"gpu\": no CUDA device is visible to rank ", rank,
+         " (no GPU, no NVIDIA driver, or CUDA_VISIBLE_DEVICES empty)");
   // NCCL refuses two ranks on one GPU ("duplicate GPU"), so say it plainly.
   if (local_rank >= devices)
     fail("rank ", rank, " is process ", local_rank + 1, " on its node, but only ", devices,
