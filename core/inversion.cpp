@@ -22,20 +22,24 @@ void apply_mask(const uint8_t* mask, int64_t n, float* chi) {
     if (mask[i] == 0) chi[i] = 0.0f;
 }
 
+// Flat index of the periodic neighbour of (z, y, x) one step forward
+// (step = +1) or back (-1) along `axis` (0 = x, 1 = y, 2 = z).
+inline int64_t neighbour(const Dims3& g, int64_t z, int64_t y, int64_t x, int axis, int step) {
+  auto wrap = [step](int64_t i, int64_t n) {
+    return step > 0 ? (i + 1 == n ? 0 : i + 1) : (i == 0 ? n - 1 : i - 1);
+  };
+  if (axis == 0) return (z * g.ny + y) * g.nx + wrap(x, g.nx);
+  if (axis == 1) return (z * g.ny + wrap(y, g.ny)) * g.nx + x;
+  return (wrap(z, g.nz) * g.ny + y) * g.nx + x;
+}
+
 // Forward periodic difference along `axis` (0 = x, 1 = y, 2 = z) in ppm/mm.
 void grad_axis(const float* x, const Dims3& g, int axis, float inv_h, float* out) {
   for (int64_t z = 0; z < g.nz; ++z)
     for (int64_t y = 0; y < g.ny; ++y)
       for (int64_t xx = 0; xx < g.nx; ++xx) {
         const int64_t i = (z * g.ny + y) * g.nx + xx;
-        int64_t j;
-        if (axis == 0)
-          j = (z * g.ny + y) * g.nx + (xx + 1 == g.nx ? 0 : xx + 1);
-        else if (axis == 1)
-          j = (z * g.ny + (y + 1 == g.ny ? 0 : y + 1)) * g.nx + xx;
-        else
-          j = ((z + 1 == g.nz ? 0 : z + 1) * g.ny + y) * g.nx + xx;
-        out[i] = (x[j] - x[i]) * inv_h;
+        out[i] = (x[neighbour(g, z, y, xx, axis, +1)] - x[i]) * inv_h;
       }
 }
 
@@ -45,14 +49,7 @@ void add_grad_adjoint(const float* v, const Dims3& g, int axis, float inv_h, flo
     for (int64_t y = 0; y < g.ny; ++y)
       for (int64_t xx = 0; xx < g.nx; ++xx) {
         const int64_t i = (z * g.ny + y) * g.nx + xx;
-        int64_t j;
-        if (axis == 0)
-          j = (z * g.ny + y) * g.nx + (xx == 0 ? g.nx - 1 : xx - 1);
-        else if (axis == 1)
-          j = (z * g.ny + (y == 0 ? g.ny - 1 : y - 1)) * g.nx + xx;
-        else
-          j = ((z == 0 ? g.nz - 1 : z - 1) * g.ny + y) * g.nx + xx;
-        acc[i] += (v[j] - v[i]) * inv_h;
+        acc[i] += (v[neighbour(g, z, y, xx, axis, -1)] - v[i]) * inv_h;
       }
 }
 

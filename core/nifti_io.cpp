@@ -104,6 +104,20 @@ void write_via_temp(nifti_image* nim, const std::string& path) {
   }
 }
 
+// write_via_temp with the image's data borrowed from `data` for the call:
+// nifti_clib only reads it when writing (the cast is to its C API), and the
+// header never keeps the pointer, thrown or not.
+void write_data_via_temp(nifti_image* nim, const float* data, const std::string& path) {
+  nim->data = const_cast<float*>(data);
+  try {
+    write_via_temp(nim, path);
+  } catch (...) {
+    nim->data = nullptr;
+    throw;
+  }
+  nim->data = nullptr;
+}
+
 // The raw voxel bytes, in this CPU's byte order. Read with znzlib rather
 // than nifti_image_load, which silently replaces NaN and Inf floats by 0:
 // inference must see them (NaN is masked out and counted, Inf refused).
@@ -222,15 +236,7 @@ void write_nifti(const std::string& path, const Volume& like, const float* data)
   nim->scl_slope = 1.0;
   nim->scl_inter = 0.0;
   nim->cal_min = nim->cal_max = 0.0;
-  // nifti_clib only reads from data when writing; the cast is to its C API.
-  nim->data = const_cast<float*>(data);
-  try {
-    write_via_temp(nim.get(), path);
-  } catch (...) {
-    nim->data = nullptr;
-    throw;
-  }
-  nim->data = nullptr;
+  write_data_via_temp(nim.get(), data, path);
 }
 
 void write_nifti_new(const std::string& path, const float* data, int64_t nx, int64_t ny, int64_t nz,
@@ -260,14 +266,7 @@ void write_nifti_new(const std::string& path, const float* data, int64_t nx, int
   nim->qto_xyz = nifti_quatern_to_dmat44(0, 0, 0, off[0], off[1], off[2], voxel_mm[0], voxel_mm[1],
                                          voxel_mm[2], 1.0);
   nim->sto_xyz = nim->qto_xyz;
-  nim->data = const_cast<float*>(data);
-  try {
-    write_via_temp(nim.get(), path);
-  } catch (...) {
-    nim->data = nullptr;
-    throw;
-  }
-  nim->data = nullptr;
+  write_data_via_temp(nim.get(), data, path);
 }
 
 }  // namespace dq
