@@ -11,6 +11,13 @@ struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A failure of the device or its runtime (a CUDA call, device memory running
+// out), as opposed to a library declining a request: code that routes around
+// refusals (cuDNN engine choice) lets these through.
+struct DeviceError : Error {
+  using Error::Error;
+};
+
 namespace detail {
 inline void append(std::ostringstream&) {}
 template <typename T, typename... Rest>
@@ -26,6 +33,14 @@ template <typename... Args>
   std::ostringstream os;
   detail::append(os, args...);
   throw Error(os.str());
+}
+
+// fail() for DeviceError.
+template <typename... Args>
+[[noreturn]] void fail_device(const Args&... args) {
+  std::ostringstream os;
+  detail::append(os, args...);
+  throw DeviceError(os.str());
 }
 
 }  // namespace dq

@@ -18,11 +18,11 @@ std::string status_text(cudnnStatus_t s);
 }  // namespace cudnn
 }  // namespace dq
 
-#define DQ_CUDA(call)                                                                  \
-  do {                                                                                 \
-    cudaError_t e_ = (call);                                                           \
-    if (e_ != cudaSuccess)                                                             \
-      ::dq::fail(__FILE__, ":", __LINE__, ": ", #call, ": ", cudaGetErrorString(e_)); \
+#define DQ_CUDA(call)                                                                        \
+  do {                                                                                       \
+    cudaError_t e_ = (call);                                                                 \
+    if (e_ != cudaSuccess)                                                                   \
+      ::dq::fail_device(__FILE__, ":", __LINE__, ": ", #call, ": ", cudaGetErrorString(e_)); \
   } while (0)
 
 #define DQ_CUDNN(call)                                                                    \

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <set>
 #include <sstream>
 #include <vector>
@@ -678,9 +677,11 @@ CudnnConv::Plan* CudnnConv::plan(ConvPass pass, const ConvGeometry& g, bool bias
   auto attempt = [&](bool fused) {
     try {
       return build(*p, fused);
+    } catch (const DeviceError&) {
+      throw;
     } catch (const Error& e) {
       if (!fused && required) throw;
-      if (cudaPeekAtLastError() != cudaSuccess || std::strstr(e.what(), "out of memory")) throw;
+      if (cudaPeekAtLastError() != cudaSuccess) throw;  // sticky, whatever reported it
       p->why = e.what();
       return false;
     }

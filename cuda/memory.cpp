@@ -15,9 +15,9 @@ DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
     // device, a driver too old for the runtime, or an earlier kernel's
     // sticky fault surface here too, and need another remedy.
     if (e == cudaErrorMemoryAllocation)
-      fail("out of GPU memory allocating ", bytes / (1024 * 1024), " MiB (", bytes,
+      fail_device("out of GPU memory allocating ", bytes / (1024 * 1024), " MiB (", bytes,
            " bytes): ", cudaGetErrorString(e), "; reduce the batch or patch size");
-    fail("cudaMalloc of ", bytes, " bytes failed: ", cudaGetErrorName(e), " (",
+    fail_device("cudaMalloc of ", bytes, " bytes failed: ", cudaGetErrorName(e), " (",
          cudaGetErrorString(e), ")");
   }
 }
