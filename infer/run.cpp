@@ -269,10 +269,11 @@ int run_inference(const InferOptions& opt) {
     const double need = static_cast<double>(plan.out.numel()) * bytes_per_voxel(ck.model);
     // The GPU's own memory bounds a pass there: what the driver still has
     // plus what the backend's pool holds unused.
-    const double avail =
-        gpu ? static_cast<double>(cuda_free_bytes() + cuda_pool_stats(*be).capacity -
-                                  cuda_pool_stats(*be).in_use)
-            : available_memory_bytes();
+    double avail = available_memory_bytes();
+    if (gpu) {
+      const DevicePoolStats pool = cuda_pool_stats(*be);
+      avail = static_cast<double>(cuda_free_bytes() + pool.capacity - pool.in_use);
+    }
     int64_t tile = opt.tile;
     if (tile == 0 && need > 0.5 * avail) {
       // The largest tile whose pass fits in half the available memory.

@@ -87,8 +87,8 @@ class StopSignals {
 // parameters with their gradient, Adam moments and the all-reduce buffer,
 // a validation pass of one patch, and cuDNN workspaces; bf16/fp16 add their
 // half-precision operand copies. The paper recipe (batch 40 of 64^3, fp32)
-// comes to about 10.8 GB, inside a 16 GB V100. An underestimate only means the pool grows
-// once (reported at the end of the run); the report shows the real peak.
+// comes to about 10.8 GB, inside a 16 GB V100. An underestimate only means
+// the pool grows once (reported at the end of the run, with the real peak).
 size_t training_arena_bytes(const TrainConfig& cfg, int world) {
   const int64_t P = cfg.data.patch_size, local = std::max<int64_t>(1, cfg.batch / world);
   const UNet net(cfg.model);
@@ -734,11 +734,14 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
           t.tb_scalars(done, {{"train/loss_scale", t.scaler->scale()}});
         }
       }
+      // Adam's update count (skipped steps excluded) sets its bias
+      // correction and the learning-rate schedule.
+      const int64_t updates = done - (t.scaler ? t.scaler->skipped_steps() : 0);
+      const float lr_now = scheduled_lr(cfg, updates);
       if (apply) {
-        const int64_t skipped = t.scaler ? t.scaler->skipped_steps() : 0;
         AdamConfig step_cfg = cfg.optim;
-        step_cfg.lr = scheduled_lr(cfg, done - skipped);
-        t.be->adam_step(t.params, t.grads, t.m, t.v, step_cfg, done - skipped);
+        step_cfg.lr = lr_now;
+        t.be->adam_step(t.params, t.grads, t.m, t.v, step_cfg, updates);
       }
       res.final_loss = loss;
       res.steps = done;
@@ -754,7 +757,6 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
       if (done % cfg.log_every == 0 || last) {
         const double eta =
             elapsed / static_cast<double>(done - start) * static_cast<double>(steps - done);
-        const double lr_now = scheduled_lr(cfg, done - (t.scaler ? t.scaler->skipped_steps() : 0));
         int n =
             std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4e  %.1f samples/s  ETA %s",
                           static_cast<long long>(done), static_cast<long long>(steps), loss, sps,
