@@ -87,6 +87,9 @@ void Recipe::validate() const {
     fail("data.b0_cone_deg: the cone half-angle must lie in [0, 180] degrees, got ", b0_cone_deg);
   check_finite(noise_std, "data.noise_std");
   if (noise_std < 0) fail("data.noise_std: must be >= 0 ppm, got ", noise_std);
+  check_finite(noise_std_max, "data.noise_std");
+  if (noise_std_max != 0 && noise_std_max < noise_std)
+    fail("data.noise_std: [min, max] needs min <= max, got [", noise_std, ", ", noise_std_max, "]");
   check_finite(lesion_prob, "data.lesion_prob");
   if (lesion_prob < 0 || lesion_prob > 1)
     fail("data.lesion_prob: a probability must lie in [0, 1], got ", lesion_prob);

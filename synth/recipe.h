@@ -46,7 +46,10 @@ struct Recipe {
   // this half-angle around b0_dir (degrees; 0 = always b0_dir).
   double b0_cone_deg = 0.0;
   // Standard deviation of white Gaussian noise added to the field (ppm).
-  double noise_std = 0.0;
+  // With noise_std_max > noise_std, each volume draws its own level uniformly
+  // from [noise_std, noise_std_max], so a network sees clean and noisy fields
+  // alike instead of learning one noise level (JSON: "noise_std": [min, max]).
+  double noise_std = 0.0, noise_std_max = 0.0;
   // High-susceptibility lesions (haemorrhage, calcification): each shape,
   // with probability lesion_prob, takes its chi uniformly from
   // [lesion_chi_min, lesion_chi_max] instead of chi_dist.

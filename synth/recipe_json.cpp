@@ -60,7 +60,10 @@ bool read_recipe_key(Recipe& r, const std::string& key, const json& v, const std
   } else if (key == "b0_cone_deg") {
     r.b0_cone_deg = read_number(v, path);
   } else if (key == "noise_std") {
-    r.noise_std = read_number(v, path);
+    if (v.is_array())
+      std::tie(r.noise_std, r.noise_std_max) = read_range(v, path);
+    else
+      r.noise_std = read_number(v, path);
   } else if (key == "lesion_prob") {
     r.lesion_prob = read_number(v, path);
   } else if (key == "lesion_chi") {
@@ -76,6 +79,9 @@ bool read_recipe_key(Recipe& r, const std::string& key, const json& v, const std
 }
 
 nlohmann::ordered_json recipe_to_json(const Recipe& r) {
+  using json = nlohmann::ordered_json;
+  const json noise = r.noise_std_max > r.noise_std ? json::array({r.noise_std, r.noise_std_max})
+                                                   : json(r.noise_std);
   return {{"volume_size", r.volume_size},
           {"cubes", {r.cubes_min, r.cubes_max}},
           {"spheres", {r.spheres_min, r.spheres_max}},
@@ -94,7 +100,7 @@ nlohmann::ordered_json recipe_to_json(const Recipe& r) {
           {"chi_std", r.chi_std},
           {"chi_values", r.chi_values},
           {"b0_cone_deg", r.b0_cone_deg},
-          {"noise_std", r.noise_std},
+          {"noise_std", noise},
           {"lesion_prob", r.lesion_prob},
           {"lesion_chi", {r.lesion_chi_min, r.lesion_chi_max}},
           {"region_prob", r.region_prob},

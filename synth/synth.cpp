@@ -215,12 +215,19 @@ double synth_gauss(uint64_t key, uint64_t index) {
   return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * kPi * u2);
 }
 
+double volume_noise_std(const Recipe& r, uint64_t seed, int64_t volume) {
+  if (!(r.noise_std_max > r.noise_std)) return r.noise_std;
+  const uint64_t kl = key_for(synth_volume_key(seed, volume), kSynthNoiseLevel);
+  return r.noise_std + (r.noise_std_max - r.noise_std) * static_cast<double>(philox_uniform(kl, 0));
+}
+
 void add_field_noise(const Recipe& r, uint64_t seed, int64_t volume, float* field) {
-  if (r.noise_std == 0) return;
+  const double sd = volume_noise_std(r, seed, volume);
+  if (sd == 0) return;
   const uint64_t kn = key_for(synth_volume_key(seed, volume), kSynthNoise);
   const int64_t m = r.volume_size * r.volume_size * r.volume_size;
   for (int64_t i = 0; i < m; ++i)
-    field[i] += static_cast<float>(r.noise_std * synth_gauss(kn, static_cast<uint64_t>(i)));
+    field[i] += static_cast<float>(sd * synth_gauss(kn, static_cast<uint64_t>(i)));
 }
 
 SynthRegion draw_region(const Recipe& r, uint64_t seed, int64_t volume) {

@@ -17,6 +17,7 @@
 //   key_for(vkey, 5)  counters 0, 1:        the volume's B0 direction in the cone
 //   key_for(vkey, 6)  counters 2m, 2m+1:    field noise at voxel m (flat index)
 //   key_for(vkey, 7)  counters 0..6:        region coin, centre x, y, z, semi-axes x, y, z
+//   key_for(vkey, 8)  counter 0:            the volume's noise level, when drawn from a range
 // Shape i's parameters depend only on i, not on how many shapes precede it,
 // and the options beyond the paper draw from their own streams, so the
 // paper recipe's volumes do not change when an option is added.
@@ -51,7 +52,8 @@ enum SynthStream : uint64_t {
   kSynthExtras = 4,
   kSynthB0 = 5,
   kSynthNoise = 6,
-  kSynthRegion = 7
+  kSynthRegion = 7,
+  kSynthNoiseLevel = 8
 };
 
 uint64_t synth_volume_key(uint64_t seed, int64_t volume);
@@ -99,8 +101,12 @@ void rasterise(const Recipe& r, const std::vector<SynthShape>& shapes, float* ch
 // philox_uniform draws at counters 2 index and 2 index + 1, in double).
 double synth_gauss(uint64_t key, uint64_t index);
 
-// field[m] += noise_std * synth_gauss(noise key of the volume, m) for every
-// voxel m of an (n, n, n) field. Does nothing when noise_std is 0.
+// The volume's noise level (ppm): noise_std, or with a range
+// (noise_std_max > noise_std) a uniform draw from it.
+double volume_noise_std(const Recipe& r, uint64_t seed, int64_t volume);
+
+// field[m] += volume_noise_std * synth_gauss(noise key of the volume, m) for
+// every voxel m of an (n, n, n) field. Does nothing when that level is 0.
 void add_field_noise(const Recipe& r, uint64_t seed, int64_t volume, float* field);
 
 // A volume's brain-like region (Recipe::region_prob): an axis-aligned

@@ -87,10 +87,11 @@ Vec3 GpuSynth::generate(uint64_t seed, int64_t volume) {
   const Vec3 b0 = volume_b0(r_, seed, volume);
   dipole_->set_kernel(r_.voxel_mm, b0, r_.dipole_k0);
   dipole_->forward(chi(), static_cast<float*>(field_.data()));
-  if (r_.noise_std != 0) {
+  const double noise_std = volume_noise_std(r_, seed, volume);
+  if (noise_std != 0) {
     const uint64_t kn = key_for(synth_volume_key(seed, volume), kSynthNoise);
     noise_k<<<detail::grid_for(total), detail::kThreads, 0, stream_>>>(
-        static_cast<float*>(field_.data()), total, kn, r_.noise_std);
+        static_cast<float*>(field_.data()), total, kn, noise_std);
     DQ_CUDA(cudaGetLastError());
   }
   apply_region_gpu(region, n, static_cast<float*>(field_.data()), stream_);

@@ -494,6 +494,42 @@ TEST_CASE("Gaussian noise on the field", "[synth]") {
   CHECK(synth_gauss(5, 0) == synth_gauss(5, 0));
 }
 
+TEST_CASE("a noise range: each volume draws its own level", "[synth]") {
+  Recipe r = small_recipe();
+  r.noise_std = 0.001;
+  r.noise_std_max = 0.02;
+  r.validate();
+  std::vector<double> levels;
+  for (int64_t v = 0; v < 8; ++v) {
+    const double sd = volume_noise_std(r, 6, v);
+    CHECK(sd >= 0.001);
+    CHECK(sd < 0.02);
+    CHECK(sd == volume_noise_std(r, 6, v));
+    levels.push_back(sd);
+  }
+  std::sort(levels.begin(), levels.end());
+  CHECK(std::unique(levels.begin(), levels.end()) == levels.end());
+  CHECK(levels.back() - levels.front() > 0.005);  // 8 draws spread over the range
+  // The field carries exactly the drawn level: std of (noisy - clean).
+  const SynthVolume noisy = generate_volume(r, 6, 3);
+  Recipe fixed = r;
+  fixed.noise_std = fixed.noise_std_max = 0;
+  const SynthVolume clean = generate_volume(fixed, 6, 3);
+  CHECK(noisy.chi == clean.chi);
+  double m2 = 0;
+  for (size_t i = 0; i < clean.field.size(); ++i) {
+    const double d = noisy.field[i] - clean.field[i];
+    m2 += d * d;
+  }
+  CHECK(std::sqrt(m2 / static_cast<double>(clean.field.size())) ==
+        Approx(volume_noise_std(r, 6, 3)).epsilon(0.02));
+  // Without a range the level is noise_std for every volume, as before.
+  fixed.noise_std = 0.003;
+  CHECK(volume_noise_std(fixed, 6, 3) == 0.003);
+  r.noise_std_max = 0.0005;  // below the minimum
+  CHECK_THROWS_WITH(r.validate(), Catch::Contains("data.noise_std"));
+}
+
 TEST_CASE("a brain-like region: sources and field only inside an ellipsoid", "[synth]") {
   Recipe r = small_recipe();
   const int64_t n = r.volume_size;
@@ -582,6 +618,14 @@ TEST_CASE("options are off in the paper recipe and round-trip through JSON", "[s
   for (const auto& [key, value] : j.items()) REQUIRE(read_recipe_key(back, key, value, key));
   CHECK(recipe_to_json(back) == j);
   CHECK(j.size() == recipe_keys().size());
+  CHECK(j["noise_std"] == 0.003);  // a fixed level stays a number
+  r.noise_std_max = 0.01;          // a range is written as [min, max] and read back
+  const auto jr = recipe_to_json(r);
+  CHECK(jr["noise_std"].dump() == "[0.003,0.01]");
+  Recipe back_range;
+  REQUIRE(read_recipe_key(back_range, "noise_std", jr["noise_std"], "data.noise_std"));
+  CHECK(back_range.noise_std == 0.003);
+  CHECK(back_range.noise_std_max == 0.01);
   CHECK_THROWS_AS(read_recipe_key(back, "chi_values", json("x"), "data.chi_values"), Error);
   CHECK_THROWS_AS(read_recipe_key(back, "additive", json(1), "data.additive"), Error);
 }

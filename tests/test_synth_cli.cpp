@@ -188,6 +188,8 @@ TEST_CASE("synth refuses invalid recipes with one line", "[synth_cli]") {
       {R"({"cubes": [0, 0], "spheres": [0, 0]})", "empty counts"},
       {R"({"chi_dist": "cauchy"})", "data.chi_dist"},
       {R"({"noise_std": -1})", "data.noise_std"},
+      {R"({"noise_std": [0.01, 0.001]})", "data.noise_std"},
+      {R"({"noise_std": [0.001]})", "data.noise_std"},
       {R"({"sise": [0.1, 0.2]})", "data.sise"},
       {R"({"data": {"b0_cone_deg": 200}})", "data.b0_cone_deg"},
   };

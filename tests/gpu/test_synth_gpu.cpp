@@ -44,7 +44,8 @@ Recipe with_options(Recipe r) {
   r.lesion_prob = 0.1;
   r.b0_cone_deg = 25;
   r.voxel_mm = {0.9, 1.0, 1.6};
-  r.noise_std = 0.002;
+  r.noise_std = 0.001;  // a range: each volume draws its level (volume_noise_std)
+  r.noise_std_max = 0.004;
   r.region_prob = 0.5;
   r.pad = 5;
   return r;
