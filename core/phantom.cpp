@@ -13,9 +13,11 @@
 //   2013 veins (deoxygenated)    +0.35   Haacke et al., MRI 23:1 (2005): 0.3-0.4 at Y ~ 0.6-0.7
 #include "core/phantom.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
+#include "core/philox.h"
 
 namespace dq {
 
@@ -55,9 +57,125 @@ bool inside(const Ellipsoid& e, double x, double y, double z) {
   return u * u + v * v + w * w <= 1.0;
 }
 
+constexpr double kPi = 3.14159265358979323846;
+
+// Uniform draws of the detail, in order, under one key.
+struct Draws {
+  uint64_t key;
+  uint64_t next = 0;
+  double operator()(double lo, double hi) { return lo + (hi - lo) * philox_uniform(key, next++); }
+};
+
+// A smooth random field of about unit variance: a sum of plane waves with
+// random directions, wavelengths in [lambda_lo, lambda_hi] mm and phases.
+class WaveField {
+ public:
+  WaveField(Draws& draw, double lambda_lo, double lambda_hi) {
+    for (Wave& w : waves_) {
+      const double cz = draw(-1.0, 1.0), phi = draw(0.0, 2.0 * kPi);
+      const double k = 2.0 * kPi / draw(lambda_lo, lambda_hi), sz = std::sqrt(1.0 - cz * cz);
+      w = {k * sz * std::cos(phi), k * sz * std::sin(phi), k * cz, draw(0.0, 2.0 * kPi)};
+    }
+  }
+  double operator()(double x, double y, double z) const {
+    double s = 0.0;
+    for (const Wave& w : waves_) s += std::cos(w.kx * x + w.ky * y + w.kz * z + w.phase);
+    return s * std::sqrt(2.0 / kWaves);
+  }
+
+ private:
+  static constexpr int kWaves = 16;
+  struct Wave {
+    double kx, ky, kz, phase;
+  };
+  Wave waves_[kWaves];
+};
+
+// The detail (make_head_phantom with a seed): what an in-vivo brain has and
+// the ellipsoids lack, at the scales of a few voxels.
+//   folds    the white-matter surface moves in and out by a smooth random
+//            field (sd 8 % of its semi-axes, wavelengths 16-32 mm): gyri
+//   sulci    CSF sheets about 2 mm thick through the cortex (the zero set of
+//            another random field)
+//   texture  +-0.01 ppm (sd) smooth variation inside grey and white matter
+//            (wavelengths 6-16 mm), e.g. myelin and iron content
+//   veins    kVeins straight vessels anywhere in the brain, random direction,
+//            10-50 mm long, 0.5-1.25 mm radius, chi 0.25-0.45 ppm (Haacke 2005)
+constexpr int kVeins = 80;
+constexpr float kCsf = 0.0f, kWhite = -0.03f;
+
+struct Vessel {
+  double x0, y0, z0, dx, dy, dz, length, radius;
+  float chi;
+};
+
+void add_detail(uint64_t seed, const Vec3& c_vox, double vox, Phantom& p) {
+  Draws draw{key_for(seed, 0x44455441494Cull)};  // "DETAIL"
+  const WaveField folds(draw, 16.0, 32.0), sulci(draw, 16.0, 32.0), texture(draw, 6.0, 16.0);
+  const Ellipsoid& wm = kStructures[0];
+  const int64_t n = p.dims.nx;
+  for (int64_t k = 0; k < n; ++k)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t i = 0; i < n; ++i) {
+        const size_t idx = static_cast<size_t>((k * n + j) * n + i);
+        if (!p.mask[idx]) continue;
+        const double x = (static_cast<double>(i) - c_vox[0]) * vox,
+                     y = (static_cast<double>(j) - c_vox[1]) * vox,
+                     z = (static_cast<double>(k) - c_vox[2]) * vox;
+        float& chi = p.chi[idx];
+        const bool deep = chi != kBrain.chi && chi != kWhite;  // nuclei, ventricles, veins
+        if (!deep) {
+          const double u = (x - wm.cx) / wm.ax, v = (y - wm.cy) / wm.ay, w = (z - wm.cz) / wm.az;
+          const double r = 1.0 + 0.08 * folds(x, y, z);
+          chi = u * u + v * v + w * w <= r * r ? kWhite : kBrain.chi;
+          if (chi == kBrain.chi && std::fabs(sulci(x, y, z)) < 0.2) {
+            chi = kCsf;
+            continue;
+          }
+        }
+        if (chi == kBrain.chi || chi == kWhite) chi += static_cast<float>(0.01 * texture(x, y, z));
+      }
+  for (int v = 0; v < kVeins; ++v) {
+    Vessel s{};
+    do {  // a start point inside the brain
+      s.x0 = draw(-kBrain.ax, kBrain.ax);
+      s.y0 = draw(-kBrain.ay, kBrain.ay);
+      s.z0 = draw(-kBrain.az, kBrain.az);
+    } while (!inside(kBrain, s.x0, s.y0, s.z0));
+    const double cz = draw(-1.0, 1.0), phi = draw(0.0, 2.0 * kPi), sz = std::sqrt(1.0 - cz * cz);
+    s.dx = sz * std::cos(phi);
+    s.dy = sz * std::sin(phi);
+    s.dz = cz;
+    s.length = draw(10.0, 50.0);
+    s.radius = draw(0.5, 1.25);
+    s.chi = static_cast<float>(draw(0.25, 0.45));
+    // Visit the segment's bounding box only.
+    int64_t lo[3], hi[3];
+    const double a[3] = {s.x0, s.y0, s.z0}, d[3] = {s.dx, s.dy, s.dz};
+    for (int ax = 0; ax < 3; ++ax) {
+      const double e0 = std::min(a[ax], a[ax] + s.length * d[ax]) - s.radius;
+      const double e1 = std::max(a[ax], a[ax] + s.length * d[ax]) + s.radius;
+      lo[ax] = std::max<int64_t>(0, static_cast<int64_t>(std::floor(e0 / vox + c_vox[ax])));
+      hi[ax] = std::min<int64_t>(n - 1, static_cast<int64_t>(std::ceil(e1 / vox + c_vox[ax])));
+    }
+    for (int64_t k = lo[2]; k <= hi[2]; ++k)
+      for (int64_t j = lo[1]; j <= hi[1]; ++j)
+        for (int64_t i = lo[0]; i <= hi[0]; ++i) {
+          const size_t idx = static_cast<size_t>((k * n + j) * n + i);
+          if (!p.mask[idx]) continue;
+          const double rx = (static_cast<double>(i) - c_vox[0]) * vox - s.x0,
+                       ry = (static_cast<double>(j) - c_vox[1]) * vox - s.y0,
+                       rz = (static_cast<double>(k) - c_vox[2]) * vox - s.z0;
+          const double t = std::clamp(rx * s.dx + ry * s.dy + rz * s.dz, 0.0, s.length);
+          const double ex = rx - t * s.dx, ey = ry - t * s.dy, ez = rz - t * s.dz;
+          if (ex * ex + ey * ey + ez * ez <= s.radius * s.radius) p.chi[idx] = s.chi;
+        }
+  }
+}
+
 }  // namespace
 
-Phantom make_head_phantom(int64_t n) {
+Phantom make_head_phantom(int64_t n, uint64_t detail_seed) {
   if (n < 16) fail("phantom size ", n, " is too small (need at least 16 voxels per side)");
   Phantom p;
   p.dims = {n, n, n};
@@ -80,6 +198,7 @@ Phantom make_head_phantom(int64_t n) {
           if (inside(e, x, y, z)) chi = e.chi;
         p.chi[idx] = chi;
       }
+  if (detail_seed != 0) add_detail(detail_seed, {c, c, c}, vox, p);
   p.field.resize(total);
   forward_field(p.chi.data(), p.dims, p.voxel_mm, {0.0, 0.0, 1.0}, 0.0, n / 2, p.field.data());
   return p;

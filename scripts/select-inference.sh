@@ -13,6 +13,11 @@
 #            an in-vivo local field after background removal
 #   phantom  the head phantom (deepqsm phantom), clean and with 0.002 ppm
 #   ph+noise noise, scored inside its brain mask
+#   brain    the head phantom with in-vivo-like detail (deepqsm phantom
+#   brain+n  --detail: folds, sulci, texture, 80 small veins), two detail
+#            seeds, with 0.002 and 0.005 ppm noise, scored inside the mask:
+#            structure at the scale of a few voxels, which the shapes of the
+#            training recipe and the plain ellipsoids lack
 #
 # Usage: scripts/select-inference.sh MODEL.h5 ['OPTIONS' ...]
 #   e.g. scripts/select-inference.sh models/deepqsm-default.h5 '--scales 1' '--scales 2 --flips 4'
@@ -24,7 +29,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build}
 deepqsm=$build/deepqsm
 infer=$build/deepqsm-infer
-[ $# -ge 1 ] || { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 model=$1
 shift
 [ -f "$model" ] || { echo "select-inference: no model file $model" >&2; exit 1; }
@@ -51,13 +56,19 @@ echo '{"volume_size": 160, "patches_per_volume": 1, "pad": 32, "noise_std": 0.00
 "$deepqsm" phantom -o "$work/ph_field.nii.gz" --chi "$work/ph_chi.nii.gz" \
   --mask "$work/ph_mask.nii.gz" >/dev/null
 "$deepqsm" phantom -o "$work/phn_field.nii.gz" --noise-std 0.002 --seed 5 >/dev/null
+"$deepqsm" phantom -o "$work/b1_field.nii.gz" --chi "$work/b1_chi.nii.gz" --detail 1 \
+  --noise-std 0.002 --seed 6 >/dev/null
+"$deepqsm" phantom -o "$work/b2_field.nii.gz" --chi "$work/b2_chi.nii.gz" --detail 2 \
+  --noise-std 0.005 --seed 7 >/dev/null
 
 # name field chi mask("" = whole grid)
 cases=("whole $work/whole/field_0000.nii.gz $work/whole/chi_0000.nii.gz -"
        "region1 $work/region/field_0000.nii.gz $work/region/chi_0000.nii.gz $work/region/mask_0000.nii.gz"
        "region2 $work/region/field_0001.nii.gz $work/region/chi_0001.nii.gz $work/region/mask_0001.nii.gz"
        "phantom $work/ph_field.nii.gz $work/ph_chi.nii.gz $work/ph_mask.nii.gz"
-       "ph+noise $work/phn_field.nii.gz $work/ph_chi.nii.gz $work/ph_mask.nii.gz")
+       "ph+noise $work/phn_field.nii.gz $work/ph_chi.nii.gz $work/ph_mask.nii.gz"
+       "brain $work/b1_field.nii.gz $work/b1_chi.nii.gz $work/ph_mask.nii.gz"
+       "brain+n $work/b2_field.nii.gz $work/b2_chi.nii.gz $work/ph_mask.nii.gz")
 
 echo "model: $model ($(nproc) cores; NRMSE %, demeaned, inside the mask; synthetic data only)"
 echo

@@ -371,4 +371,14 @@ TEST_CASE("deepqsm phantom writes field, chi and mask on one grid", "[infer]") {
   const double count = static_cast<double>(n.data.size());
   CHECK(s / count == Approx(0).margin(3e-4));  // 32768 draws: standard error 5.5e-5
   CHECK(std::sqrt(s2 / count) == Approx(0.01).epsilon(0.03));
+
+  // --detail: the detailed phantom of that seed.
+  const std::string fd = dir.file("fd.nii"), cd = dir.file("cd.nii");
+  const std::string detailed = std::string("'") + DEEPQSM_BINARY + "' phantom -o " + q(fd) +
+                               " --chi " + q(cd) + " --size 32 --detail 2 >/dev/null";
+  REQUIRE(std::system(detailed.c_str()) == 0);
+  const dq::Phantom pd = dq::make_head_phantom(32, 2);
+  CHECK(dq::read_nifti(fd).data == pd.field);
+  CHECK(dq::read_nifti(cd).data == pd.chi);
+  CHECK(pd.chi != ph.chi);
 }

@@ -235,3 +235,36 @@ TEST_CASE("phantom has the literature values and a dipole field", "[volume_ops]"
   for (float f : ph.field) energy += static_cast<double>(f) * f;
   CHECK(energy > 0);
 }
+
+TEST_CASE("the detailed phantom: folds, sulci, texture and small veins on the same brain",
+          "[volume_ops]") {
+  const dq::Phantom plain = dq::make_head_phantom(80);
+  const dq::Phantom a = dq::make_head_phantom(80, 3), again = dq::make_head_phantom(80, 3),
+                    other = dq::make_head_phantom(80, 4);
+  CHECK(a.chi == again.chi);  // a seed is a phantom
+  CHECK(a.field == again.field);
+  CHECK(a.chi != other.chi);
+  CHECK(a.mask == plain.mask);  // the brain's outline does not move
+  size_t changed = 0, vein = 0, csf_added = 0, outside_touched = 0;
+  float lo = 1, hi = -1;
+  for (size_t i = 0; i < a.chi.size(); ++i) {
+    if (!a.mask[i]) {
+      outside_touched += a.chi[i] != 0.0f;
+      continue;
+    }
+    changed += a.chi[i] != plain.chi[i];
+    vein += a.chi[i] >= 0.25f && plain.chi[i] < 0.25f;       // a new vessel
+    csf_added += a.chi[i] == 0.0f && plain.chi[i] == 0.02f;  // a sulcus through the cortex
+    lo = std::min(lo, a.chi[i]);
+    hi = std::max(hi, a.chi[i]);
+  }
+  INFO("changed " << changed << ", vein " << vein << ", sulci " << csf_added);
+  CHECK(outside_touched == 0);
+  CHECK(changed > a.chi.size() / 20);  // texture and folds reach most of the tissue
+  CHECK(vein > 100);                   // 80 vessels of 0.5-1.25 mm radius, 2 mm voxels
+  CHECK(csf_added > 100);
+  CHECK(hi <= 0.45f);  // veins at most 0.45 ppm
+  CHECK(lo > -0.1f);   // texture is a few 0.01 ppm around white matter's -0.03
+  // The field is the phantom's own dipole field: it changes with the detail.
+  CHECK(a.field != plain.field);
+}
