@@ -22,7 +22,7 @@ struct InferOptions {
   double max_tilt_deg = 0.5;    // B0 tilts up to this are treated as along z
   int scales = 2;               // network passes at 1, 1/2, ... of the resolution (core/ensemble.h)
   double scale_sigma = 16.0;    // blend between scales: Gaussian sigma, voxels of the finer grid
-  int flips = 1;    // mirrored passes averaged per scale: 1, 2, 4 or 8 (core/ensemble.h)
+  int flips = 4;    // mirrored passes averaged per scale: 1, 2, 4 or 8 (core/ensemble.h)
   int refine = 20;  // conjugate-gradient data-consistency iterations after the net (0 = off)
   double refine_lambda = 1e-2;  // weight of |chi - chi_net|^2 in the refinement
   int refine_pad = 32;          // zero voxels per side around the grid for the refinement's FFTs

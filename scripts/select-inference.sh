@@ -40,7 +40,7 @@ if [ $# -gt 0 ]; then
   sets=("$@")
 else
   sets=("" "--scales 1 --refine 0" "--scales 2 --refine 0" "--refine-pad 0" "--scales 1"
-        "--flips 8" "--scales 3")
+        "--flips 1" "--flips 8" "--scales 3")
 fi
 
 work=$(mktemp -d)

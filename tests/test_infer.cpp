@@ -293,7 +293,7 @@ TEST_CASE("infer writes chi on the input's grid, masked, with a preview", "[infe
 
 // [!mayfail]: the shipped model is a CPU stand-in (models/README.md) that
 // beats TKD on held-out synthetic volumes but not on this in-vivo field
-// (NRMSE 89.0 % vs 86.5 % with deepqsm-infer's defaults). The check stays and reports its numbers;
+// (NRMSE 87.3 % vs 86.5 % with deepqsm-infer's defaults). The check stays and reports its numbers;
 // drop the tag when a GPU-trained paper model replaces deepqsm-default.h5.
 TEST_CASE(
     "the default model is scored against TKD on the 2016 challenge (must beat it once a "
