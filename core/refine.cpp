@@ -1,5 +1,6 @@
 #include "core/refine.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "core/error.h"
@@ -67,6 +68,11 @@ void check(const RefineOptions& opt) {
 }
 
 }  // namespace
+
+double refine_lambda_for_noise(double noise_std_ppm) {
+  const double r = noise_std_ppm / kRefineNetErrorPpm;
+  return std::max(kRefineLambda, r * r);
+}
 
 double refine_objective(const float* chi, const float* field, const float* chi_net,
                         const uint8_t* mask, const Dims3& dims, const Vec3& voxel_mm,

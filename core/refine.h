@@ -44,6 +44,16 @@ void refine_chi(const float* field, const float* chi_net, const uint8_t* mask, c
                 const Vec3& voxel_mm, const Vec3& b0_dir, const RefineOptions& opt, float* chi,
                 std::vector<double>* objective = nullptr);
 
+// lambda matched to the field's noise: sigma^2 / tau^2 is the MAP weight for
+// white noise of sd sigma on the field and a network error of sd tau on chi.
+// tau = 0.02 ppm makes it the fixed kRefineLambda at 0.002 ppm, the noise the
+// shipped model was trained with; it never drops below kRefineLambda (a clean
+// field still leans on the network near the cone). deepqsm-infer's default
+// (`--refine-lambda auto`, sigma from estimate_noise_std in core/volume_ops.h),
+// chosen on synthetic data (models/README.md).
+constexpr double kRefineNetErrorPpm = 0.02;
+double refine_lambda_for_noise(double noise_std_ppm);
+
 // J(chi) as above.
 double refine_objective(const float* chi, const float* field, const float* chi_net,
                         const uint8_t* mask, const Dims3& dims, const Vec3& voxel_mm,

@@ -269,4 +269,26 @@ void apply_mask(float* data, const uint8_t* mask, int64_t n) {
     if (!mask[i]) data[i] = 0.0f;
 }
 
+double estimate_noise_std(const float* field, const uint8_t* mask, const Dims3& d) {
+  const int64_t sx = 1, sy = d.nx, sz = d.nx * d.ny;
+  const auto in = [&](int64_t i) { return !mask || mask[i] != 0; };
+  std::vector<double> lap;
+  for (int64_t k = 1; k + 1 < d.nz; ++k)
+    for (int64_t j = 1; j + 1 < d.ny; ++j)
+      for (int64_t i = 1; i + 1 < d.nx; ++i) {
+        const int64_t c = (k * d.ny + j) * d.nx + i;
+        if (!in(c) || !in(c - sx) || !in(c + sx) || !in(c - sy) || !in(c + sy) || !in(c - sz) ||
+            !in(c + sz))
+          continue;
+        const double l =
+            6.0 * field[c] - (static_cast<double>(field[c - sx]) + field[c + sx] + field[c - sy] +
+                              field[c + sy] + field[c - sz] + field[c + sz]);
+        lap.push_back(std::fabs(l));
+      }
+  if (lap.size() < 1000) return 0.0;
+  auto mid = lap.begin() + static_cast<std::ptrdiff_t>(lap.size() / 2);
+  std::nth_element(lap.begin(), mid, lap.end());
+  return *mid / (0.6744897501960817 * std::sqrt(42.0));
+}
+
 }  // namespace dq

@@ -99,4 +99,14 @@ double to_ppm_factor(FieldUnit unit, double b0_tesla, double te_s);
 // Zeros `data` where mask is 0 (mask and data share a grid).
 void apply_mask(float* data, const uint8_t* mask, int64_t n);
 
+// The standard deviation (same unit as the field) of white noise on a field
+// map, from the field alone: the median absolute value of the discrete
+// Laplacian 6 f - (sum of the 6 neighbours), over voxels whose neighbours
+// are all inside the mask (mask nullable: all voxels), divided by
+// 0.6745 sqrt(42), which is sigma for pure white noise. A dipole field's
+// Laplacian is -(1/3) lap(chi) + d2(chi)/dz2, zero wherever chi is locally
+// constant or linear, so the tissue's own contribution is confined to edges
+// and the median ignores it. Returns 0 when fewer than 1000 voxels qualify.
+double estimate_noise_std(const float* field, const uint8_t* mask, const Dims3& dims);
+
 }  // namespace dq

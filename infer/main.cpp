@@ -3,6 +3,8 @@
 // infer/run.cpp. Every failure is one line on stderr and exit status 1.
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <exception>
 #include <iostream>
 #include <string>
@@ -50,6 +52,9 @@ constexpr const char* kAbout =
     "(M the mask, lambda = --refine-lambda), with the dipole convolution zero-padded by\n"
     "--refine-pad voxels per side so it does not wrap around. The net supplies what the field\n"
     "cannot (near the cone where D(k) = 0), the data the rest. --refine 0 turns it off.\n"
+    "lambda auto (the default) weighs the two by the field's noise: the white-noise sd is\n"
+    "estimated from the field's Laplacian inside the mask (printed), and lambda =\n"
+    "max(0.01, (noise / 0.02 ppm)^2), so a noisier field leans more on the network.\n"
     "These defaults were chosen on synthetic data only (scripts/select-inference.sh,\n"
     "models/README.md).\n"
     "\n"
@@ -117,7 +122,11 @@ int main(int argc, char** argv) {
                  "Conjugate-gradient iterations of data consistency after the network: minimise "
                  "|D*chi - field|^2 + lambda |chi - chi_net|^2 inside the mask (0 = off)")
       ->capture_default_str();
-  app.add_option("--refine-lambda", o.refine_lambda, "lambda of --refine")->capture_default_str();
+  std::string refine_lambda = "auto";
+  app.add_option("--refine-lambda", refine_lambda,
+                 "lambda of --refine: auto (max(0.01, (noise / 0.02 ppm)^2), the noise estimated "
+                 "from the field) or a number > 0")
+      ->capture_default_str();
   app.add_option("--refine-pad", o.refine_pad,
                  "Zero voxels added on each side for --refine's FFTs, so the dipole convolution "
                  "does not wrap around the grid's edges")
@@ -137,6 +146,16 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   if (!b0_dir.empty()) o.b0_dir = {b0_dir[0], b0_dir[1], b0_dir[2]};
+  if (refine_lambda != "auto") {
+    char* end = nullptr;
+    const double v = std::strtod(refine_lambda.c_str(), &end);
+    if (end == refine_lambda.c_str() || *end != '\0' || !(v > 0) || !std::isfinite(v)) {
+      std::cerr << "deepqsm-infer: --refine-lambda must be \"auto\" or a finite number > 0, got "
+                << refine_lambda << "\n";
+      return 1;
+    }
+    o.refine_lambda = v;
+  }
 
   try {
     return dq::run_inference(o);

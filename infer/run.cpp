@@ -123,8 +123,8 @@ int run_inference(const InferOptions& opt) {
   if (opt.scales < 1 || opt.scales > 4) fail("--scales must be 1 to 4, got ", opt.scales);
   if (opt.refine < 0) fail("--refine must be >= 0 iterations, got ", opt.refine);
   if (opt.refine_pad < 0) fail("--refine-pad must be >= 0 voxels, got ", opt.refine_pad);
-  if (!(opt.refine_lambda > 0) || !std::isfinite(opt.refine_lambda))
-    fail("--refine-lambda must be a finite number > 0, got ", opt.refine_lambda);
+  if (!(opt.refine_lambda >= 0) || !std::isfinite(opt.refine_lambda))
+    fail("--refine-lambda must be \"auto\" or a finite number > 0, got ", opt.refine_lambda);
   if (opt.flips != 1 && opt.flips != 2 && opt.flips != 4 && opt.flips != 8)
     fail("--flips must be 1, 2, 4 or 8, got ", opt.flips);
   if (!(opt.scale_sigma >= 0) || !std::isfinite(opt.scale_sigma))
@@ -357,6 +357,12 @@ int run_inference(const InferOptions& opt) {
     RefineOptions ro;
     ro.iterations = opt.refine;
     ro.lambda = opt.refine_lambda;
+    if (ro.lambda == 0) {
+      const double noise = estimate_noise_std(field.data.data(), mask.data(), dims);
+      ro.lambda = refine_lambda_for_noise(noise);
+      std::printf("noise:  %.3g ppm (white-noise sd from the field's Laplacian) -> lambda %.3g\n",
+                  noise, ro.lambda);
+    }
     ro.pad = opt.refine_pad;
     std::vector<float> refined(chi.size());
     std::vector<double> objective;
@@ -369,7 +375,7 @@ int run_inference(const InferOptions& opt) {
     chi = std::move(refined);
     apply_mask(chi.data(), mask.data(), n);
     std::printf("refine: %d conjugate-gradient iterations, lambda %g: objective %.4g -> %.4g\n",
-                opt.refine, opt.refine_lambda, objective.empty() ? 0.0 : objective.front(),
+                opt.refine, ro.lambda, objective.empty() ? 0.0 : objective.front(),
                 objective.empty() ? 0.0 : objective.back());
   }
   write_nifti(opt.out_path, field, chi.data());

@@ -24,7 +24,9 @@ struct InferOptions {
   double scale_sigma = 16.0;    // blend between scales: Gaussian sigma, voxels of the finer grid
   int flips = 4;    // mirrored passes averaged per scale: 1, 2, 4 or 8 (core/ensemble.h)
   int refine = 20;  // conjugate-gradient data-consistency iterations after the net (0 = off)
-  double refine_lambda = 1e-2;  // weight of |chi - chi_net|^2 in the refinement
+  // Weight of |chi - chi_net|^2 in the refinement; 0 = auto: refine_lambda_for_noise
+  // (core/refine.h) of the field's estimate_noise_std (core/volume_ops.h).
+  double refine_lambda = 0;
   int refine_pad = 32;          // zero voxels per side around the grid for the refinement's FFTs
 };
 

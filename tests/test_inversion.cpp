@@ -235,3 +235,11 @@ TEST_CASE("CG refinement decreases its objective and reaches the closed form", "
   refine_chi(f.data(), net.data(), mask.data(), d, vox, b0, opt, chi.data());
   CHECK(chi == net);
 }
+
+TEST_CASE("the refinement weight follows the field's noise", "[inversion]") {
+  CHECK(refine_lambda_for_noise(0.002) == Approx(kRefineLambda));  // the training noise
+  CHECK(refine_lambda_for_noise(0.0) == kRefineLambda);            // never below the floor
+  CHECK(refine_lambda_for_noise(0.001) == kRefineLambda);
+  CHECK(refine_lambda_for_noise(0.005) == Approx(0.0625));  // (0.005 / 0.02)^2
+  CHECK(refine_lambda_for_noise(0.01) == Approx(0.25));
+}
