@@ -57,13 +57,25 @@ bool inside(const Ellipsoid& e, double x, double y, double z) {
   return u * u + v * v + w * w <= 1.0;
 }
 
-constexpr double kPi = 3.14159265358979323846;
+// The phantom's cubic grid: voxel index <-> mm from the centre of the field of view.
+struct Axis {
+  double centre;  // (n - 1) / 2, in voxels
+  double vox;     // mm per voxel
+  double mm(int64_t i) const { return (static_cast<double>(i) - centre) * vox; }
+  double index(double mm) const { return mm / vox + centre; }
+};
 
 // Uniform draws of the detail, in order, under one key.
 struct Draws {
   uint64_t key;
   uint64_t next = 0;
   double operator()(double lo, double hi) { return lo + (hi - lo) * philox_uniform(key, next++); }
+  // A direction uniform on the unit sphere (x, y, z): two draws.
+  Vec3 direction() {
+    const double cz = (*this)(-1.0, 1.0), phi = (*this)(0.0, 2.0 * M_PI);
+    const double sz = std::sqrt(1.0 - cz * cz);
+    return {sz * std::cos(phi), sz * std::sin(phi), cz};
+  }
 };
 
 // A smooth random field of about unit variance: a sum of plane waves with
@@ -72,9 +84,9 @@ class WaveField {
  public:
   WaveField(Draws& draw, double lambda_lo, double lambda_hi) {
     for (Wave& w : waves_) {
-      const double cz = draw(-1.0, 1.0), phi = draw(0.0, 2.0 * kPi);
-      const double k = 2.0 * kPi / draw(lambda_lo, lambda_hi), sz = std::sqrt(1.0 - cz * cz);
-      w = {k * sz * std::cos(phi), k * sz * std::sin(phi), k * cz, draw(0.0, 2.0 * kPi)};
+      const Vec3 dir = draw.direction();
+      const double k = 2.0 * M_PI / draw(lambda_lo, lambda_hi);
+      w = {k * dir[0], k * dir[1], k * dir[2], draw(0.0, 2.0 * M_PI)};
     }
   }
   double operator()(double x, double y, double z) const {
@@ -109,7 +121,7 @@ struct Vessel {
   float chi;
 };
 
-void add_detail(uint64_t seed, const Vec3& c_vox, double vox, Phantom& p) {
+void add_detail(uint64_t seed, const Axis& axis, Phantom& p) {
   Draws draw{key_for(seed, 0x44455441494Cull)};  // "DETAIL"
   const WaveField folds(draw, 16.0, 32.0), sulci(draw, 16.0, 32.0), texture(draw, 6.0, 16.0);
   const Ellipsoid& wm = kStructures[0];
@@ -119,9 +131,7 @@ void add_detail(uint64_t seed, const Vec3& c_vox, double vox, Phantom& p) {
       for (int64_t i = 0; i < n; ++i) {
         const size_t idx = static_cast<size_t>((k * n + j) * n + i);
         if (!p.mask[idx]) continue;
-        const double x = (static_cast<double>(i) - c_vox[0]) * vox,
-                     y = (static_cast<double>(j) - c_vox[1]) * vox,
-                     z = (static_cast<double>(k) - c_vox[2]) * vox;
+        const double x = axis.mm(i), y = axis.mm(j), z = axis.mm(k);
         float& chi = p.chi[idx];
         const bool deep = chi != kBrain.chi && chi != kWhite;  // nuclei, ventricles, veins
         if (!deep) {
@@ -142,10 +152,10 @@ void add_detail(uint64_t seed, const Vec3& c_vox, double vox, Phantom& p) {
       s.y0 = draw(-kBrain.ay, kBrain.ay);
       s.z0 = draw(-kBrain.az, kBrain.az);
     } while (!inside(kBrain, s.x0, s.y0, s.z0));
-    const double cz = draw(-1.0, 1.0), phi = draw(0.0, 2.0 * kPi), sz = std::sqrt(1.0 - cz * cz);
-    s.dx = sz * std::cos(phi);
-    s.dy = sz * std::sin(phi);
-    s.dz = cz;
+    const Vec3 dir = draw.direction();
+    s.dx = dir[0];
+    s.dy = dir[1];
+    s.dz = dir[2];
     s.length = draw(10.0, 50.0);
     s.radius = draw(0.5, 1.25);
     s.chi = static_cast<float>(draw(0.25, 0.45));
@@ -155,17 +165,15 @@ void add_detail(uint64_t seed, const Vec3& c_vox, double vox, Phantom& p) {
     for (int ax = 0; ax < 3; ++ax) {
       const double e0 = std::min(a[ax], a[ax] + s.length * d[ax]) - s.radius;
       const double e1 = std::max(a[ax], a[ax] + s.length * d[ax]) + s.radius;
-      lo[ax] = std::max<int64_t>(0, static_cast<int64_t>(std::floor(e0 / vox + c_vox[ax])));
-      hi[ax] = std::min<int64_t>(n - 1, static_cast<int64_t>(std::ceil(e1 / vox + c_vox[ax])));
+      lo[ax] = std::max<int64_t>(0, static_cast<int64_t>(std::floor(axis.index(e0))));
+      hi[ax] = std::min<int64_t>(n - 1, static_cast<int64_t>(std::ceil(axis.index(e1))));
     }
     for (int64_t k = lo[2]; k <= hi[2]; ++k)
       for (int64_t j = lo[1]; j <= hi[1]; ++j)
         for (int64_t i = lo[0]; i <= hi[0]; ++i) {
           const size_t idx = static_cast<size_t>((k * n + j) * n + i);
           if (!p.mask[idx]) continue;
-          const double rx = (static_cast<double>(i) - c_vox[0]) * vox - s.x0,
-                       ry = (static_cast<double>(j) - c_vox[1]) * vox - s.y0,
-                       rz = (static_cast<double>(k) - c_vox[2]) * vox - s.z0;
+          const double rx = axis.mm(i) - s.x0, ry = axis.mm(j) - s.y0, rz = axis.mm(k) - s.z0;
           const double t = std::clamp(rx * s.dx + ry * s.dy + rz * s.dz, 0.0, s.length);
           const double ex = rx - t * s.dx, ey = ry - t * s.dy, ez = rz - t * s.dz;
           if (ex * ex + ey * ey + ez * ez <= s.radius * s.radius) p.chi[idx] = s.chi;
@@ -184,12 +192,11 @@ Phantom make_head_phantom(int64_t n, uint64_t detail_seed) {
   const size_t total = static_cast<size_t>(p.dims.numel());
   p.chi.assign(total, 0.0f);
   p.mask.assign(total, 0);
-  const double c = 0.5 * static_cast<double>(n - 1);
+  const Axis axis{0.5 * static_cast<double>(n - 1), vox};
   for (int64_t k = 0; k < n; ++k)
     for (int64_t j = 0; j < n; ++j)
       for (int64_t i = 0; i < n; ++i) {
-        const double x = (static_cast<double>(i) - c) * vox, y = (static_cast<double>(j) - c) * vox,
-                     z = (static_cast<double>(k) - c) * vox;
+        const double x = axis.mm(i), y = axis.mm(j), z = axis.mm(k);
         if (!inside(kBrain, x, y, z)) continue;
         const size_t idx = static_cast<size_t>((k * n + j) * n + i);
         p.mask[idx] = 1;
@@ -198,7 +205,7 @@ Phantom make_head_phantom(int64_t n, uint64_t detail_seed) {
           if (inside(e, x, y, z)) chi = e.chi;
         p.chi[idx] = chi;
       }
-  if (detail_seed != 0) add_detail(detail_seed, {c, c, c}, vox, p);
+  if (detail_seed != 0) add_detail(detail_seed, axis, p);
   p.field.resize(total);
   forward_field(p.chi.data(), p.dims, p.voxel_mm, {0.0, 0.0, 1.0}, 0.0, n / 2, p.field.data());
   return p;

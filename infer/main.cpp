@@ -69,6 +69,15 @@ std::string one_line(std::string s) {
   return s;
 }
 
+// --refine-lambda's value: "auto" is 0 (InferOptions' auto), a finite number
+// > 0 is itself, anything else NaN.
+double parse_refine_lambda(const std::string& s) {
+  if (s == "auto") return 0.0;
+  char* end = nullptr;
+  const double v = std::strtod(s.c_str(), &end);
+  return end != s.c_str() && *end == '\0' && v > 0 && std::isfinite(v) ? v : std::nan("");
+}
+
 std::string usage_failure(const CLI::App*, const CLI::Error& e) {
   return "deepqsm-infer: " + one_line(e.what()) + " (see deepqsm-infer --help)\n";
 }
@@ -126,7 +135,14 @@ int main(int argc, char** argv) {
   app.add_option("--refine-lambda", refine_lambda,
                  "lambda of --refine: auto (max(0.01, (noise / 0.02 ppm)^2), the noise estimated "
                  "from the field) or a number > 0")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& s) {
+            return std::isnan(parse_refine_lambda(s))
+                       ? std::string("must be \"auto\" or a finite number > 0, got ") + s
+                       : std::string();
+          },
+          "auto|L"));
   app.add_option("--refine-pad", o.refine_pad,
                  "Zero voxels added on each side for --refine's FFTs, so the dipole convolution "
                  "does not wrap around the grid's edges")
@@ -146,16 +162,7 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   if (!b0_dir.empty()) o.b0_dir = {b0_dir[0], b0_dir[1], b0_dir[2]};
-  if (refine_lambda != "auto") {
-    char* end = nullptr;
-    const double v = std::strtod(refine_lambda.c_str(), &end);
-    if (end == refine_lambda.c_str() || *end != '\0' || !(v > 0) || !std::isfinite(v)) {
-      std::cerr << "deepqsm-infer: --refine-lambda must be \"auto\" or a finite number > 0, got "
-                << refine_lambda << "\n";
-      return 1;
-    }
-    o.refine_lambda = v;
-  }
+  o.refine_lambda = parse_refine_lambda(refine_lambda);
 
   try {
     return dq::run_inference(o);
