@@ -246,6 +246,9 @@ const ConvCase kDeconvCases[] = {
     {2, 3, 4, 5, 3, 5, 2, true, false},   {2, 3, 4, 5, 3, 5, 2, false, true},
     {1, 2, 3, 2, 16, 8, 2, true, true},   {1, 3, 3, 3, 1, 2, 2, false, false},
     {1, 2, 2, 3, 32, 16, 2, true, false},
+    // Large enough that the forward pass runs in several slabs of input
+    // slices (core/cpu/onednn_conv.cpp): three slices each, then one each.
+    {3, 7, 24, 24, 4, 64, 2, true, true},  {1, 3, 64, 64, 2, 40, 2, false, true},
 };
 
 }  // namespace
