@@ -2,11 +2,13 @@
 
 #include <fftw3.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <thread>
 
 #include "core/error.h"
+#include "core/parallel.h"
 
 namespace dq {
 
@@ -20,7 +22,7 @@ int fft_threads() {
   return n > 0 ? static_cast<int>(n) : 1;
 }
 
-Fft3::Fft3(const Dims3& dims, int threads) : dims_(dims) {
+Fft3::Fft3(const Dims3& dims, int threads) : dims_(dims), threads_(threads > 1 ? threads : 1) {
   DQ_CHECK(dims.nz > 0 && dims.ny > 0 && dims.nx > 0, "empty FFT grid");
   // FFTW takes int sizes; a 1290^3 grid would overflow, far beyond any volume here.
   DQ_CHECK(dims.numel() < (int64_t{1} << 31), "FFT grid too large");
@@ -136,24 +138,43 @@ void apply_kspace_filter(Fft3& fft, const std::vector<float>& half_filter, const
   DQ_CHECK(static_cast<int64_t>(half_filter.size()) == g.half_numel(),
            "k-space filter does not match the padded grid");
 
+  // With a threaded FFT the copies and the product are threaded too, over
+  // planes and bins (core/parallel.h); one-thread transforms (the generators'
+  // workers) keep them on their own thread.
   float* buf = fft.real();
   const size_t row = sizeof(float) * static_cast<size_t>(dims.nx);
-  if (pad > 0) std::memset(buf, 0, sizeof(float) * static_cast<size_t>(g.numel()));
-  for (int64_t z = 0; z < dims.nz; ++z)
-    for (int64_t y = 0; y < dims.ny; ++y)
-      std::memcpy(buf + ((z + pad) * g.ny + (y + pad)) * g.nx + pad,
-                  in + (z * dims.ny + y) * dims.nx, row);
+  const int64_t plane = g.ny * g.nx;
+  const int64_t plane_grain = std::max<int64_t>(1, kPointwiseGrain / plane);
+  const auto each = [&fft](int64_t n, int64_t grain, const auto& f) {
+    if (fft.threads() > 1)
+      parallel_for(n, grain, f);
+    else
+      f(int64_t{0}, n);
+  };
+  if (pad > 0)
+    each(g.nz, plane_grain, [&](int64_t z0, int64_t z1) {
+      std::memset(buf + z0 * plane, 0, sizeof(float) * static_cast<size_t>((z1 - z0) * plane));
+    });
+  each(dims.nz, plane_grain, [&](int64_t z0, int64_t z1) {
+    for (int64_t z = z0; z < z1; ++z)
+      for (int64_t y = 0; y < dims.ny; ++y)
+        std::memcpy(buf + ((z + pad) * g.ny + (y + pad)) * g.nx + pad,
+                    in + (z * dims.ny + y) * dims.nx, row);
+  });
 
   fft.forward();
   std::complex<float>* s = fft.spectrum();
-  const int64_t nh = g.half_numel();
-  for (int64_t i = 0; i < nh; ++i) s[i] *= half_filter[static_cast<size_t>(i)];
+  each(g.half_numel(), kPointwiseGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) s[i] *= half_filter[static_cast<size_t>(i)];
+  });
   fft.inverse();
 
-  for (int64_t z = 0; z < dims.nz; ++z)
-    for (int64_t y = 0; y < dims.ny; ++y)
-      std::memcpy(out + (z * dims.ny + y) * dims.nx,
-                  buf + ((z + pad) * g.ny + (y + pad)) * g.nx + pad, row);
+  each(dims.nz, plane_grain, [&](int64_t z0, int64_t z1) {
+    for (int64_t z = z0; z < z1; ++z)
+      for (int64_t y = 0; y < dims.ny; ++y)
+        std::memcpy(out + (z * dims.ny + y) * dims.nx,
+                    buf + ((z + pad) * g.ny + (y + pad)) * g.nx + pad, row);
+  });
 }
 
 void forward_field(const float* chi, const Dims3& dims, const Vec3& voxel_mm, const Vec3& b0_dir,

@@ -103,7 +103,7 @@ int fft_threads();
 // cheap; reuse one across volumes of the same size when convenient.
 class Fft3 {
  public:
-  // threads > 1 plans multi-threaded transforms (FFTW's threads library,
+  // threads > 1 plans multi-threaded transforms (FFTW's OpenMP or threads library,
   // when it was found at build time; otherwise one thread). Use it for a
   // transform repeated many times on an otherwise idle machine (the CG
   // refinement, TV); generators that already run one transform per worker
@@ -114,6 +114,7 @@ class Fft3 {
   Fft3& operator=(const Fft3&) = delete;
 
   const Dims3& dims() const { return dims_; }
+  int threads() const { return threads_; }
   float* real() { return real_; }                        // (nz, ny, nx)
   std::complex<float>* spectrum() { return spectrum_; }  // (nz, ny, nx/2 + 1)
 
@@ -125,6 +126,7 @@ class Fft3 {
 
  private:
   Dims3 dims_;
+  int threads_ = 1;
   float* real_ = nullptr;
   std::complex<float>* spectrum_ = nullptr;
   void* plan_r2c_ = nullptr;  // fftwf_plan, kept opaque so users need no <fftw3.h>

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/parallel.h"
 
 namespace dq {
 
@@ -62,21 +63,25 @@ void blur_lines(float* v, int64_t n_lines, int64_t len, int64_t stride,
   // prefix[t] = w[0] + ... + w[t - 1]: the weight left near an edge.
   std::vector<double> prefix(w.size() + 1, 0.0);
   for (size_t t = 0; t < w.size(); ++t) prefix[t + 1] = prefix[t] + w[t];
-  std::vector<double> line(static_cast<size_t>(len));
-  for (int64_t j = 0; j < n_lines; ++j) {
-    float* p = v + line_start(j);
-    for (int64_t i = 0; i < len; ++i) line[static_cast<size_t>(i)] = p[i * stride];
-    for (int64_t i = 0; i < len; ++i) {
-      const int64_t a = std::max<int64_t>(0, i - r), b = std::min<int64_t>(len - 1, i + r);
-      const double* wi = w.data() + (a - i + r);  // the weight of line[a]
-      const double* li = line.data() + a;
-      double s = 0;
-      for (int64_t k = 0; k <= b - a; ++k) s += wi[k] * li[k];
-      if (b - a < 2 * r)
-        s /= prefix[static_cast<size_t>(b - i + r + 1)] - prefix[static_cast<size_t>(a - i + r)];
-      p[i * stride] = static_cast<float>(s);
+  // Lines are independent: threads take runs of them (core/parallel.h).
+  const int64_t grain = std::max<int64_t>(1, kPointwiseGrain / (len * (2 * r + 1)));
+  parallel_for(n_lines, grain, [&](int64_t j0, int64_t j1) {
+    std::vector<double> line(static_cast<size_t>(len));
+    for (int64_t j = j0; j < j1; ++j) {
+      float* p = v + line_start(j);
+      for (int64_t i = 0; i < len; ++i) line[static_cast<size_t>(i)] = p[i * stride];
+      for (int64_t i = 0; i < len; ++i) {
+        const int64_t a = std::max<int64_t>(0, i - r), b = std::min<int64_t>(len - 1, i + r);
+        const double* wi = w.data() + (a - i + r);  // the weight of line[a]
+        const double* li = line.data() + a;
+        double s = 0;
+        for (int64_t k = 0; k <= b - a; ++k) s += wi[k] * li[k];
+        if (b - a < 2 * r)
+          s /= prefix[static_cast<size_t>(b - i + r + 1)] - prefix[static_cast<size_t>(a - i + r)];
+        p[i * stride] = static_cast<float>(s);
+      }
     }
-  }
+  });
 }
 
 }  // namespace

@@ -4,15 +4,25 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/parallel.h"
 
 namespace dq {
 
 namespace {
 
+// The CG vectors' loops, threaded; the sums in fixed blocks (core/parallel.h).
 double dot(const std::vector<float>& a, const std::vector<float>& b) {
-  double s = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) s += static_cast<double>(a[i]) * b[i];
-  return s;
+  return parallel_sum(static_cast<int64_t>(a.size()), [&](int64_t i0, int64_t i1) {
+    double s = 0.0;
+    for (int64_t i = i0; i < i1; ++i) s += static_cast<double>(a[i]) * b[i];
+    return s;
+  });
+}
+template <class F>
+void for_each_voxel(int64_t n, const F& f) {
+  parallel_for(n, kPointwiseGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) f(i);
+  });
 }
 
 // The padded dipole convolution and its masked normal operator, sharing one plan.
@@ -34,8 +44,9 @@ struct DipoleOp {
   void apply(const float* in, float* out) { apply_kspace_filter(fft, kernel, in, dims, pad, out); }
   void masked(float* v) const {
     if (!mask) return;
-    for (int64_t i = 0; i < dims.numel(); ++i)
+    for_each_voxel(dims.numel(), [&](int64_t i) {
       if (mask[i] == 0) v[i] = 0.0f;
+    });
   }
   // out = D^H M D in + lambda in
   void normal(const float* in, double lambda, float* tmp, float* out) {
@@ -43,22 +54,24 @@ struct DipoleOp {
     masked(tmp);
     apply(tmp, out);
     const float l = static_cast<float>(lambda);
-    for (int64_t i = 0; i < dims.numel(); ++i) out[i] += l * in[i];
+    for_each_voxel(dims.numel(), [&](int64_t i) { out[i] += l * in[i]; });
   }
   // J(chi) given dchi = D chi (only its voxels inside the mask are read).
   template <class T>
   double objective_given(const T* dchi, const float* chi, const float* field, const float* chi_net,
                          double lambda) const {
-    double data = 0.0, prior = 0.0;
-    for (int64_t i = 0; i < dims.numel(); ++i) {
-      if (!mask || mask[i] != 0) {
-        const double r = static_cast<double>(dchi[i]) - field[i];
-        data += r * r;
+    return parallel_sum(dims.numel(), [&](int64_t i0, int64_t i1) {
+      double data = 0.0, prior = 0.0;
+      for (int64_t i = i0; i < i1; ++i) {
+        if (!mask || mask[i] != 0) {
+          const double r = static_cast<double>(dchi[i]) - field[i];
+          data += r * r;
+        }
+        const double p = static_cast<double>(chi[i]) - chi_net[i];
+        prior += p * p;
       }
-      const double p = static_cast<double>(chi[i]) - chi_net[i];
-      prior += p * p;
-    }
-    return data + lambda * prior;
+      return data + lambda * prior;
+    });
   }
   double objective(const float* chi, const float* field, const float* chi_net, double lambda,
                    float* tmp) {
@@ -106,7 +119,8 @@ void refine_chi(const float* field, const float* chi_net, const uint8_t* mask, c
   // Voxels outside the mask keep D chi_net there; the objective never reads them.
   std::vector<double> dx;
   if (objective) dx.assign(tmp.begin(), tmp.end());
-  for (size_t i = 0; i < n; ++i) tmp[i] = field[i] - tmp[i];
+  const auto nv = static_cast<int64_t>(n);
+  for_each_voxel(nv, [&](int64_t i) { tmp[i] = field[i] - tmp[i]; });
   op.masked(tmp.data());
   op.apply(tmp.data(), r.data());
   p = r;
@@ -120,16 +134,16 @@ void refine_chi(const float* field, const float* chi_net, const uint8_t* mask, c
     const double pap = dot(p, ap);
     if (!(pap > 0.0)) break;  // A is positive definite; this only guards round-off at convergence
     const float alpha = static_cast<float>(rr / pap);
-    for (size_t i = 0; i < n; ++i) {
+    for_each_voxel(nv, [&](int64_t i) {
       x[i] += alpha * p[i];
       r[i] -= alpha * ap[i];
-    }
+    });
     const double rr_new = dot(r, r);
     const float beta = static_cast<float>(rr_new / rr);
     rr = rr_new;
-    for (size_t i = 0; i < n; ++i) p[i] = r[i] + beta * p[i];
+    for_each_voxel(nv, [&](int64_t i) { p[i] = r[i] + beta * p[i]; });
     if (objective) {
-      for (size_t i = 0; i < n; ++i) dx[i] += static_cast<double>(alpha) * tmp[i];
+      for_each_voxel(nv, [&](int64_t i) { dx[i] += static_cast<double>(alpha) * tmp[i]; });
       objective->push_back(op.objective_given(dx.data(), x.data(), field, net.data(), opt.lambda));
     }
   }

@@ -12,16 +12,15 @@
 
 #include "core/cpu/onednn_conv.h"
 #include "core/cpu/onednn_pool.h"
-#include "core/cpu/parallel.h"
 #include "core/error.h"
 #include "core/op_checks.h"
+#include "core/parallel.h"
 #include "core/philox.h"
 
 namespace dq {
 namespace {
 
-// Elements per thread below which a pointwise loop stays on one thread.
-constexpr int64_t kGrain = int64_t{1} << 18;
+constexpr int64_t kGrain = kPointwiseGrain;
 
 constexpr Device kDev = Device::cpu;
 
@@ -40,15 +39,15 @@ class CpuBackend final : public Backend {
   void fill(Tensor& t, float value) override {
     check_f32(t, kDev, "fill", "t");
     float* p = t.f32();
-    cpu::parallel_for(t.numel(), kGrain,
-                      [=](int64_t i0, int64_t i1) { std::fill(p + i0, p + i1, value); });
+    parallel_for(t.numel(), kGrain,
+                 [=](int64_t i0, int64_t i1) { std::fill(p + i0, p + i1, value); });
   }
 
   void axpy(float a, const Tensor& x, Tensor& y) override {
     check_same(x, y, kDev, "axpy", "x", "y");
     const float* xp = x.f32();
     float* yp = y.f32();
-    cpu::parallel_for(x.numel(), kGrain, [=](int64_t i0, int64_t i1) {
+    parallel_for(x.numel(), kGrain, [=](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) yp[i] += a * xp[i];
     });
   }
@@ -56,7 +55,7 @@ class CpuBackend final : public Backend {
   void scale(Tensor& x, float a) override {
     check_f32(x, kDev, "scale", "x");
     float* p = x.f32();
-    cpu::parallel_for(x.numel(), kGrain, [=](int64_t i0, int64_t i1) {
+    parallel_for(x.numel(), kGrain, [=](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) p[i] *= a;
     });
   }
@@ -141,7 +140,7 @@ class CpuBackend final : public Backend {
     check_same(x, y, kDev, "relu_forward", "x", "y");
     const float* xp = x.f32();
     float* yp = y.f32();
-    cpu::parallel_for(x.numel(), kGrain, [=](int64_t i0, int64_t i1) {
+    parallel_for(x.numel(), kGrain, [=](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) yp[i] = xp[i] > 0.0f ? xp[i] : 0.0f;
     });
   }
@@ -153,7 +152,7 @@ class CpuBackend final : public Backend {
     const float* yp = y.f32();
     const float* dyp = dy.f32();
     float* dxp = dx.f32();
-    cpu::parallel_for(y.numel(), kGrain, [=](int64_t i0, int64_t i1) {
+    parallel_for(y.numel(), kGrain, [=](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) dxp[i] = yp[i] > 0.0f ? dyp[i] : 0.0f;
     });
   }
@@ -176,7 +175,7 @@ class CpuBackend final : public Backend {
     const float* ap = a.f32();
     const float* bp = b.f32();
     float* op = out.f32();
-    cpu::parallel_for(rows, std::max<int64_t>(1, kGrain / (ca + cb)), [=](int64_t r0, int64_t r1) {
+    parallel_for(rows, std::max<int64_t>(1, kGrain / (ca + cb)), [=](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         std::memcpy(op + r * (ca + cb), ap + r * ca, sizeof(float) * ca);
         std::memcpy(op + r * (ca + cb) + ca, bp + r * cb, sizeof(float) * cb);
@@ -190,7 +189,7 @@ class CpuBackend final : public Backend {
     const float* op = out.f32();
     float* ap = a.f32();
     float* bp = b.f32();
-    cpu::parallel_for(rows, std::max<int64_t>(1, kGrain / (ca + cb)), [=](int64_t r0, int64_t r1) {
+    parallel_for(rows, std::max<int64_t>(1, kGrain / (ca + cb)), [=](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         std::memcpy(ap + r * ca, op + r * (ca + cb), sizeof(float) * ca);
         std::memcpy(bp + r * cb, op + r * (ca + cb) + ca, sizeof(float) * cb);
@@ -217,7 +216,7 @@ class CpuBackend final : public Backend {
     if (dpred) {
       float k = 2.0f / static_cast<float>(n);
       float* gp = dpred->f32();
-      cpu::parallel_for(n, kGrain, [=](int64_t i0, int64_t i1) {
+      parallel_for(n, kGrain, [=](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) gp[i] = k * (pp[i] - tp[i]);
       });
     }
@@ -237,7 +236,7 @@ class CpuBackend final : public Backend {
     const float* gp = grads.f32();
     float* mp = m.f32();
     float* vp = v.f32();
-    cpu::parallel_for(params.numel(), kGrain, [=](int64_t i0, int64_t i1) {
+    parallel_for(params.numel(), kGrain, [=](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         float g = gp[i];
         mp[i] = b1 * mp[i] + (1.0f - b1) * g;
@@ -254,7 +253,7 @@ class CpuBackend final : public Backend {
     // Any chunk that meets a non-finite value stores the same true, so the
     // answer does not depend on the thread count.
     std::atomic<bool> bad{false};
-    cpu::parallel_for(grads.numel(), kGrain, [=, &bad](int64_t i0, int64_t i1) {
+    parallel_for(grads.numel(), kGrain, [=, &bad](int64_t i0, int64_t i1) {
       bool chunk_bad = false;
       for (int64_t i = i0; i < i1; ++i) {
         gp[i] *= inv_scale;
@@ -302,20 +301,19 @@ class CpuBackend final : public Backend {
     // One Philox call serves the four indices 4g .. 4g+3; the groups are
     // those of the global indices offset .. offset + n - 1.
     const uint64_t g_first = offset / 4, g_end = (offset + static_cast<uint64_t>(n) + 3) / 4;
-    cpu::parallel_for(static_cast<int64_t>(g_end - g_first), kGrain / 32,
-                      [=](int64_t g0, int64_t g1) {
-                        float u[4];
-                        for (int64_t gl = g0; gl < g1; ++gl) {
-                          const uint64_t g = g_first + static_cast<uint64_t>(gl);
-                          philox_uniform4(key, g, u);
-                          for (uint64_t j = 0; j < 4; ++j) {
-                            const uint64_t gi = 4 * g + j;
-                            if (gi < offset || gi >= offset + static_cast<uint64_t>(n)) continue;
-                            const int64_t i = static_cast<int64_t>(gi - offset);
-                            y[i] = u[j] >= p ? x[i] * keep_scale : 0.0f;
-                          }
-                        }
-                      });
+    parallel_for(static_cast<int64_t>(g_end - g_first), kGrain / 32, [=](int64_t g0, int64_t g1) {
+      float u[4];
+      for (int64_t gl = g0; gl < g1; ++gl) {
+        const uint64_t g = g_first + static_cast<uint64_t>(gl);
+        philox_uniform4(key, g, u);
+        for (uint64_t j = 0; j < 4; ++j) {
+          const uint64_t gi = 4 * g + j;
+          if (gi < offset || gi >= offset + static_cast<uint64_t>(n)) continue;
+          const int64_t i = static_cast<int64_t>(gi - offset);
+          y[i] = u[j] >= p ? x[i] * keep_scale : 0.0f;
+        }
+      }
+    });
   }
 
   cpu::OnednnConv conv_;

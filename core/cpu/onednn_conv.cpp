@@ -6,7 +6,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "core/cpu/parallel.h"
+#include "core/parallel.h"
 #include "core/error.h"
 
 namespace dq::cpu {

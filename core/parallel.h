@@ -1,6 +1,9 @@
-// A minimal parallel loop for the CPU backend's memory-bound ops (oneDNN
-// threads its own primitives). Every item is computed exactly as in a serial
-// loop, so results do not depend on the thread count.
+// Minimal parallel loops for the CPU side's memory-bound work: the CPU
+// backend's pointwise ops and the volume loops of inference (the ensemble's
+// blur, the refinement's CG, the padded dipole filter); oneDNN and FFTW
+// thread their own work. Every item is computed exactly as in a serial loop,
+// and parallel_sum adds fixed blocks in a fixed order, so results do not
+// depend on the thread count.
 //
 // With OpenMP (the build links it into deepqsm_core) the chunks run on
 // OpenMP's thread pool, the one oneDNN's primitives use: its workers spin for
@@ -15,7 +18,11 @@
 #include <omp.h>
 #endif
 
-namespace dq::cpu {
+namespace dq {
+
+// Items per thread below which a pointwise loop over floats stays on one
+// thread (a thread's share of work must outweigh waking it).
+constexpr int64_t kPointwiseGrain = int64_t{1} << 18;
 
 // Calls f(begin, end) on contiguous chunks covering [0, n). Below `grain`
 // items per thread, starting a thread costs more than it saves, so small
@@ -46,4 +53,21 @@ void parallel_for(int64_t n, int64_t grain, const F& f) {
 #endif
 }
 
-}  // namespace dq::cpu
+// The sum over [0, n) of block_sum(i0, i1), which sums one contiguous block:
+// blocks of kSumBlock items whatever the thread count, their sums added in
+// order, so the result is the same on any machine.
+constexpr int64_t kSumBlock = int64_t{1} << 16;
+template <class F>
+double parallel_sum(int64_t n, const F& block_sum) {
+  const int64_t blocks = (n + kSumBlock - 1) / kSumBlock;
+  std::vector<double> part(static_cast<size_t>(blocks));
+  parallel_for(blocks, 4, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      part[static_cast<size_t>(b)] = block_sum(b * kSumBlock, std::min(n, (b + 1) * kSumBlock));
+  });
+  double s = 0.0;
+  for (double v : part) s += v;
+  return s;
+}
+
+}  // namespace dq
