@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <thread>
 
 #include "core/error.h"
 #include "core/parallel.h"
@@ -18,8 +17,7 @@ std::mutex& fftw_planner_mutex() {
 }
 
 int fft_threads() {
-  const unsigned n = std::thread::hardware_concurrency();
-  return n > 0 ? static_cast<int>(n) : 1;
+  return cpu_threads();
 }
 
 Fft3::Fft3(const Dims3& dims, int threads) : dims_(dims), threads_(threads > 1 ? threads : 1) {

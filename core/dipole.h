@@ -95,7 +95,7 @@ DQ_HD float dipole_bin(const DipoleSpec& s, int64_t z, int64_t y, int64_t x) {
 std::mutex& fftw_planner_mutex();
 
 // The threads a repeated transform on an otherwise idle machine should use:
-// the host's hardware threads (at least 1).
+// cpu_threads() of core/parallel.h.
 int fft_threads();
 
 // R2C / C2R plans for one grid, on buffers it owns. Plans are made with

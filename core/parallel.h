@@ -14,11 +14,15 @@
 #include <cstdint>
 #include <thread>
 #include <vector>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace dq {
+
+// Threads for the CPU work (oneDNN, FFTW when threaded, the loops below):
+// OpenMP's count (OMP_NUM_THREADS, else the hardware threads) unless
+// set_cpu_threads chose one; at least 1. Set it before building primitives
+// or plans, i.e. at start (deepqsm-infer --threads).
+int cpu_threads();
+void set_cpu_threads(int n);
 
 // Items per thread below which a pointwise loop over floats stays on one
 // thread (a thread's share of work must outweigh waking it).
@@ -29,12 +33,7 @@ constexpr int64_t kPointwiseGrain = int64_t{1} << 18;
 // ranges run inline on the caller.
 template <class F>
 void parallel_for(int64_t n, int64_t grain, const F& f) {
-#ifdef _OPENMP
-  int64_t hw = omp_get_max_threads();  // honours OMP_NUM_THREADS, like oneDNN
-#else
-  int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
-#endif
-  int64_t chunks = std::min(hw, n / std::max<int64_t>(1, grain));
+  int64_t chunks = std::min<int64_t>(cpu_threads(), n / std::max<int64_t>(1, grain));
   if (chunks <= 1) {
     if (n > 0) f(int64_t{0}, n);
     return;

@@ -105,6 +105,10 @@ int main(int argc, char** argv) {
   app.add_option("--device", o.device, "auto (the GPU when one is visible), cpu or gpu")
       ->check(CLI::IsMember({"auto", "cpu", "gpu"}))
       ->capture_default_str();
+  app.add_option("--threads", o.threads,
+                 "CPU threads for the network, FFTs and loops (default: $OMP_NUM_THREADS, "
+                 "else every hardware thread)")
+      ->check(CLI::Range(1, 4096));
   app.add_option("--tile", o.tile,
                  "Process in cubes of this side (a multiple of the model's side multiple); "
                  "0 = whole volume unless it does not fit in memory")

@@ -18,6 +18,7 @@
 #include "core/ensemble.h"
 #include "core/error.h"
 #include "core/nifti_io.h"
+#include "core/parallel.h"
 #include "core/png_io.h"
 #include "core/refine.h"
 #include "core/unet.h"
@@ -129,6 +130,8 @@ int run_inference(const InferOptions& opt) {
     fail("--flips must be 1, 2, 4 or 8, got ", opt.flips);
   if (!(opt.scale_sigma >= 0) || !std::isfinite(opt.scale_sigma))
     fail("--scale-sigma must be a finite number >= 0 (voxels), got ", opt.scale_sigma);
+  if (opt.threads < 0) fail("--threads must be >= 1 (0 = all), got ", opt.threads);
+  if (opt.threads > 0) set_cpu_threads(opt.threads);
 
   // Model first: a bad model file should fail before minutes of work.
   const std::string model_path = opt.model_path.empty() ? default_model_path() : opt.model_path;
@@ -247,7 +250,7 @@ int run_inference(const InferOptions& opt) {
   std::printf("model:  %s (U-Net depth %d, base %d filters, trained %lld steps)\n",
               model_path.c_str(), ck.model.depth, ck.model.base_filters,
               static_cast<long long>(ck.step));
-  std::printf("device: %s\n", be->name().c_str());
+  std::printf("device: %s; CPU threads: %d\n", be->name().c_str(), cpu_threads());
   Tensor params = be->alloc(ck.params.shape());
   be->upload(ck.params, params);
   const VolumeFn run_net = [&](const Dims3& td, const std::vector<float>& in,

@@ -27,7 +27,8 @@ struct InferOptions {
   // Weight of |chi - chi_net|^2 in the refinement; 0 = auto: refine_lambda_for_noise
   // (core/refine.h) of the field's estimate_noise_std (core/volume_ops.h).
   double refine_lambda = 0;
-  int refine_pad = 32;          // zero voxels per side around the grid for the refinement's FFTs
+  int refine_pad = 32;  // zero voxels per side around the grid for the refinement's FFTs
+  int threads = 0;      // CPU threads (core/parallel.h); 0 = OMP_NUM_THREADS, else all
 };
 
 // Runs the pipeline, printing what it did on stdout (warnings on stderr).

@@ -167,6 +167,9 @@ TEST_CASE("bad inputs fail with one line and a non-zero exit", "[infer]") {
     check_one_line_failure(run(dir, q(ph.field) + out + " --refine-lambda 0.01x"),
                            "--refine-lambda");
   }
+  SECTION("threads out of range") {
+    check_one_line_failure(run(dir, q(ph.field) + out + " --threads 0"), "--threads");
+  }
   SECTION("usage errors") {
     const Run r = run(dir, "--no-such-option");
     REQUIRE(r.exited());
@@ -242,6 +245,17 @@ TEST_CASE("infer writes chi on the input's grid, masked, with a preview", "[infe
       return s;
     };
     CHECK(misfit(chi.data) < misfit(net.data));
+  }
+  SECTION("one CPU thread gives the same bytes as all of them") {
+    // Every threaded loop computes each item as a serial loop would and sums
+    // in fixed blocks (core/parallel.h), so the thread count cannot matter.
+    const std::string one = dir.file("one.nii");
+    const Run o = run(dir, q(ph.field) + " -o " + q(one) + " --mask " + q(ph.mask) + " --model " +
+                               q(model) + " --threads 1");
+    INFO(o.out << o.err);
+    REQUIRE(o.code() == 0);
+    CHECK_THAT(o.out, Contains("CPU threads: 1"));
+    CHECK(dq::read_nifti(one).data == chi.data);
   }
   SECTION("tiling runs and keeps the grid and the mask") {
     // depth 3: side multiple 4, receptive radius 23. Tile 32 with halo 12
