@@ -104,6 +104,10 @@ else
   echo "CPU, $threads threads ($(lscpu | sed -n 's/^Model name: *//p'))"
   ours "infer 160^3 (depth 5, base 16)" infer --size 160,160,160 --repeats 3
   theirs "infer 160^3 (depth 5, base 16)" infer --size 160 160 160 --repeats 3 --threads "$threads"
+  # The whole-brain grid of the GPU target, on the CPU too (peak memory ~6 GiB each side).
+  ours "infer 224x272x160 (depth 5, base 16)" infer --size 224,272,160 --repeats 3
+  theirs "infer 224x272x160 (depth 5, base 16)" infer --size 224 272 160 --repeats 3 \
+    --threads "$threads"
   ours "train batch 2 of 64^3 (depth 5, base 16)" train --batch 2 --patch 64 --repeats 3
   theirs "train batch 2 of 64^3 (depth 5, base 16)" train --batch 2 --patch 64 --repeats 3 \
     --threads "$threads"
