@@ -209,10 +209,13 @@ void UNet::forward(Backend& be, const Tensor& params, const Tensor& x, Tensor& y
     be.deconv3d_forward(*cur, uw, &ub, up, true);
     Tensor& cat = buf(be, d + ".cat");  // (N, D_i, H_i, W_i, 2 F_i)
     be.concat_channels(up, skip, cat);
-    Tensor& b0 = buf(be, d + ".b0");
+    // Without a backward pass to come, b0 and b1 take the buffers of this
+    // level's encoder d0 and of up (same shapes, both dead by now): two
+    // fewer volumes of F_i channels per level (at full resolution 7 -> 5).
+    Tensor& b0 = buf(be, train ? d + ".b0" : e + ".d0");
     Tensor w0 = P(d + ".conv0.w"), c0 = P(d + ".conv0.b");
     be.conv3d_forward(cat, w0, &c0, b0, true);
-    Tensor& b1 = buf(be, d + ".b1");
+    Tensor& b1 = buf(be, train ? d + ".b1" : u + ".out");
     Tensor w1 = P(d + ".conv1.w"), c1 = P(d + ".conv1.b");
     be.conv3d_forward(b0, w1, &c1, b1, true);
     cur = &b1;

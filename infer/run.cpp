@@ -54,11 +54,14 @@ int64_t receptive_radius(const UNetConfig& c) {
   return r;
 }
 
-// Bytes the forward pass needs per voxel of input: activations of F0 channels
-// at full resolution dominate (about 8 of them alive, plus the 2*F0 concat),
-// lower levels add a geometric 1/4 on top; fp32.
+// Bytes the forward pass needs per voxel of input: an inference pass keeps
+// about 6.5 volumes of F0 channels (at full resolution the encoder's d0 and
+// d1, the upsampled tensor and the 2 F0 concat; lower levels add a quarter;
+// UNet::forward), fp32, and a quarter more for what the backend keeps
+// alongside. (The 160^3 benchmark of the paper's net, F0 = 16, peaks at
+// 1.8 GiB of RSS against 2.0 GiB from this.)
 double bytes_per_voxel(const UNetConfig& c) {
-  return 4.0 * 12.0 * c.base_filters * 1.3;
+  return 4.0 * 6.5 * c.base_filters * 1.25;
 }
 
 double available_memory_bytes() {
