@@ -226,8 +226,8 @@ TEST_CASE("An inference-only forward keeps no buffer for a backward pass", "[une
   // the concat (twice the channels) at each decoder level; the decoder's b0
   // and b1 reuse d0 and up.out, and there is no gradient scratch.
   const int64_t l0 = 16384, l1 = 4096, l2 = 1024;
-  const int64_t floats = (2 * l0 + l0 / 8) + (2 * l1 + l1 / 8) + 2 * l2 + (l1 + 2 * l1) +
-                         (l0 + 2 * l0);
+  const int64_t floats =
+      (2 * l0 + l0 / 8) + (2 * l1 + l1 / 8) + 2 * l2 + (l1 + 2 * l1) + (l0 + 2 * l0);
   CHECK(infer_net.buffer_bytes() == 4 * floats);
   CHECK(infer_net.buffer_bytes() < train_net.activation_bytes(xs) * 51 / 100);
 }
