@@ -159,15 +159,28 @@ TEST_CASE("Inference forward equals training forward without dropout", "[unet]")
   cfg.depth = 3;
   cfg.base_filters = 4;
   cfg.dropout = 0.0f;
-  UNet net(cfg);
+  UNet net(cfg), infer_only(cfg);
   std::mt19937 rng(3);
-  Shape xs{1, 16, 16, 16, 1};
-  Tensor x = random_tensor(xs, rng), y1 = be->alloc(xs), y2 = be->alloc(xs);
+  const Shape xs{1, 16, 16, 16, 1};
+  Tensor x = random_tensor(xs, rng), y1 = be->alloc(xs), y2 = be->alloc(xs), y3 = be->alloc(xs);
   Tensor params = Tensor::zeros(Shape{net.layout().total()});
   net.init_he(params, 1);
   net.forward(*be, params, x, y1, true, 9);
-  net.forward(*be, params, x, y2, false);
+  net.forward(*be, params, x, y2, false);  // in the training pass's buffers
+  infer_only.forward(*be, params, x, y3, false);
   CHECK(std::equal(y1.f32(), y1.f32() + y1.numel(), y2.f32()));
+  CHECK(std::equal(y1.f32(), y1.f32() + y1.numel(), y3.f32()));
+
+  // An inference-only pass keeps nothing for a backward pass. Floats per
+  // level: 16^3 x 4, 8^3 x 8, 4^3 x 16. Kept: the encoder's d0 and d1 at
+  // every level, its pooled output above the bottleneck, and up.out and the
+  // concat (twice the channels) at each decoder level; the decoder's b0 and
+  // b1 reuse d0 and up.out, and there is no gradient scratch.
+  const int64_t l0 = 16384, l1 = 4096, l2 = 1024;
+  const int64_t floats =
+      (2 * l0 + l0 / 8) + (2 * l1 + l1 / 8) + 2 * l2 + (l1 + 2 * l1) + (l0 + 2 * l0);
+  CHECK(infer_only.buffer_bytes() == 4 * floats);
+  CHECK(infer_only.buffer_bytes() < net.activation_bytes(xs) * 51 / 100);
 }
 
 TEST_CASE("Backward reports a shrinking suffix of final gradients, ending at 0", "[unet]") {
@@ -204,32 +217,6 @@ TEST_CASE("Backward reports a shrinking suffix of final gradients, ending at 0",
   Tensor plain = Tensor::zeros(Shape{net.layout().total()});
   net.backward(*be, params, dy, plain);
   CHECK(std::equal(plain.f32(), plain.f32() + plain.numel(), grads.f32()));
-}
-
-TEST_CASE("An inference-only forward keeps no buffer for a backward pass", "[unet]") {
-  auto be = make_cpu_backend();
-  UNetConfig cfg;
-  cfg.depth = 3;
-  cfg.base_filters = 4;
-  cfg.dropout = 0.0f;
-  UNet infer_net(cfg), train_net(cfg);
-  std::mt19937 rng(5);
-  const Shape xs{1, 16, 16, 16, 1};
-  Tensor x = random_tensor(xs, rng), y1 = be->alloc(xs), y2 = be->alloc(xs);
-  Tensor params = Tensor::zeros(Shape{infer_net.layout().total()});
-  infer_net.init_he(params, 2);
-  train_net.forward(*be, params, x, y1, true, 4);
-  infer_net.forward(*be, params, x, y2, false);
-  CHECK(std::equal(y1.f32(), y1.f32() + y1.numel(), y2.f32()));
-  // Floats per level: 16^3 x 4, 8^3 x 8, 4^3 x 16. Kept: the encoder's d0 and
-  // d1 at every level, its pooled output above the bottleneck, and up.out and
-  // the concat (twice the channels) at each decoder level; the decoder's b0
-  // and b1 reuse d0 and up.out, and there is no gradient scratch.
-  const int64_t l0 = 16384, l1 = 4096, l2 = 1024;
-  const int64_t floats =
-      (2 * l0 + l0 / 8) + (2 * l1 + l1 / 8) + 2 * l2 + (l1 + 2 * l1) + (l0 + 2 * l0);
-  CHECK(infer_net.buffer_bytes() == 4 * floats);
-  CHECK(infer_net.buffer_bytes() < train_net.activation_bytes(xs) * 51 / 100);
 }
 
 TEST_CASE("Training allocates exactly the planned buffers, once", "[unet]") {
