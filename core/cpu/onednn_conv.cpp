@@ -6,8 +6,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "core/parallel.h"
 #include "core/error.h"
+#include "core/parallel.h"
 
 namespace dq::cpu {
 namespace {
@@ -89,7 +89,8 @@ struct Plan {
 // vectors; they are then stored at their 2x2x2 places with the bias and ReLU.
 // oneDNN 2.6's deconvolution ran its fused ReLU through a slow path (0.72 s
 // for the last 16 -> 8 layer of a 160³ pass, half the network's time, 0.09 s
-// without the ReLU); the products run as brgemm and the scatter is a copy.
+// without the ReLU); the products run as brgemm and the scatter is a copy
+// with the bias and ReLU folded in.
 struct UpPlan {
   dnnl::matmul prim;
   memory::desc x, w, t;
@@ -110,8 +111,8 @@ int64_t up_slices(const ConvShape& s) {
 
 // y rows of one input slab: t (slices * h * w, 8 co) -> y planes 2 j, 2 j + 1
 // of each slice j, adding the bias (tiled twice: b2 holds 2 co values, zeros
-// when there is none) and clamping at zero when relu. Rows of the slab are independent, so
-// [r0, r1) of its (slice, h) rows may run on their own thread.
+// when there is none) and clamping at zero when relu. The slab's (slice, h)
+// rows are independent, so [r0, r1) of them may run on a thread of its own.
 void scatter_up(const ConvShape& s, const float* t, const float* b2, bool relu, int64_t first_slice,
                 int64_t r0, int64_t r1, float* y) {
   const int64_t co2 = 2 * s.co, row = 2 * s.w * s.co;  // values per output row

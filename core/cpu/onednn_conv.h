@@ -1,5 +1,7 @@
 // oneDNN convolutions and transposed convolutions for the CPU backend, over
-// our NDHWC activations and our weight layouts (see core/backend.h). Building
+// our NDHWC activations and our weight layouts (see core/backend.h). The
+// transposed convolution's forward pass is a oneDNN matrix product and a
+// scatter (onednn_conv.cpp says why); its backward passes are oneDNN's. Building
 // a oneDNN primitive is the slow part (up to milliseconds), so each one is
 // built once per shape and cached; a call then wraps our pointers and runs.
 // Not thread-safe: the cache and the weight scratch buffers belong to one
