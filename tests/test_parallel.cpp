@@ -1,0 +1,73 @@
+// core/parallel.h: the loops cover their range exactly once whatever the
+// thread count, and sums do not depend on it. Built with OpenMP like
+// deepqsm_core, so these run the branch the library uses.
+#ifndef _OPENMP
+#error "tests/test_parallel.cpp must be built with OpenMP, as deepqsm_core is"
+#endif
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <cstdint>
+#include <vector>
+
+#include "core/parallel.h"
+
+namespace {
+
+// Restores the thread setting a test changed.
+struct ThreadsGuard {
+  int saved = dq::cpu_threads();
+  ~ThreadsGuard() { dq::set_cpu_threads(saved); }
+};
+
+}  // namespace
+
+TEST_CASE("parallel_for visits every item once, in contiguous chunks", "[parallel]") {
+  ThreadsGuard guard;
+  for (int threads : {1, 2, 3, 8}) {
+    dq::set_cpu_threads(threads);
+    CHECK(dq::cpu_threads() == threads);
+    for (int64_t n : {0, 1, 5, 7, 64, 1000, 4099}) {
+      for (int64_t grain : {1, 3, 100}) {
+        INFO(threads << " threads, n " << n << ", grain " << grain);
+        std::vector<std::atomic<int>> seen(static_cast<size_t>(n));
+        std::atomic<int> bad_chunks{0};
+        dq::parallel_for(n, grain, [&](int64_t b, int64_t e) {
+          if (!(0 <= b && b < e && e <= n)) ++bad_chunks;
+          for (int64_t i = b; i < e; ++i) ++seen[static_cast<size_t>(i)];
+        });
+        CHECK(bad_chunks == 0);
+        for (const auto& s : seen) REQUIRE(s == 1);
+      }
+    }
+  }
+}
+
+TEST_CASE("parallel_sum gives the same bits on any thread count", "[parallel]") {
+  ThreadsGuard guard;
+  // Terms of very different sizes, so a different order of addition would
+  // change the rounding.
+  const int64_t n = 5 * dq::kSumBlock + 123;
+  std::vector<double> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i)
+    v[static_cast<size_t>(i)] = (i % 7 == 0 ? 1e8 : 1e-3) * (i % 3 - 1.1);
+  auto sum = [&] {
+    return dq::parallel_sum(n, [&](int64_t b, int64_t e) {
+      double s = 0.0;
+      for (int64_t i = b; i < e; ++i) s += v[static_cast<size_t>(i)];
+      return s;
+    });
+  };
+  // The definition: block sums in order, added in order.
+  double expected = 0.0;
+  for (int64_t b = 0; b < n; b += dq::kSumBlock) {
+    double s = 0.0;
+    for (int64_t i = b; i < std::min(n, b + dq::kSumBlock); ++i) s += v[static_cast<size_t>(i)];
+    expected += s;
+  }
+  for (int threads : {1, 2, 3, 8}) {
+    dq::set_cpu_threads(threads);
+    INFO(threads << " threads");
+    CHECK(sum() == expected);
+  }
+  CHECK(dq::parallel_sum(0, [](int64_t, int64_t) { return 1.0; }) == 0.0);
+}
