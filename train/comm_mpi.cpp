@@ -16,10 +16,12 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "train/comm.h"
 
 namespace dq {
@@ -60,12 +62,17 @@ struct MpiSession {
     MPI_Finalized(&finalised);
     if (!finalised) MPI_Finalize();
   }
-  // Rank among the processes on this node, for picking a GPU.
-  int local_rank() const {
+  // Rank among the processes on this node (for picking a GPU), and how many
+  // processes share the node.
+  int local_rank() const { return on_node(MPI_Comm_rank); }
+  int local_size() const { return on_node(MPI_Comm_size); }
+
+ private:
+  int on_node(int (*query)(MPI_Comm, int*)) const {
     MPI_Comm node;
     MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
     int r = 0;
-    MPI_Comm_rank(node, &r);
+    query(node, &r);
     MPI_Comm_free(&node);
     return r;
   }
@@ -264,7 +271,16 @@ std::unique_ptr<Communicator> make_communicator(const std::string& device) {
     if (local >= 0) nccl_select_device(std::max(global, 0), local);
   }
   auto session = std::make_shared<MpiSession>();
-  if (!gpu) return std::make_unique<MpiCommunicator>(session);
+  if (!gpu) {
+    // CPU ranks on one node share its cores: each takes its share of the
+    // hardware threads (OMP_NUM_THREADS, when set, decides instead), so one
+    // rank's OpenMP threads do not spin on the cores another is computing on.
+    if (!std::getenv("OMP_NUM_THREADS")) {
+      const int hw = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+      set_cpu_threads(std::max(1, hw / std::max(1, session->local_size())));
+    }
+    return std::make_unique<MpiCommunicator>(session);
+  }
   // MPI only shares the NCCL id; tensors travel over NCCL.
   std::vector<char> id(nccl_unique_id_bytes());
   if (session->rank == 0) nccl_new_unique_id(id.data());

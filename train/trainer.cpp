@@ -23,6 +23,7 @@
 #include "core/loss_scale.h"
 #include "core/metrics.h"
 #include "core/nifti_io.h"
+#include "core/parallel.h"
 #include "core/philox.h"
 #include "core/tkd.h"
 #include "cuda/check.h"
@@ -575,11 +576,14 @@ int64_t set_up(Trainer& t, TrainResult& res, int64_t steps) {
     if (!cfg.reference_field.empty())
       t.reference = std::make_unique<ReferencePair>(load_reference(cfg, t.net.side_multiple()));
   }
+  std::string device = t.be->name();
+  if (t.be->device() == Device::cpu)
+    device += ", " + std::to_string(cpu_threads()) + (cpu_threads() == 1 ? " thread" : " threads");
   std::snprintf(line, sizeof line,
                 "model: U-Net depth %d, base %d filters, %lld parameters; %s; %s; global batch "
                 "%lld (%lld per rank)",
                 cfg.model.depth, cfg.model.base_filters,
-                static_cast<long long>(t.net.layout().count()), t.be->name().c_str(),
+                static_cast<long long>(t.net.layout().count()), device.c_str(),
                 t.comm->name().c_str(), static_cast<long long>(cfg.batch),
                 static_cast<long long>(cfg.batch / world));
   t.say(line);
