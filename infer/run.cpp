@@ -339,8 +339,13 @@ int run_inference(const InferOptions& opt) {
   const PredictFn mirrored = [&](const std::vector<float>& f, const Dims3& d) {
     return predict_mirrored(f, d, opt.flips, predict);
   };
+  const auto seconds_since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
+  const auto t_net = Clock::now();
   std::vector<float> wchi = predict_multiscale(wfield.empty() ? field.data : wfield, wd, opt.scales,
                                                opt.scale_sigma, mirrored);
+  const double net_secs = seconds_since(t_net);
   // The network is done: its buffers, weights and the backend's memory go
   // back before the refinement allocates its FFT grids (on the GPU, the
   // pool would otherwise keep them from cuda_refine_chi).
@@ -357,7 +362,9 @@ int run_inference(const InferOptions& opt) {
     chi = std::move(wchi);
   }
   apply_mask(chi.data(), mask.data(), n);
+  double refine_secs = 0.0;
   if (opt.refine > 0) {
+    const auto t_refine = Clock::now();
     // Data consistency after the network: CG on |D*chi - f|^2 + lambda |chi - chi_net|^2
     // inside the mask, on the input grid.
     RefineOptions ro;
@@ -383,6 +390,7 @@ int run_inference(const InferOptions& opt) {
     std::printf("refine: %d conjugate-gradient iterations, lambda %g: objective %.4g -> %.4g\n",
                 opt.refine, ro.lambda, objective.empty() ? 0.0 : objective.front(),
                 objective.empty() ? 0.0 : objective.back());
+    refine_secs = seconds_since(t_refine);
   }
   write_nifti(opt.out_path, field, chi.data());
   std::printf("output: %s (chi, ppm, float32, the input's header and affine)\n",
@@ -397,9 +405,11 @@ int run_inference(const InferOptions& opt) {
     std::printf("preview: %s (central axial, coronal, sagittal slices)\n",
                 opt.preview_path.c_str());
   }
-  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::printf("done in %.1f s%s\n", secs,
-              n_nan > 0 ? (" (" + std::to_string(n_nan) + " NaN voxels set to 0)").c_str() : "");
+  std::printf(
+      "done in %.1f s (network %.1f s, refinement %.1f s, the rest reading, writing and "
+      "resampling)%s\n",
+      seconds_since(t0), net_secs, refine_secs,
+      n_nan > 0 ? ("; " + std::to_string(n_nan) + " NaN voxels set to 0").c_str() : "");
   return 0;
 }
 
