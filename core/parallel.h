@@ -23,6 +23,8 @@ namespace dq {
 // or plans, i.e. at start (deepqsm-infer --threads).
 int cpu_threads();
 void set_cpu_threads(int n);
+// The machine's hardware threads, at least 1.
+int hardware_threads();
 
 // Items per thread below which a pointwise loop over floats stays on one
 // thread (a thread's share of work must outweigh waking it).

@@ -16,7 +16,6 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -276,8 +275,7 @@ std::unique_ptr<Communicator> make_communicator(const std::string& device) {
     // hardware threads (OMP_NUM_THREADS, when set, decides instead), so one
     // rank's OpenMP threads do not spin on the cores another is computing on.
     if (!std::getenv("OMP_NUM_THREADS")) {
-      const int hw = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-      set_cpu_threads(std::max(1, hw / std::max(1, session->local_size())));
+      set_cpu_threads(std::max(1, hardware_threads() / std::max(1, session->local_size())));
     }
     return std::make_unique<MpiCommunicator>(session);
   }
