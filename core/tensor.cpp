@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/parallel.h"
 
 namespace dq {
 
@@ -41,21 +42,34 @@ std::string Shape::str() const {
   return os.str();
 }
 
-Tensor Tensor::zeros(const Shape& shape, DType dtype) {
+namespace {
+
+Tensor host_zeros(const Shape& shape, DType dtype, bool threaded) {
   for (int64_t d : shape.dims) DQ_CHECK(d >= 0, "negative dimension in ", shape.str());
-  size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
+  const size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
   // 64-byte alignment keeps oneDNN and AVX-512 loops on their fast paths.
-  size_t padded = (bytes + 63) / 64 * 64;
+  const size_t padded = (bytes + 63) / 64 * 64;
   void* p = padded ? std::aligned_alloc(64, padded) : nullptr;
   if (padded && !p) fail("out of host memory allocating ", bytes, " bytes for ", shape.str());
-  if (p) std::memset(p, 0, padded);
-  Tensor t;
-  t.owner_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
-  t.ptr_ = p;
-  t.shape_ = shape;
-  t.dtype_ = dtype;
-  t.device_ = Device::cpu;
-  return t;
+  auto* bytes_p = static_cast<unsigned char*>(p);
+  const auto zero = [bytes_p](int64_t b0, int64_t b1) {
+    std::memset(bytes_p + b0, 0, static_cast<size_t>(b1 - b0));
+  };
+  const auto n = static_cast<int64_t>(padded);
+  if (threaded)
+    parallel_for(n, kPointwiseGrain * static_cast<int64_t>(sizeof(float)), zero);
+  else if (n > 0)
+    zero(0, n);
+  return Tensor::wrap(p, shape, dtype, Device::cpu,
+                      std::shared_ptr<void>(p, [](void* q) { std::free(q); }));
+}
+
+}  // namespace
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype) { return host_zeros(shape, dtype, false); }
+
+Tensor Tensor::zeros_parallel(const Shape& shape, DType dtype) {
+  return host_zeros(shape, dtype, true);
 }
 
 Tensor Tensor::wrap(void* ptr, const Shape& shape, DType dtype, Device device,

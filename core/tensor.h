@@ -43,6 +43,12 @@ class Tensor {
 
   // Host tensor, zero-initialised.
   static Tensor zeros(const Shape& shape, DType dtype = DType::f32);
+  // The same, zeroed on the CPU thread pool (core/parallel.h): zeroing is the
+  // first touch, where the kernel maps each page, so the page faults are
+  // spread over the cores. For the calling thread's large buffers (the CPU
+  // backend's); not from a worker thread that shares the cores with others
+  // (the generators'): use zeros there.
+  static Tensor zeros_parallel(const Shape& shape, DType dtype = DType::f32);
   // Wraps memory owned elsewhere (a view into a parameter buffer, or a
   // device allocation owned by `owner`).
   static Tensor wrap(void* ptr, const Shape& shape, DType dtype, Device device,

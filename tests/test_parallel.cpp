@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/parallel.h"
+#include "core/tensor.h"
 
 namespace {
 
@@ -70,4 +71,23 @@ TEST_CASE("parallel_sum gives the same bits on any thread count", "[parallel]") 
     CHECK(sum() == expected);
   }
   CHECK(dq::parallel_sum(0, [](int64_t, int64_t) { return 1.0; }) == 0.0);
+}
+
+TEST_CASE("Tensor::zeros_parallel zeroes every byte on any thread count", "[parallel]") {
+  ThreadsGuard guard;
+  for (int threads : {1, 3}) {
+    dq::set_cpu_threads(threads);
+    // Sizes below one grain, and several grains with a ragged end, in fp32 and bf16.
+    for (int64_t n : {int64_t{0}, int64_t{5}, 3 * dq::kPointwiseGrain + 17}) {
+      for (dq::DType dt : {dq::DType::f32, dq::DType::bf16}) {
+        dq::Tensor t = dq::Tensor::zeros_parallel(dq::Shape{n}, dt);
+        REQUIRE(t.numel() == n);
+        CHECK(reinterpret_cast<uintptr_t>(t.raw()) % 64 == 0);
+        const auto* b = static_cast<const unsigned char*>(t.raw());
+        size_t nonzero = 0;
+        for (size_t i = 0; i < t.nbytes(); ++i) nonzero += b[i] != 0;
+        CHECK(nonzero == 0);
+      }
+    }
+  }
 }
