@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 #include <limits>
+#include <set>
 #include <sstream>
 
 #include "core/error.h"
@@ -46,6 +47,60 @@ std::string suggestion(const std::string& section, const std::string& key, const
     if (!best.empty()) return " (did you mean " + best + "?)";
   }
   return "";
+}
+
+// Rejects duplicate keys, which nlohmann would otherwise resolve silently by
+// keeping the last one. `keys` holds the keys seen so far in each open object
+// and `names` the key each open object was stored under, for the path.
+struct DuplicateKeyCheck {
+  std::vector<std::set<std::string>> keys;
+  std::vector<std::string> names;
+  std::string last_key;
+
+  bool operator()(int, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start:
+        names.push_back(keys.empty() ? "" : last_key);
+        keys.emplace_back();
+        break;
+      case json::parse_event_t::object_end:
+        keys.pop_back();
+        names.pop_back();
+        break;
+      case json::parse_event_t::key:
+        last_key = parsed.get<std::string>();
+        if (!keys.back().insert(last_key).second) {
+          std::string path;
+          for (size_t i = 1; i < names.size(); ++i) path = join_path(path, names[i]);
+          fail(join_path(path, last_key), ": duplicate key");
+        }
+        break;
+      default: break;
+    }
+    return true;
+  }
+};
+
+// nlohmann's message reads "[json.exception.parse_error.101] parse error at
+// line 3, column 5: syntax error while parsing ..."; keep what follows the
+// position and print the position ourselves so every message has one shape.
+std::string json_syntax_message(const json::parse_error& e, const std::string& text) {
+  std::string what = e.what();
+  const std::string marker = "parse error";
+  const size_t p = what.find(marker);
+  if (p != std::string::npos) {
+    const size_t colon = what.find(": ", p);
+    what = colon == std::string::npos ? what.substr(p) : what.substr(colon + 2);
+  }
+  size_t line = 1, col = 0;
+  const size_t end = std::min<size_t>(e.byte, text.size());
+  for (size_t i = 0; i < end; ++i) {
+    col = text[i] == '\n' ? 0 : col + 1;
+    line += text[i] == '\n';
+  }
+  std::ostringstream os;
+  os << "invalid JSON at line " << line << ", column " << std::max<size_t>(col, 1) << ": " << what;
+  return os.str();
 }
 
 }  // namespace
@@ -173,6 +228,14 @@ void check_section_key(const std::string& section, const KeyTable& table,
       std::find_if(table.begin(), table.end(), [&](const auto& s) { return s.first == section; });
   if (it == table.end() || std::find(it->second.begin(), it->second.end(), key) == it->second.end())
     fail(join_path(section, key), ": unknown key", suggestion(section, key, table));
+}
+
+json parse_json_text(const std::string& text) {
+  try {
+    return json::parse(text, DuplicateKeyCheck{});
+  } catch (const json::parse_error& e) {
+    fail(json_syntax_message(e, text));
+  }
 }
 
 }  // namespace dq

@@ -15,6 +15,11 @@ namespace dq {
 
 using json = nlohmann::json;
 
+// Parses a config's text, refusing duplicate keys ("data.cubes: duplicate
+// key"; nlohmann would keep the last one silently) and wording syntax errors
+// with their line and column ("invalid JSON at line 3, column 5: ...").
+json parse_json_text(const std::string& text);
+
 // Known keys by section ("" is the top level), for unknown-key messages.
 using KeyTable = std::vector<std::pair<std::string, std::vector<std::string>>>;
 

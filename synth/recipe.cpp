@@ -71,15 +71,16 @@ void Recipe::validate() const {
   if (std::fabs(n - 1.0) > 1e-6) fail("data.b0_dir: must be a unit vector, its length is ", n);
   check_finite(dipole_k0, "data.dipole_k0");
 
-  if (chi_dist == "normal") {
-    check_finite(chi_mean, "data.chi_mean");
-    check_finite(chi_std, "data.chi_std");
-    if (chi_std < 0) fail("data.chi_std: the standard deviation must be >= 0 ppm, got ", chi_std);
-  } else if (chi_dist == "discrete") {
+  // chi_mean and chi_std are checked whatever chi_dist is, as documented:
+  // a wrong value should not wait until someone switches the distribution on.
+  check_finite(chi_mean, "data.chi_mean");
+  check_finite(chi_std, "data.chi_std");
+  if (chi_std < 0) fail("data.chi_std: the standard deviation must be >= 0 ppm, got ", chi_std);
+  if (chi_dist == "discrete") {
     if (chi_values.empty())
       fail("data.chi_values: chi_dist \"discrete\" needs at least one value (ppm)");
     for (double v : chi_values) check_finite(v, "data.chi_values");
-  } else if (chi_dist != "uniform") {
+  } else if (chi_dist != "uniform" && chi_dist != "normal") {
     fail("data.chi_dist: \"", chi_dist, "\" is not one of \"uniform\", \"normal\", \"discrete\"");
   }
   check_finite(b0_cone_deg, "data.b0_cone_deg");

@@ -60,9 +60,12 @@ bool read_recipe_key(Recipe& r, const std::string& key, const json& v, const std
   } else if (key == "b0_cone_deg") {
     r.b0_cone_deg = read_number(v, path);
   } else if (key == "noise_std") {
-    if (v.is_array())
+    if (v.is_array()) {
       std::tie(r.noise_std, r.noise_std_max) = read_range(v, path);
-    else
+      // Recipe keeps max 0 for "one level", so [0.01, 0] would read as 0.01.
+      check(r.noise_std <= r.noise_std_max, path, "[min, max] with min <= max",
+            "[" + num(r.noise_std) + ", " + num(r.noise_std_max) + "]");
+    } else
       r.noise_std = read_number(v, path);
   } else if (key == "lesion_prob") {
     r.lesion_prob = read_number(v, path);

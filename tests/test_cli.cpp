@@ -54,6 +54,8 @@ TEST_CASE("bad configs fail with one line naming the key", "[cli]") {
       {"type.json", R"({"optim": {"lr": "fast"}})", "optim.lr"},
       {"patch.json", R"({"data": {"patch_size": 40}})", "data.patch_size"},
       {"recipe.json", R"({"data": {"size": [-0.1, 0.4]}})", "data.size"},
+      // Refused by config check too, not first when training starts.
+      {"cpu_bf16.json", R"({"train": {"precision": "bf16", "device": "cpu"}})", "train.precision"},
   };
   for (const Case& c : cases) {
     const std::string path = dir.write(c.file, c.text);
@@ -87,6 +89,17 @@ TEST_CASE("config check and show accept the shipped configs", "[cli]") {
   REQUIRE(show.exited());
   CHECK(show.code() == 0);
   CHECK(show.out == dq::train_config_to_json(dq::load_train_config(smoke)));
+  // docs/config.md prints the same, every key included.
+  CHECK_THAT(dq::test::slurp(std::string(DEEPQSM_SOURCE_DIR) + "/docs/config.md"),
+             Contains("```json\n" + show.out + "```"));
+
+  // Every shipped config validates (docs/config.md's table lists them).
+  for (const auto& e : fs::directory_iterator(std::string(DEEPQSM_SOURCE_DIR) + "/configs")) {
+    INFO(e.path());
+    const Run r = run(dir, "config check '" + e.path().string() + "'");
+    CHECK(r.code() == 0);
+    CHECK_THAT(r.out, StartsWith("ok: "));
+  }
 }
 
 TEST_CASE("train --print-config applies overrides without training", "[cli]") {
@@ -102,12 +115,22 @@ TEST_CASE("train --print-config applies overrides without training", "[cli]") {
 
 TEST_CASE("usage errors exit non-zero without a crash", "[cli]") {
   TempDir dir("deepqsm-cli");
-  for (const char* args : {"", "train --steps 0", "train --device tpu", "frobnicate"}) {
+  // args, what the message names ("" = anything)
+  const std::pair<const char*, const char*> cases[] = {
+      {"", ""},
+      {"train --steps 0", "--steps"},
+      {"train --device tpu", "--device"},
+      {"frobnicate", ""},
+      // A negative weight once meant "the default" silently.
+      {"invert tikhonov f.nii -o c.nii --lambda -1", "--lambda"},
+      {"invert tv f.nii -o c.nii --rho 0", "--rho"},
+  };
+  for (const auto& [args, names] : cases) {
     INFO(args);
     const Run r = run(dir, args);
     REQUIRE(r.exited());
     CHECK(r.code() != 0);
-    CHECK_THAT(r.err, StartsWith("deepqsm: "));
+    CHECK_THAT(r.err, StartsWith("deepqsm: ") && Contains(names));
   }
 }
 

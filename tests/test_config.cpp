@@ -168,6 +168,8 @@ TEST_CASE("the patch side must suit the U-Net's poolings", "[config]") {
 }
 
 TEST_CASE("impossible recipes are refused naming the data key", "[config]") {
+  CHECK_THAT(error_of(R"({"data": {"chi_std": -0.1}})"), Contains("data.chi_std"));
+  CHECK_THAT(error_of(R"({"data": {"noise_std": [0.01, 0]}})"), Contains("data.noise_std"));
   CHECK_THAT(error_of(R"({"data": {"size": [-0.1, 0.4]}})"), Contains("data.size"));
   CHECK_THAT(error_of(R"({"data": {"size": [0.4, 0.1]}})"), Contains("data.size"));
   CHECK_THAT(error_of(R"({"data": {"volume_size": -5}})"), Contains("data.volume_size"));

@@ -24,8 +24,8 @@ struct InvertArgs {
   std::string method, field, out, mask, reg = "identity", device = "cpu";
   std::vector<double> b0_dir{0.0, 0.0, 1.0};
   double threshold = kTkdThreshold;
-  double lambda = -1.0;  // < 0: the method's default
-  double rho = -1.0;     // < 0: kTvRhoOverLambda * lambda
+  double lambda = -1.0;  // not given: the method's default
+  double rho = -1.0;     // not given: kTvRhoOverLambda * lambda
   int iterations = kTvIterations;
   double tolerance = kTvTolerance;
   double k0 = 1.0 / 3.0;
@@ -125,11 +125,13 @@ Command add_invert_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--threshold", a->threshold, "TKD: truncation of |D|")->capture_default_str();
   cmd->add_option("--lambda", a->lambda,
-                  "Tikhonov / TV regularisation weight (default 1e-2 / 1e-3)");
+                  "Tikhonov / TV regularisation weight, > 0 (default 1e-2 / 1e-3)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--reg", a->reg, "Tikhonov regulariser: identity or gradient")
       ->check(CLI::IsMember({"identity", "gradient"}))
       ->capture_default_str();
-  cmd->add_option("--rho", a->rho, "TV: ADMM penalty (default 100 lambda)");
+  cmd->add_option("--rho", a->rho, "TV: ADMM penalty, > 0 (default 100 lambda)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--iterations", a->iterations, "TV: most ADMM iterations")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();

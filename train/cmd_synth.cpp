@@ -6,8 +6,9 @@
 // --config takes either a training config (a JSON object with a "data"
 // section; validated like `deepqsm train` does, and its train.seed is the
 // default seed, so the file holds exactly the training volumes 0 .. N-1 of
-// that run) or a bare recipe (a JSON object whose keys are the "data" keys
-// of docs/config.md; the seed defaults to 1).
+// that run) or a bare recipe (a JSON object whose keys are the recipe keys
+// of docs/config.md's "data" table, volume_size to region_size; the seed
+// defaults to 1).
 #include <unistd.h>
 
 #include <chrono>
@@ -47,10 +48,9 @@ SynthInput load_synth_input(const std::string& path) {
   text << in.rdbuf();
   json root;
   try {
-    root = json::parse(text.str());
-  } catch (const json::parse_error&) {
-    // parse_train_config words syntax errors with line and column.
-    parse_train_config(text.str(), path);
+    root = parse_json_text(text.str());
+  } catch (const Error& e) {
+    fail(path, ": ", e.what());
   }
   SynthInput out;
   const bool training = root.is_object() && (root.contains("data") || root.contains("model") ||
@@ -188,7 +188,8 @@ Command add_synth_command(CLI::App& app) {
       "synth", "Generate synthetic (field, chi) patch pairs (ppm) and write them to HDF5.");
   cmd->footer(
       "--config is a training config (its \"data\" section is the recipe and train.seed the\n"
-      "default seed) or a bare recipe: a JSON object of \"data\" keys (docs/config.md).\n"
+      "default seed) or a bare recipe: a JSON object of the recipe keys of \"data\"\n"
+      "(volume_size ... region_size, docs/config.md).\n"
       "The HDF5 file holds float32 datasets \"field\" and \"chi\" of shape (N, P, P, P) in ppm,\n"
       "N = volumes x patches_per_volume, plus \"volume\", \"corner\" and \"b0_dir\" per patch and\n"
       "the attributes recipe (JSON), voxel_mm, b0_dir and seed (layout: synth/patch_file.h).\n"

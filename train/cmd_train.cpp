@@ -32,11 +32,14 @@ std::string summary(const TrainConfig& c) {
   std::ostringstream os;
   os << c.name << ": U-Net depth " << c.model.depth << ", " << c.model.base_filters
      << " base filters, dropout " << c.model.dropout << (c.model.residual ? ", residual" : "")
-     << "; " << c.train_volumes << " training + " << c.val_volumes << " held-out volumes of "
-     << r.volume_size << "^3 voxels with " << r.cubes_min << "-" << r.cubes_max << " cubes and "
-     << r.spheres_min << "-" << r.spheres_max << " spheres, " << r.patches_per_volume
-     << " patches of " << r.patch_size << "^3 each; " << c.steps << " steps of batch " << c.batch
-     << " on " << c.device << " (" << c.precision << "), lr " << c.optim.lr;
+     << "; "
+     << (c.train_volumes == 0 ? std::string("fresh training")
+                              : std::to_string(c.train_volumes) + " training")
+     << " + " << c.val_volumes << " held-out volumes of " << r.volume_size << "^3 voxels with "
+     << r.cubes_min << "-" << r.cubes_max << " cubes and " << r.spheres_min << "-" << r.spheres_max
+     << " spheres, " << r.patches_per_volume << " patches of " << r.patch_size << "^3 each; "
+     << c.steps << " steps of batch " << c.batch << " on " << c.device << " (" << c.precision
+     << "), lr " << c.optim.lr;
   return os.str();
 }
 
@@ -103,9 +106,10 @@ Command add_train_command(CLI::App& app) {
   CLI::App* train = app.add_subcommand(
       "train", "Train on synthetic (field, chi) patches; validate against TKD; write checkpoints.");
   train->footer(
-      "Losses are MSE in ppm^2. Progress lines and checkpoints go to the output directory\n"
-      "(train.out_dir); the last lines summarise the run: steps, final training loss,\n"
-      "held-out MSE of the network and of TKD, and the checkpoint path.\n"
+      "Losses are MSE in ppm^2. Progress lines go to stdout; checkpoints, log.jsonl and\n"
+      "TensorBoard events to the output directory (train.out_dir). The last lines summarise\n"
+      "the run: steps, final training loss, held-out MSE of the network and of TKD, and the\n"
+      "checkpoint path.\n"
       "Data parallel: `mpirun -np N deepqsm train ...` (CPU or GPU ranks) or\n"
       "`deepqsm train --gpus N` (one node); train.batch is the global batch.");
   train
@@ -164,6 +168,11 @@ Command add_config_command(CLI::App& app) {
   return {config, [paths, check] {
             if (*check) {
               const TrainConfig cfg = load_train_config(paths->first);
+              try {
+                check_device_precision(cfg);
+              } catch (const Error& e) {
+                fail(paths->first, ": ", e.what());
+              }
               std::cout << "ok: " << paths->first << ": " << summary(cfg) << "\n";
               return 0;
             }

@@ -247,60 +247,6 @@ void check_combinations(const TrainConfig& cfg) {
     fail("optim.lr_min: ", cfg.lr_min, " is above optim.lr ", cfg.optim.lr);
 }
 
-// Rejects duplicate keys, which nlohmann would otherwise resolve silently by
-// keeping the last one. `keys` holds the keys seen so far in each open object
-// and `names` the key each open object was stored under, for the path.
-struct DuplicateKeyCheck {
-  std::vector<std::set<std::string>> keys;
-  std::vector<std::string> names;
-  std::string last_key;
-
-  bool operator()(int, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start:
-        names.push_back(keys.empty() ? "" : last_key);
-        keys.emplace_back();
-        break;
-      case json::parse_event_t::object_end:
-        keys.pop_back();
-        names.pop_back();
-        break;
-      case json::parse_event_t::key:
-        last_key = parsed.get<std::string>();
-        if (!keys.back().insert(last_key).second) {
-          std::string path;
-          for (size_t i = 1; i < names.size(); ++i) path = join_path(path, names[i]);
-          fail(join_path(path, last_key), ": duplicate key");
-        }
-        break;
-      default: break;
-    }
-    return true;
-  }
-};
-
-// nlohmann's message reads "[json.exception.parse_error.101] parse error at
-// line 3, column 5: syntax error while parsing ..."; keep what follows the
-// position and print the position ourselves so every message has one shape.
-std::string json_syntax_message(const json::parse_error& e, const std::string& text) {
-  std::string what = e.what();
-  const std::string marker = "parse error";
-  const size_t p = what.find(marker);
-  if (p != std::string::npos) {
-    const size_t colon = what.find(": ", p);
-    what = colon == std::string::npos ? what.substr(p) : what.substr(colon + 2);
-  }
-  size_t line = 1, col = 0;
-  const size_t end = std::min<size_t>(e.byte, text.size());
-  for (size_t i = 0; i < end; ++i) {
-    col = text[i] == '\n' ? 0 : col + 1;
-    line += text[i] == '\n';
-  }
-  std::ostringstream os;
-  os << "invalid JSON at line " << line << ", column " << std::max<size_t>(col, 1) << ": " << what;
-  return os.str();
-}
-
 // Like dump(2), but arrays of numbers stay on one line ("cubes": [80, 120]),
 // which is how the configs in configs/ are written and how people read them.
 void write_pretty(const nlohmann::ordered_json& j, int indent, std::string& out) {
@@ -327,12 +273,7 @@ void write_pretty(const nlohmann::ordered_json& j, int indent, std::string& out)
 
 TrainConfig parse_train_config(const std::string& json_text, const std::string& source) {
   try {
-    json root;
-    try {
-      root = json::parse(json_text, DuplicateKeyCheck{});
-    } catch (const json::parse_error& e) {
-      fail(json_syntax_message(e, json_text));
-    }
+    const json root = parse_json_text(json_text);
     TrainConfig cfg;
     for_each_key(root, "", known_keys(),
                  [&](const std::string& key, const json& v, const std::string& path) {
@@ -357,6 +298,12 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   } catch (const Error& e) {
     fail(source, ": ", e.what());
   }
+}
+
+void check_device_precision(const TrainConfig& cfg) {
+  if (cfg.device == "cpu" && cfg.precision != "fp32")
+    fail("train.precision \"", cfg.precision,
+         "\": the CPU backend trains in fp32 only; use \"fp32\" or train.device \"gpu\"");
 }
 
 TrainConfig load_train_config(const std::string& path) {

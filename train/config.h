@@ -73,6 +73,10 @@ float scheduled_lr(const TrainConfig& cfg, int64_t update);
 // Parses and validates a config. `source` names the file in error messages.
 TrainConfig parse_train_config(const std::string& json_text, const std::string& source);
 TrainConfig load_train_config(const std::string& path);
+// What only the device decides, checked once the command line's --device is
+// applied (a config may name bf16 for a GPU run and still say device "cpu"):
+// the CPU backend trains in fp32 only.
+void check_device_precision(const TrainConfig& cfg);
 // The embedded default (configs/smoke-cpu.json's content), used when no
 // --config is given.
 const char* default_train_config_json();

@@ -106,12 +106,8 @@ size_t training_arena_bytes(const TrainConfig& cfg, int world) {
 
 // Called after the communicator, which has made this rank's GPU current.
 std::unique_ptr<Backend> make_backend(const TrainConfig& cfg, int world) {
-  if (cfg.device == "cpu") {
-    if (cfg.precision != "fp32")
-      fail("train.precision \"", cfg.precision,
-           "\": the CPU backend trains in fp32 only; use \"fp32\" or train.device \"gpu\"");
-    return make_cpu_backend();
-  }
+  check_device_precision(cfg);
+  if (cfg.device == "cpu") return make_cpu_backend();
   CudaBackendOptions o;
   DQ_CUDA(cudaGetDevice(&o.device));
   o.precision = cfg.precision;
@@ -256,7 +252,8 @@ void check_resumable(const std::string& path, const std::string& stored, const T
     std::string list;
     for (const std::string& d : diffs) list += (list.empty() ? "" : "; ") + d;
     fail("--resume: ", path, " was trained with a different config: ", list,
-         ". Only train.steps, out_dir, device and the reporting keys may change on resume");
+         ". Only train.steps, out_dir, device, the reporting keys and the all-reduce's overlap and "
+         "bucket size may change on resume");
   }
 }
 
