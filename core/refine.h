@@ -14,11 +14,14 @@
 // chi_net = 0 the fixed point is the identity-Tikhonov solution with the
 // same lambda (core/inversion.h), which the tests check.
 //
-// Default lambda 1e-2 (the Tikhonov default, so the refinement trusts the
-// network where the dipole kernel is near zero) and 10 iterations.
-// deepqsm-infer runs it by default (`--refine 20`, `--refine-pad 32`: the
-// choice of scripts/select-inference.sh on synthetic data). cuda/inversion.h has the GPU
-// version, cuda_refine_chi, with the same numbers.
+// RefineOptions' defaults: lambda 1e-2 (the Tikhonov default, so the
+// refinement trusts the network where the dipole kernel is near zero), 10
+// iterations, no padding. deepqsm-infer runs it by default with its own
+// settings: `--refine 20`, `--refine-pad 32` (the choice of
+// scripts/select-inference.sh on synthetic data), lambda matched to the
+// field's noise (refine_lambda_for_noise below) and D(0) from the model's
+// training config. cuda/inversion.h has the GPU version, cuda_refine_chi,
+// with the same numbers.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -33,7 +36,7 @@ constexpr int kRefineIterations = 10;
 struct RefineOptions {
   int iterations = kRefineIterations;  // CG iterations; 0 returns chi_net unchanged
   double lambda = kRefineLambda;       // weight of ||chi - chi_net||^2, > 0
-  double k0_value = 1.0 / 3.0;         // D(0), as used to train the network
+  double k0_value = 1.0 / 3.0;         // D(0): the one the network's training data used
   int64_t pad = 0;                     // zero voxels per side for the FFTs
 };
 

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/checkpoint.h"
@@ -95,6 +96,21 @@ std::string exe_dir() {
   return ec ? std::string() : p.parent_path().string();
 }
 
+// D(0) of the fields the model was trained on: data.dipole_k0 of the
+// training config its checkpoint stores. The refinement's forward model must
+// use the same, or it pulls the mean of chi away from what the network learnt.
+// 1/3 (every config's default) when the file holds no readable value.
+double trained_dipole_k0(const std::string& config_json) {
+  const nlohmann::json cfg = nlohmann::json::parse(config_json, nullptr, false);
+  if (cfg.is_object() && cfg.contains("data") && cfg["data"].is_object()) {
+    const auto& data = cfg["data"];
+    const auto it = data.find("dipole_k0");
+    if (it != data.end() && it->is_number() && std::isfinite(it->get<double>()))
+      return it->get<double>();
+  }
+  return RefineOptions{}.k0_value;
+}
+
 }  // namespace
 
 std::string default_model_path() {
@@ -113,8 +129,9 @@ std::string default_model_path() {
   std::error_code ec;
   for (const fs::path& c : candidates)
     if (fs::is_regular_file(c, ec)) return fs::weakly_canonical(c, ec).string();
-  fail("no default model found (looked for models/", kDefaultModelName,
-       " next to the executable and in the source tree); pass --model or set DEEPQSM_MODEL");
+  fail("no default model found (looked for ", kDefaultModelName,
+       " in models/ and share/deepqsm/ beside the executable and in the source tree); pass "
+       "--model or set DEEPQSM_MODEL");
 }
 
 int run_inference(const InferOptions& opt) {
@@ -377,6 +394,9 @@ int run_inference(const InferOptions& opt) {
                   noise, ro.lambda);
     }
     ro.pad = opt.refine_pad;
+    ro.k0_value = trained_dipole_k0(ck.config_json);
+    if (ro.k0_value != RefineOptions{}.k0_value)
+      std::printf("refine: D(0) = %g, as in the model's training data\n", ro.k0_value);
     std::vector<float> refined(chi.size());
     std::vector<double> objective;
     if (gpu)

@@ -50,15 +50,17 @@ void check_one_line_failure(const Run& r, const std::string& what) {
 
 // A small random-weight model (depth 3, base 4): fast, and enough to check
 // the plumbing; the quality checks use the shipped default model.
-std::string small_model(const TempDir& dir) {
+// `config_json` is the training config the checkpoint records.
+std::string small_model(const TempDir& dir, const std::string& config_json = "{}",
+                        const std::string& name = "small.h5") {
   dq::UNetConfig cfg;
   cfg.depth = 3;
   cfg.base_filters = 4;
   dq::UNet net(cfg);
   dq::Tensor params = dq::Tensor::zeros({net.layout().total()});
   net.init_he(params, 3);
-  const std::string p = dir.file("small.h5");
-  dq::save_checkpoint(p, net, params, nullptr, nullptr, 0, "{}");
+  const std::string p = dir.file(name);
+  dq::save_checkpoint(p, net, params, nullptr, nullptr, 0, config_json);
   return p;
 }
 
@@ -211,8 +213,9 @@ TEST_CASE("infer writes chi on the input's grid, masked, with a preview", "[infe
   REQUIRE(r.code() == 0);
   CHECK_THAT(r.out,
              Contains("output: " + chi_path) && Contains("device: cpu") && Contains("40x40x40"));
-  // The default pipeline ends with the data-consistency refinement.
-  CHECK_THAT(r.out, Contains("refine: 20 conjugate-gradient iterations"));
+  // The default pipeline ends with the data-consistency refinement, with
+  // D(0) = 1/3 unless the model's training config says otherwise.
+  CHECK_THAT(r.out, Contains("refine: 20 conjugate-gradient iterations") && !Contains("D(0)"));
   const dq::Volume in = dq::read_nifti(ph.field), chi = dq::read_nifti(chi_path);
   CHECK(chi.nx == 40);
   CHECK(chi.nz == 40);
@@ -226,6 +229,18 @@ TEST_CASE("infer writes chi on the input's grid, masked, with a preview", "[infe
   CHECK(inside > 0);
   REQUIRE(fs::exists(png));
   CHECK(slurp(png).substr(1, 3) == "PNG");
+
+  SECTION("the refinement uses the D(0) the model was trained with") {
+    const std::string k0_model = small_model(dir, R"({"data": {"dipole_k0": 0}})", "k0.h5");
+    const std::string out = dir.file("k0.nii");
+    const Run k = run(
+        dir, q(ph.field) + " -o " + q(out) + " --mask " + q(ph.mask) + " --model " + q(k0_model));
+    INFO(k.out << k.err);
+    REQUIRE(k.code() == 0);
+    CHECK_THAT(k.out, Contains("refine: D(0) = 0, as in the model's training data"));
+    // Same weights, so only the refinement's forward model differs.
+    CHECK(dq::read_nifti(out).data != chi.data);
+  }
 
   SECTION("--refine 0 is the network alone, and the refinement moves it towards the data") {
     const std::string plain = dir.file("plain.nii");
