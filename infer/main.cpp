@@ -42,10 +42,12 @@ constexpr const char* kAbout =
     "the inversion looks the same at every scale. The network also runs on the field averaged\n"
     "over 2x2x2 voxels, where it reaches twice as far, and that pass supplies the large\n"
     "structures (below ~1/(2 pi sigma) cycles/voxel, sigma = --scale-sigma, default 16); the\n"
-    "full-resolution pass supplies edges and detail. --scales 1 is one plain pass.\n"
+    "full-resolution pass supplies edges and detail; 1 to 4 scales. --scales 1 runs at full\n"
+    "resolution only.\n"
     "Mirroring the field along x, y or z mirrors chi (D(k) is even in each k component), so\n"
     "--flips N (default 4: none, x, y, xy) averages N mirrored passes per scale, which cancels\n"
     "part of the network's error at N times the network's cost; --flips 1 is the fastest.\n"
+    "--scales 1 --flips 1 --refine 0 is the paper's single network pass.\n"
     "\n"
     "Refinement (--refine, default 20 iterations): the network's chi is then pulled towards\n"
     "data consistency by conjugate gradients on |M (D*chi - field)|^2 + lambda |chi - chi_net|^2\n"
@@ -58,10 +60,11 @@ constexpr const char* kAbout =
     "These defaults were chosen on synthetic data only (scripts/select-inference.sh,\n"
     "models/README.md).\n"
     "\n"
-    "Model: --model, else $DEEPQSM_MODEL, else models/deepqsm-default.h5 next to the\n"
-    "executable (../models/) or in the source tree. Device: auto (the default) runs the\n"
-    "network on the GPU when one is visible (CUDA backend, fp32), else on the CPU (oneDNN);\n"
-    "gpu insists on a GPU and fails without one; cpu never touches the GPU.";
+    "Model: --model, else $DEEPQSM_MODEL, else the first deepqsm-default.h5 in ../models/,\n"
+    "models/ or ../share/deepqsm/ beside the executable, or in the source tree's models/.\n"
+    "Device: auto (the default) runs the network on the GPU when one is visible (CUDA\n"
+    "backend, fp32), else on the CPU (oneDNN); gpu insists on a GPU and fails without one;\n"
+    "cpu never touches the GPU.";
 
 std::string one_line(std::string s) {
   std::replace(s.begin(), s.end(), '\n', ' ');
@@ -115,13 +118,13 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--halo", o.halo,
                  "Overlap kept around each tile's core, voxels (default: the network's receptive "
-                 "radius, or the most the tile holds)");
+                 "radius rounded up to the model's side multiple, or the most the tile holds)");
   app.add_option("--max-anisotropy", o.max_anisotropy,
                  "Resample to isotropic voxels above this largest/smallest voxel-side ratio")
       ->capture_default_str();
   app.add_option("--scales", o.scales,
                  "Network passes at full, 1/2, 1/4 ... resolution, blended so the coarser pass "
-                 "gives the large structures (1 = one full-resolution pass)")
+                 "gives the large structures (1 to 4; 1 = full resolution only)")
       ->capture_default_str();
   app.add_option("--scale-sigma", o.scale_sigma,
                  "Blend between scales: below the frequencies of a Gaussian of this sigma "

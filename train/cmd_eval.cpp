@@ -87,8 +87,8 @@ void require_same_grid(const Volume& a, const Volume& b, const std::string& what
          a.nz);
 }
 
-// JSON has no NaN or infinity (pSNR of a perfect match, dNRMSE with no
-// trend): those become null.
+// JSON has no NaN or infinity (pSNR of a perfect match; HFEN, SSIM or XSIM
+// with nothing to average): those become null.
 nlohmann::ordered_json number(double v) {
   return std::isfinite(v) ? nlohmann::ordered_json(v) : nlohmann::ordered_json(nullptr);
 }
