@@ -7,6 +7,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 
 #include "core/error.h"
 #include "core/h5io.h"
@@ -169,7 +170,9 @@ void save_checkpoint(const std::string& path, const UNet& net, const Tensor& par
     DQ_CHECK(adam_m->numel() == layout.total() && adam_v->numel() == layout.total(),
              "checkpoint: Adam moments do not match the model");
   const std::string tmp = path + ".tmp";
-  {
+  // A failed write (full disk, a folder in the way of the rename) leaves
+  // neither a temporary file nor a half-written checkpoint behind.
+  try {
     H5File f(tmp, H5File::Mode::truncate);
     const UNetConfig& m = net.config();
     f.set_attr("/", "format", std::string(kFormat));
@@ -205,10 +208,15 @@ void save_checkpoint(const std::string& path, const UNet& net, const Tensor& par
                  hex(full_checksum(layout, params, none, none, step, state, kVersion)));
     }
     f.flush();
+    f.close();
+    sync_file(tmp);
+    if (std::rename(tmp.c_str(), path.c_str()) != 0)
+      fail("cannot move checkpoint ", tmp, " to ", path, " (", std::strerror(errno), ")");
+  } catch (...) {
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+    throw;
   }
-  sync_file(tmp);
-  if (std::rename(tmp.c_str(), path.c_str()) != 0)
-    fail("cannot move checkpoint ", tmp, " to ", path, " (", std::strerror(errno), ")");
 }
 
 CheckpointData load_checkpoint(const std::string& path, bool weights_only) {

@@ -11,6 +11,14 @@ namespace dq {
 
 namespace {
 
+// HDF5 1.10 closes whatever is still open from an atexit handler. After a
+// write failed for a full disk, the failed H5Fclose leaves the file open and
+// that handler crashes flushing it (SIGSEGV in H5F__close_cb, after our
+// one-line error). Every file is closed explicitly (H5File, PatchWriter), so
+// the handler has nothing to do; it must be switched off before any other
+// HDF5 call, hence at static initialisation.
+[[maybe_unused]] const bool kNoHdf5Atexit = H5dont_atexit() >= 0;
+
 static_assert(sizeof(hid_t) == sizeof(int64_t), "hid_t is kept in an int64_t");
 
 // One HDF5 identifier, closed with the matching H5?close when it goes away.
@@ -320,6 +328,13 @@ bool H5File::has_attr(const std::string& obj, const std::string& key) const {
 
 void H5File::flush() {
   if (H5Fflush(id_, H5F_SCOPE_GLOBAL) < 0) fail(path_, ": cannot flush HDF5 file");
+}
+
+void H5File::close() {
+  if (id_ < 0) return;
+  const herr_t rc = H5Fclose(id_);
+  id_ = -1;
+  if (rc < 0) fail(path_, ": HDF5 could not finish the file (disk full?)");
 }
 
 }  // namespace dq

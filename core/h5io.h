@@ -41,6 +41,9 @@ class H5File {
   bool has_attr(const std::string& obj, const std::string& key) const;
 
   void flush();
+  // Closes the file now, failing when HDF5 could not finish it (a full
+  // disk); the destructor closes silently.
+  void close();
 
  private:
   std::string path_;
