@@ -103,7 +103,13 @@ TEST_CASE("Training reads patches from an HDF5 patch file", "[train]") {
   // A patch side that does not match data.patch_size is refused, naming it.
   cfg.data.patch_size = 32;
   cfg.data.volume_size = 64;
+  cfg.out_dir = (dir / "run2").string();
   CHECK_THROWS_WITH(run_training(cfg, opt), Catch::Contains("data.patch_size 32"));
+
+  // A fresh run never overwrites another run's checkpoints.
+  cfg.out_dir = (dir / "run").string();
+  CHECK_THROWS_WITH(run_training(cfg, opt), Catch::Contains("already holds a run's checkpoints") &&
+                                                Catch::Contains("--resume"));
 }
 
 TEST_CASE("train.init_from starts from a model file's weights", "[train]") {

@@ -466,6 +466,15 @@ int64_t set_up(Trainer& t, TrainResult& res, int64_t steps) {
   t.net.check_input(Shape{cfg.batch / world, P, P, P, 1});
   t.out_dir = t.opt.out_dir.empty() ? cfg.out_dir : t.opt.out_dir;
   if (t.lead) {
+    // A fresh run in a folder that holds another run's checkpoints would
+    // overwrite them step by step and mix the two logs.
+    if (!t.opt.resume) {
+      const auto existing = step_checkpoints(t.out_dir);
+      if (!existing.empty())
+        fail(t.out_dir, " already holds a run's checkpoints (newest ",
+             existing.rbegin()->second.filename().string(),
+             "); continue it with --resume, or give another --out");
+    }
     fs::create_directories(t.out_dir);
     const fs::path log_path = fs::path(t.out_dir) / cfg.log_file;
     t.log.open(log_path, std::ios::app);
