@@ -106,10 +106,11 @@ DipoleSpec dipole_spec(const Dims3& dims, const Vec3& voxel_mm, const Vec3& b0_d
                        double k0_value) {
   DQ_CHECK(dims.nz > 0 && dims.ny > 0 && dims.nx > 0, "empty dipole kernel grid");
   for (double v : voxel_mm)
-    if (!(v > 0.0)) fail("voxel size must be positive, got ", v, " mm");
+    if (!(v > 0.0) || !std::isfinite(v)) fail("voxel size must be positive, got ", v, " mm");
+  if (!std::isfinite(k0_value)) fail("D(0), the dipole kernel at k = 0, must be finite");
   const double bn =
       std::sqrt(b0_dir[0] * b0_dir[0] + b0_dir[1] * b0_dir[1] + b0_dir[2] * b0_dir[2]);
-  if (!(bn > 0.0)) fail("the B0 direction must be a non-zero vector");
+  if (!(bn > 0.0) || !std::isfinite(bn)) fail("the B0 direction must be a finite, non-zero vector");
   DipoleSpec spec{dims.nz,     dims.ny, dims.nx, voxel_mm[0], voxel_mm[1],
                   voxel_mm[2], 0,       0,       0,           k0_value};
   spec.bx = b0_dir[0] / bn;

@@ -235,6 +235,13 @@ json parse_json_text(const std::string& text) {
     return json::parse(text, DuplicateKeyCheck{});
   } catch (const json::parse_error& e) {
     fail(json_syntax_message(e, text));
+  } catch (const json::exception& e) {
+    // A number beyond double's range (1e999) is an out_of_range error; keep
+    // nlohmann's text without its "[json.exception.out_of_range.406] " tag.
+    std::string what = e.what();
+    const size_t tag = what.find("] ");
+    if (tag != std::string::npos) what.erase(0, tag + 2);
+    fail("invalid JSON: ", what);
   }
 }
 

@@ -4,11 +4,13 @@
 #include <nifti2_io.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <vector>
 
 #include "core/error.h"
 
@@ -35,6 +37,76 @@ using NimPtr = std::unique_ptr<nifti_image, NimDeleter>;
 // lines; we report one line of our own instead.
 void quiet_nifti() {
   nifti_set_debug_level(0);
+}
+
+// Some nifti_clib errors reach stderr whatever the debug level ("** ERROR
+// (nifti_image_write_hdr_img2): cannot open output file ..."), a second line
+// beside ours. While one of these lives, file descriptor 2 points at a
+// temporary file; reason() restores stderr and returns what nifti_clib
+// wrote, for our own message. (Reading and writing NIfTI happen on the
+// command's main thread, which prints nothing meanwhile.)
+class CapturedStderr {
+ public:
+  CapturedStderr() {
+    std::fflush(stderr);
+    file_ = std::tmpfile();
+    if (!file_) return;
+    saved_ = ::dup(2);
+    if (saved_ < 0 || ::dup2(::fileno(file_), 2) < 0) restore();
+  }
+  ~CapturedStderr() {
+    restore();
+    if (file_) std::fclose(file_);
+  }
+  CapturedStderr(const CapturedStderr&) = delete;
+  CapturedStderr& operator=(const CapturedStderr&) = delete;
+
+  // " (nifti_clib: <its first line, without the '** ERROR' prefix>)", or "".
+  std::string reason() {
+    restore();
+    if (!file_) return "";
+    std::rewind(file_);
+    char buf[256] = {};
+    if (!std::fgets(buf, sizeof buf, file_)) return "";
+    std::string line(buf);
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+    for (const char* prefix : {"** ERROR: ", "** ERROR ", "** "})
+      if (line.rfind(prefix, 0) == 0) {
+        line.erase(0, std::strlen(prefix));
+        break;
+      }
+    // "(nifti_image_write_hdr_img2): cannot open ...": the function name goes too.
+    if (!line.empty() && line.front() == '(') {
+      const size_t end = line.find("): ");
+      if (end != std::string::npos) line.erase(0, end + 3);
+    }
+    return line.empty() ? "" : " (nifti_clib: " + line + ")";
+  }
+
+ private:
+  void restore() {
+    if (saved_ < 0) return;
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+    saved_ = -1;
+  }
+  std::FILE* file_ = nullptr;
+  int saved_ = -1;
+};
+
+// Whether a finished .nii.gz decompresses to at least `need` bytes without
+// a zlib error: nifti_image_write reports nothing, and on a full disk it
+// leaves a gzip stream cut short, which a size check cannot tell.
+bool gz_complete(const std::string& path, int64_t need) {
+  gzFile g = gzopen(path.c_str(), "rb");
+  if (!g) return false;
+  std::vector<char> buf(size_t{1} << 20);
+  int64_t total = 0;
+  int got = 0;
+  while ((got = gzread(g, buf.data(), static_cast<unsigned>(buf.size()))) > 0) total += got;
+  const bool ok = got == 0 && gzclose(g) == Z_OK;
+  return ok && total >= need;
 }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
@@ -87,20 +159,25 @@ void write_via_temp(nifti_image* nim, const std::string& path) {
           ? NIFTI_FTYPE_NIFTI2_1
           : NIFTI_FTYPE_NIFTI1_1;
   nifti_set_iname_offset(nim, nim->nifti_type == NIFTI_FTYPE_NIFTI2_1 ? 2 : 1);
+  CapturedStderr nifti_says;
   nifti_image_write(nim);
-  // nifti_image_write returns nothing; a missing or short file is how a
-  // failure (unwritable folder, full disk) shows.
+  // nifti_image_write returns nothing; a missing, short or (gzip) cut-short
+  // file is how a failure (unwritable folder, full disk) shows.
   struct stat st {};
-  const int64_t need = nim->nvox * nim->nbyper;
+  const int64_t need = nim->iname_offset + nim->nvox * nim->nbyper;
   const bool gz = ext == ".nii.gz";
-  if (::stat(tmp.c_str(), &st) != 0 || st.st_size == 0 || (!gz && st.st_size < need)) {
+  if (::stat(tmp.c_str(), &st) != 0 || st.st_size == 0 || (!gz && st.st_size < need) ||
+      (gz && !gz_complete(tmp, need))) {
     std::filesystem::remove(tmp, ec);
-    fail(path, ": could not write the file (is the folder writable and the disk not full?)");
+    fail(path, ": could not write the file (is the folder writable and the disk not full?)",
+         nifti_says.reason());
   }
+  nifti_says.reason();  // stderr back before anything else can fail
   std::filesystem::rename(tmp, path, ec);
   if (ec) {
+    const std::string why = ec.message();  // before remove() overwrites ec
     std::filesystem::remove(tmp, ec);
-    fail(path, ": could not move the finished file into place: ", ec.message());
+    fail(path, ": could not move the finished file into place: ", why);
   }
 }
 
@@ -143,8 +220,12 @@ Volume read_nifti(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) fail(path, ": no such file");
   if (std::filesystem::is_directory(path, ec)) fail(path, ": is a directory, not a NIfTI file");
+  CapturedStderr nifti_says;
   NimPtr hdr(nifti_image_read(path.c_str(), 0));
-  if (!hdr) fail(path, ": not a readable NIfTI-1/NIfTI-2 file (bad or missing header)");
+  if (!hdr)
+    fail(path, ": not a readable NIfTI-1/NIfTI-2 file (bad or missing header)",
+         nifti_says.reason());
+  nifti_says.reason();
   const nifti_image& h = *hdr;
   const int64_t ndim = h.dim[0];
   if (ndim < 1 || ndim > 7) fail(path, ": invalid number of dimensions ", ndim);
@@ -237,6 +318,36 @@ void write_nifti(const std::string& path, const Volume& like, const float* data)
   nim->scl_inter = 0.0;
   nim->cal_min = nim->cal_max = 0.0;
   write_data_via_temp(nim.get(), data, path);
+}
+
+void check_output_file(const std::string& path, const std::string& what,
+                       const std::vector<std::string>& others) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (path.empty()) fail(what, ": an output file name is needed");
+  const fs::path p(path);
+  if (fs::is_directory(p, ec)) fail(what, " ", path, ": is a directory; give a file name");
+  const fs::path folder = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  if (!fs::is_directory(folder, ec))
+    fail(what, " ", path, ": the folder ", folder.string(), " does not exist");
+  if (::access(folder.c_str(), W_OK) != 0)
+    fail(what, " ", path, ": the folder ", folder.string(), " is not writable");
+  for (const std::string& o : others) {
+    if (o.empty()) continue;
+    // The same name, or two names of one existing file (links, ./x and x).
+    const bool same =
+        fs::exists(p, ec) && fs::exists(o, ec)
+            ? fs::equivalent(p, o, ec)
+            : fs::absolute(p, ec).lexically_normal() == fs::absolute(o, ec).lexically_normal();
+    if (same)
+      fail(what, " ", path, ": the same file as ", o, ", which this command also reads or writes");
+  }
+}
+
+void check_nifti_output(const std::string& path, const std::string& what,
+                        const std::vector<std::string>& others) {
+  if (!path.empty()) output_extension(path);
+  check_output_file(path, what, others);
 }
 
 void write_nifti_new(const std::string& path, const float* data, int64_t nx, int64_t ny, int64_t nz,

@@ -58,4 +58,16 @@ void write_nifti(const std::string& path, const Volume& like, const float* data)
 void write_nifti_new(const std::string& path, const float* data, int64_t nx, int64_t ny, int64_t nz,
                      const Vec3& voxel_mm);
 
+// Checks, before any work, that an output file (NIfTI, PNG, HDF5) can be
+// written at `path`: its folder exists, no directory sits at the path, and
+// it is none of `others` (the command's inputs and its other outputs: the
+// same file twice would overwrite one with the other). Fails in one line
+// naming `what` ("-o", "--preview"). Commands call it for every output up
+// front, so a typo costs no computation and leaves nothing half-written.
+void check_output_file(const std::string& path, const std::string& what,
+                       const std::vector<std::string>& others = {});
+// check_output_file, and the name ends in .nii or .nii.gz.
+void check_nifti_output(const std::string& path, const std::string& what,
+                        const std::vector<std::string>& others = {});
+
 }  // namespace dq

@@ -55,8 +55,9 @@ void write_png(const std::string& path, int width, int height, int color_type, i
   }
   std::filesystem::rename(tmp, path, ec);
   if (ec) {
+    const std::string why = ec.message();  // before remove() overwrites ec
     std::filesystem::remove(tmp, ec);
-    fail(path, ": could not move the finished PNG into place: ", ec.message());
+    fail(path, ": could not move the finished PNG into place: ", why);
   }
 }
 

@@ -8,7 +8,9 @@ namespace dq {
 
 std::vector<float> tkd_inverse_kernel(const Dims3& dims, const Vec3& voxel_mm, const Vec3& b0_dir,
                                       double threshold, double k0_value) {
-  if (!(threshold > 0.0)) fail("TKD threshold must be positive, got ", threshold);
+  // |D(k)| is at most 2/3: a larger threshold truncates every frequency.
+  if (!(threshold > 0.0 && threshold <= 2.0 / 3.0))
+    fail("TKD threshold must be in (0, 2/3] (|D| is at most 2/3), got ", threshold);
   std::vector<float> d = dipole_kernel(dims, voxel_mm, b0_dir, k0_value);
   const float t = static_cast<float>(threshold);
   for (float& v : d) {

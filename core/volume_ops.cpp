@@ -151,14 +151,14 @@ Mat3 transpose(const Mat3& m) {
 
 double angle_to_z_deg(const Vec3& b) {
   const double n = std::sqrt(b[0] * b[0] + b[1] * b[1] + b[2] * b[2]);
-  if (!(n > 0.0)) fail("the B0 direction must be a non-zero vector");
+  if (!(n > 0.0) || !std::isfinite(n)) fail("the B0 direction must be a finite, non-zero vector");
   const double c = std::min(1.0, std::fabs(b[2]) / n);
   return std::acos(c) * 180.0 / M_PI;
 }
 
 Mat3 rotation_to_z(const Vec3& b) {
   const double n = std::sqrt(b[0] * b[0] + b[1] * b[1] + b[2] * b[2]);
-  if (!(n > 0.0)) fail("the B0 direction must be a non-zero vector");
+  if (!(n > 0.0) || !std::isfinite(n)) fail("the B0 direction must be a finite, non-zero vector");
   // b and -b give the same dipole kernel, so fold b into the upper half.
   const double s = b[2] < 0 ? -1.0 : 1.0;
   const Vec3 u{s * b[0] / n, s * b[1] / n, s * b[2] / n};
@@ -267,6 +267,30 @@ double to_ppm_factor(FieldUnit unit, double b0_tesla, double te_s) {
 void apply_mask(float* data, const uint8_t* mask, int64_t n) {
   for (int64_t i = 0; i < n; ++i)
     if (!mask[i]) data[i] = 0.0f;
+}
+
+MaskedField mask_field(std::vector<float>& field, std::vector<uint8_t>& mask,
+                       const std::string& path) {
+  DQ_CHECK(field.size() == mask.size(), "mask_field: the mask has another size");
+  MaskedField r;
+  int64_t n_inf = 0;
+  for (size_t i = 0; i < field.size(); ++i) {
+    float& v = field[i];
+    if (std::isnan(v)) {
+      ++r.nan;
+      mask[i] = 0;
+    } else if (std::isinf(v) && mask[i]) {
+      ++n_inf;
+    }
+    if (!mask[i]) v = 0.0f;
+    r.inside += mask[i] != 0;
+  }
+  if (n_inf > 0)
+    fail(path, ": ", n_inf,
+         " voxels inside the mask are infinite; fix the field map (or set them to NaN "
+         "to treat them as outside the mask)");
+  if (r.inside == 0) fail(path, ": no voxel is inside the mask (and finite)");
+  return r;
 }
 
 double estimate_noise_std(const float* field, const uint8_t* mask, const Dims3& d) {

@@ -99,6 +99,19 @@ double to_ppm_factor(FieldUnit unit, double b0_tesla, double te_s);
 // Zeros `data` where mask is 0 (mask and data share a grid).
 void apply_mask(float* data, const uint8_t* mask, int64_t n);
 
+// A field map's missing and broken voxels, the same way for deepqsm-infer
+// and deepqsm invert: NaN voxels leave the mask (counted, so the command can
+// warn), an infinite voxel inside the mask is refused naming `path` (a
+// broken map, not missing data; outside the mask it is dropped like any
+// other value), and every voxel outside the mask is set to 0. Fails when no
+// voxel is left inside. mask: one byte per voxel, 1 inside.
+struct MaskedField {
+  int64_t nan = 0;     // NaN voxels, now outside the mask
+  int64_t inside = 0;  // voxels inside the mask afterwards
+};
+MaskedField mask_field(std::vector<float>& field, std::vector<uint8_t>& mask,
+                       const std::string& path);
+
 // The standard deviation (same unit as the field) of white noise on a field
 // map, from the field alone: the median absolute value of the discrete
 // Laplacian 6 f - (sum of the 6 neighbours), over voxels whose neighbours

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/cli_checks.h"
 #include "infer/run.h"
 
 namespace {
@@ -111,17 +112,26 @@ int main(int argc, char** argv) {
   app.add_option("--threads", o.threads,
                  "CPU threads for the network, FFTs and loops (default: $OMP_NUM_THREADS, "
                  "else every hardware thread)")
-      ->check(CLI::Range(1, 4096));
+      ->check(dq::cli::int_range(1, 4096));
   app.add_option("--tile", o.tile,
                  "Process in cubes of this side (a multiple of the model's side multiple); "
                  "0 = whole volume unless it does not fit in memory")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(dq::cli::int_range(0, 4096));
   app.add_option("--halo", o.halo,
                  "Overlap kept around each tile's core, voxels (default: the network's receptive "
-                 "radius rounded up to the model's side multiple, or the most the tile holds)");
+                 "radius rounded up to the model's side multiple, or the most the tile holds)")
+      ->check(dq::cli::int_range(0, 4096));
   app.add_option("--max-anisotropy", o.max_anisotropy,
-                 "Resample to isotropic voxels above this largest/smallest voxel-side ratio")
-      ->capture_default_str();
+                 "Resample to isotropic voxels above this largest/smallest voxel-side ratio (>= 1)")
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& s) {
+            double v = 0;
+            const std::string err = dq::cli::detail::parse_number(s, v);
+            return !err.empty() ? err : v >= 1 ? std::string() : "must be 1 or more, got " + s;
+          },
+          ">= 1"));
   app.add_option("--scales", o.scales,
                  "Network passes at full, 1/2, 1/4 ... resolution, blended so the coarser pass "
                  "gives the large structures (1 to 4; 1 = full resolution only)")
@@ -153,7 +163,8 @@ int main(int argc, char** argv) {
   app.add_option("--refine-pad", o.refine_pad,
                  "Zero voxels added on each side for --refine's FFTs, so the dipole convolution "
                  "does not wrap around the grid's edges")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(dq::cli::int_range(0, 512));
   app.add_option("--preview", o.preview_path,
                  "Write a PNG of the central axial, coronal and sagittal slices of field and chi");
   app.footer(

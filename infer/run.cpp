@@ -152,6 +152,12 @@ int run_inference(const InferOptions& opt) {
     fail("--scale-sigma must be a finite number >= 0 (voxels), got ", opt.scale_sigma);
   if (opt.threads < 0) fail("--threads must be >= 1 (0 = all), got ", opt.threads);
   if (opt.threads > 0) set_cpu_threads(opt.threads);
+  // Outputs before anything else: a typo in a path should cost no computation,
+  // and an output on an input's path would destroy that input.
+  check_nifti_output(opt.out_path, "-o", {opt.field_path, opt.mask_path, opt.model_path});
+  if (!opt.preview_path.empty())
+    check_output_file(opt.preview_path, "--preview",
+                      {opt.out_path, opt.field_path, opt.mask_path, opt.model_path});
 
   // Model first: a bad model file should fail before minutes of work.
   const std::string model_path = opt.model_path.empty() ? default_model_path() : opt.model_path;
@@ -174,25 +180,9 @@ int run_inference(const InferOptions& opt) {
     for (int64_t i = 0; i < n; ++i)
       mask[static_cast<size_t>(i)] = m.data[static_cast<size_t>(i)] > 0.5f;
   }
-  int64_t n_nan = 0, n_inf = 0, n_in = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    float& v = field.data[static_cast<size_t>(i)];
-    if (std::isnan(v)) {
-      ++n_nan;
-      mask[static_cast<size_t>(i)] = 0;
-      v = 0.0f;
-    } else if (std::isinf(v) && mask[static_cast<size_t>(i)]) {
-      ++n_inf;  // outside the mask an Inf is dropped like any other value
-    }
-    v = static_cast<float>(v * factor);
-    if (!mask[static_cast<size_t>(i)]) v = 0.0f;
-    n_in += mask[static_cast<size_t>(i)];
-  }
-  if (n_inf > 0)
-    fail(opt.field_path, ": ", n_inf,
-         " voxels inside the mask are infinite; fix the field map (or set them to NaN "
-         "to treat them as outside the mask)");
-  if (n_in == 0) fail(opt.field_path, ": no voxel is inside the mask (and finite)");
+  const MaskedField masked = mask_field(field.data, mask, opt.field_path);
+  const int64_t n_nan = masked.nan, n_in = masked.inside;
+  for (float& v : field.data) v = static_cast<float>(v * factor);
   if (n_nan > 0)
     std::cerr << "deepqsm-infer: warning: " << n_nan << " NaN voxels in " << opt.field_path
               << " are treated as outside the mask (output 0 there)\n";

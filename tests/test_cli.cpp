@@ -2,17 +2,19 @@
 // crash) and one stderr line naming the key; help texts describe the tool.
 #include <sys/wait.h>
 
-#include <catch2/catch.hpp>
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "core/checkpoint.h"
+#include "core/nifti_io.h"
 #include "core/unet.h"
 #include "tests/test_util.h"
 #include "train/config.h"
@@ -54,6 +56,8 @@ TEST_CASE("bad configs fail with one line naming the key", "[cli]") {
       {"type.json", R"({"optim": {"lr": "fast"}})", "optim.lr"},
       {"patch.json", R"({"data": {"patch_size": 40}})", "data.patch_size"},
       {"recipe.json", R"({"data": {"size": [-0.1, 0.4]}})", "data.size"},
+      {"overflow.json", R"({"optim": {"lr": 1e999}})",
+       "overflow.json: invalid JSON: number overflow"},
       // Refused by config check too, not first when training starts.
       {"cpu_bf16.json", R"({"train": {"precision": "bf16", "device": "cpu"}})", "train.precision"},
   };
@@ -118,7 +122,9 @@ TEST_CASE("usage errors exit non-zero without a crash", "[cli]") {
   // args, what the message names ("" = anything)
   const std::pair<const char*, const char*> cases[] = {
       {"", ""},
-      {"train --steps 0", "--steps"},
+      {"train --steps 0", "--steps: must be a whole number >= 1, got 0"},
+      {"train --steps abc", "--steps: expected a whole number, got 'abc'"},
+      {"phantom --size 8 -o p.nii", "--size: must be a whole number from 16 to 512"},
       {"train --device tpu", "--device"},
       {"frobnicate", ""},
       // A negative weight once meant "the default" silently.
@@ -175,6 +181,13 @@ TEST_CASE("export strips a checkpoint to weights that load identically", "[cli]"
   REQUIRE(slim.params.numel() == full.params.numel());
   CHECK(std::equal(slim.params.f32(), slim.params.f32() + slim.params.numel(), full.params.f32()));
   CHECK(fs::file_size(model) < fs::file_size(dq::newest_checkpoint(run_dir)) / 2);
+
+  // A write that fails at the end (a folder where the file should go) leaves
+  // no temporary file behind.
+  fs::create_directory(dir.file("in_the_way.h5"));
+  check_one_line_failure(
+      run(dir, "export '" + run_dir + "' -o '" + dir.file("in_the_way.h5") + "'"), "in_the_way.h5");
+  CHECK_FALSE(fs::exists(dir.file("in_the_way.h5.tmp")));
 
   // An empty folder and a non-checkpoint file are refused in one line.
   fs::create_directory(dir.file("empty"));
@@ -234,4 +247,47 @@ TEST_CASE("export --average writes the mean weights of a run's newest checkpoint
                          "holds only 4");
   check_one_line_failure(run(dir, "export '" + ckpts[0] + "' --average 2 -o '" + model + "'"),
                          "needs a run folder");
+}
+
+TEST_CASE("outputs are checked before any work, and bad field voxels handled", "[cli]") {
+  TempDir dir("deepqsm-cli");
+  const std::string f = dir.file("f.nii"), m = dir.file("m.nii");
+  REQUIRE(run(dir, "phantom --size 16 -o '" + f + "' --mask '" + m + "'").code() == 0);
+  const std::string old_field = dq::test::slurp(f);
+
+  // An output on an input's path, in a missing folder, or with a wrong name.
+  check_one_line_failure(run(dir, "invert tkd '" + f + "' -o '" + f + "'"), "the same file as");
+  CHECK(dq::test::slurp(f) == old_field);
+  check_one_line_failure(run(dir, "invert tkd '" + f + "' -o nodir/c.nii"), "does not exist");
+  check_one_line_failure(run(dir, "invert tkd '" + f + "' -o c.txt"), ".nii or .nii.gz");
+  // phantom checks all three outputs before writing the first.
+  const std::string pf = dir.file("pf.nii");
+  check_one_line_failure(run(dir, "phantom --size 16 -o '" + pf + "' --mask nodir/m.nii"),
+                         "--mask nodir/m.nii");
+  CHECK_FALSE(fs::exists(pf));
+  check_one_line_failure(run(dir, "eval '" + f + "' --ref '" + f +
+                                      "' --hist-png h.png "
+                                      "--hist-range 1e12"),
+                         "--hist-range");
+
+  // NaN voxels leave the mask with a warning; an infinite one is refused.
+  dq::Volume v = dq::read_nifti(f);
+  v.data[100] = std::numeric_limits<float>::quiet_NaN();
+  const std::string nan_f = dir.file("nan.nii");
+  dq::write_nifti(nan_f, v, v.data.data());
+  const std::string chi = dir.file("chi.nii");
+  const Run r = run(dir, "invert tkd '" + nan_f + "' -o '" + chi + "'");
+  INFO(r.err);
+  REQUIRE(r.code() == 0);
+  CHECK_THAT(r.err, Contains("warning: 1 NaN voxels"));
+  const dq::Volume c = dq::read_nifti(chi);
+  CHECK(c.data[100] == 0.0f);
+  CHECK(std::all_of(c.data.begin(), c.data.end(), [](float x) { return std::isfinite(x); }));
+  check_one_line_failure(run(dir, "eval '" + nan_f + "' --ref '" + f + "'"), "NaN or infinite");
+  v.data[100] = std::numeric_limits<float>::infinity();
+  const std::string inf_f = dir.file("inf.nii");
+  dq::write_nifti(inf_f, v, v.data.data());
+  check_one_line_failure(run(dir, "invert tkd '" + inf_f + "' -o '" + chi + "'"), "infinite");
+  check_one_line_failure(run(dir, "invert tkd '" + f + "' -o '" + chi + "' --b0-direction inf 0 1"),
+                         "B0 direction");
 }

@@ -124,6 +124,20 @@ TEST_CASE("bad inputs fail with one line and a non-zero exit", "[infer]") {
     dq::write_nifti_new(p, v.data(), 40, 40, 40, ph.ph.voxel_mm);
     check_one_line_failure(run(dir, q(p) + out), "infinite");
   }
+  SECTION("the output on the input's path, or in a missing folder") {
+    const std::string before = slurp(ph.field);
+    check_one_line_failure(run(dir, q(ph.field) + " -o " + q(ph.field) + " --model " + q(model)),
+                           "the same file as");
+    CHECK(slurp(ph.field) == before);
+    check_one_line_failure(run(dir, q(ph.field) + out + " --preview " + q(dir.file("no/p.png"))),
+                           "does not exist");
+    CHECK_FALSE(fs::exists(dir.file("chi.nii.gz")));  // refused before any work
+  }
+  SECTION("option values out of range") {
+    check_one_line_failure(run(dir, q(ph.field) + out + " --tile -16"), "--tile");
+    check_one_line_failure(run(dir, q(ph.field) + out + " --max-anisotropy 0.5"),
+                           "--max-anisotropy");
+  }
   SECTION("mask on another grid") {
     const std::vector<float> m(32 * 40 * 40, 1.0f);
     const std::string p = dir.file("mask32.nii.gz");

@@ -20,6 +20,8 @@ namespace dq {
 
 namespace {
 
+constexpr double kMaxHistRange = 10.0;  // ppm; tissue and its errors lie well inside
+
 struct EvalArgs {
   std::string pred, ref, mask, labels, diff_png, hist_png;
   double hist_range = 0.1;  // ppm, half-width of the histogram's axis
@@ -32,7 +34,9 @@ struct EvalArgs {
 // the range are counted in the end bins.
 void write_error_histogram(const std::string& path, const std::vector<float>& pred,
                            const std::vector<float>& ref, const uint8_t* mask, double range) {
-  if (!(range > 0.0)) fail("--hist-range must be positive, got ", range);
+  // Ticks every 0.05 ppm: a range of 1e12 drew them for hours.
+  if (!(range > 0.0 && range <= kMaxHistRange))
+    fail("--hist-range must be in (0, ", kMaxHistRange, "] ppm, got ", range);
   constexpr int kW = 400, kH = 200, kBins = kW / 2;
   std::vector<int64_t> count(kBins, 0);
   for (size_t i = 0; i < pred.size(); ++i) {
@@ -93,7 +97,23 @@ nlohmann::ordered_json number(double v) {
   return std::isfinite(v) ? nlohmann::ordered_json(v) : nlohmann::ordered_json(nullptr);
 }
 
+// NaN or infinite voxels inside the mask (nullable) would turn every metric
+// into NaN, or read as a constant reference.
+void require_finite(const Volume& v, const uint8_t* mask, const std::string& what) {
+  int64_t bad = 0;
+  for (size_t i = 0; i < v.data.size(); ++i) bad += (!mask || mask[i]) && !std::isfinite(v.data[i]);
+  if (bad > 0)
+    fail(what, ": ", bad, " voxel", bad == 1 ? " is" : "s are", " NaN or infinite",
+         mask ? " inside the mask" : "", "; the metrics need finite values");
+}
+
 int run_eval(const EvalArgs& a) {
+  if (!a.diff_png.empty())
+    check_output_file(a.diff_png, "--diff-png", {a.pred, a.ref, a.mask, a.labels, a.hist_png});
+  if (!a.hist_png.empty())
+    check_output_file(a.hist_png, "--hist-png", {a.pred, a.ref, a.mask, a.labels});
+  if (!a.hist_png.empty() && !(a.hist_range > 0.0 && a.hist_range <= kMaxHistRange))
+    fail("--hist-range must be in (0, ", kMaxHistRange, "] ppm, got ", a.hist_range);
   const Volume pred = read_nifti(a.pred);
   const Volume ref = read_nifti(a.ref);
   require_same_grid(pred, ref, "the reference " + a.ref);
@@ -109,6 +129,8 @@ int run_eval(const EvalArgs& a) {
       mask[static_cast<size_t>(i)] = m.data[static_cast<size_t>(i)] > 0.5f;
   }
   const uint8_t* mp = mask.empty() ? nullptr : mask.data();
+  require_finite(pred, mp, a.pred);
+  require_finite(ref, mp, "the reference " + a.ref);
   const Metrics m = compute_metrics(pred.data.data(), ref.data.data(), mp, pred.nz, pred.ny,
                                     pred.nx, ref.voxel_mm);
 

@@ -4,14 +4,17 @@
 // the field's header).
 #include <chrono>
 #include <cstdio>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "core/cli_checks.h"
 #include "core/error.h"
 #include "core/inversion.h"
 #include "core/nifti_io.h"
 #include "core/tkd.h"
+#include "core/volume_ops.h"
 #include "cuda/device.h"
 #include "cuda/inversion.h"
 #include "train/commands.h"
@@ -33,6 +36,7 @@ struct InvertArgs {
 };
 
 int run_invert(const InvertArgs& a) {
+  check_nifti_output(a.out, "-o", {a.field, a.mask});
   const Volume f = read_nifti(a.field);
   const Dims3 dims = f.dims();
   std::vector<uint8_t> mask;
@@ -44,17 +48,22 @@ int run_invert(const InvertArgs& a) {
     mask.resize(m.data.size());
     for (size_t i = 0; i < mask.size(); ++i) mask[i] = m.data[i] > 0.5f;
   }
+  // The field outside the mask carries no information (usually 0 after
+  // background removal); zero it so every method sees the same input. NaN
+  // voxels leave the mask and infinite ones are refused, as in deepqsm-infer.
+  std::vector<float> field = f.data;
+  {
+    std::vector<uint8_t> m = mask.empty() ? std::vector<uint8_t>(field.size(), 1) : mask;
+    const MaskedField masked = mask_field(field, m, a.field);
+    if (masked.nan > 0)
+      std::cerr << "deepqsm: warning: " << masked.nan << " NaN voxels in " << a.field
+                << " are treated as outside the mask (output 0 there)\n";
+    if (masked.nan > 0 || !mask.empty()) mask = std::move(m);  // NaN holes make a mask
+  }
   const uint8_t* mp = mask.empty() ? nullptr : mask.data();
   const bool gpu = a.device == "gpu";
   if (gpu && cuda_device_count() == 0) fail("--device gpu: no CUDA device is available");
   const Vec3 b0{a.b0_dir[0], a.b0_dir[1], a.b0_dir[2]};
-
-  // The field outside the mask carries no information (usually 0 after
-  // background removal); zero it so every method sees the same input.
-  std::vector<float> field = f.data;
-  if (mp)
-    for (size_t i = 0; i < field.size(); ++i)
-      if (!mp[i]) field[i] = 0.0f;
   std::vector<float> chi(field.size());
 
   const auto t0 = std::chrono::steady_clock::now();
@@ -126,22 +135,22 @@ Command add_invert_command(CLI::App& app) {
   cmd->add_option("--threshold", a->threshold, "TKD: truncation of |D|")->capture_default_str();
   cmd->add_option("--lambda", a->lambda,
                   "Tikhonov / TV regularisation weight, > 0 (default 1e-2 / 1e-3)")
-      ->check(CLI::PositiveNumber);
+      ->check(cli::positive());
   cmd->add_option("--reg", a->reg, "Tikhonov regulariser: identity or gradient")
       ->check(CLI::IsMember({"identity", "gradient"}))
       ->capture_default_str();
   cmd->add_option("--rho", a->rho, "TV: ADMM penalty, > 0 (default 100 lambda)")
-      ->check(CLI::PositiveNumber);
+      ->check(cli::positive());
   cmd->add_option("--iterations", a->iterations, "TV: most ADMM iterations")
-      ->check(CLI::PositiveNumber)
+      ->check(cli::int_range(1, 1000000))
       ->capture_default_str();
   cmd->add_option("--tolerance", a->tolerance,
                   "TV: stop when the relative chi change is below this")
-      ->check(CLI::NonNegativeNumber)
+      ->check(cli::non_negative())
       ->capture_default_str();
   cmd->add_option("--k0", a->k0, "D(k = 0): 1/3 (DeepQSM lineage) or 0")->capture_default_str();
   cmd->add_option("--pad", a->pad, "Zero voxels per side before the FFTs")
-      ->check(CLI::NonNegativeNumber)
+      ->check(cli::int_range(0, 512))
       ->capture_default_str();
   cmd->add_option("--device", a->device, "cpu or gpu")
       ->check(CLI::IsMember({"cpu", "gpu"}))

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "core/cli_checks.h"
 #include "core/error.h"
 #include "core/nifti_io.h"
 #include "core/phantom.h"
@@ -37,7 +38,7 @@ Command add_phantom_command(CLI::App& app) {
   cmd->add_option("--mask", o->mask, "Also write the brain mask here (0/1)");
   cmd->add_option("--size", o->size, "Voxels per side")
       ->capture_default_str()
-      ->check(CLI::Range(16, 512));
+      ->check(cli::int_range(16, 512));
   cmd->add_option("--noise-std", o->noise_std,
                   "White Gaussian noise added to the field, ppm (a measured field's noise is "
                   "about 0.001-0.005 ppm at 3 T)")
@@ -51,6 +52,9 @@ Command add_phantom_command(CLI::App& app) {
   return {cmd, [o]() {
             if (!(o->noise_std >= 0) || !std::isfinite(o->noise_std))
               fail("--noise-std must be a finite number >= 0 (ppm), got ", o->noise_std);
+            check_nifti_output(o->field, "-o", {o->chi, o->mask});
+            if (!o->chi.empty()) check_nifti_output(o->chi, "--chi", {o->mask});
+            if (!o->mask.empty()) check_nifti_output(o->mask, "--mask");
             Phantom p = make_head_phantom(o->size, o->detail);
             // The noise stream: the synthetic generator's Box-Muller draws
             // under a key of its own.

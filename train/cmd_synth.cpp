@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "core/cli_checks.h"
 #include "core/error.h"
 #include "core/json_read.h"
 #include "core/nifti_io.h"
@@ -84,6 +85,8 @@ std::string volume_name(const std::string& dir, const char* what, int64_t v) {
 int run_synth(const std::string& config, int64_t volumes, const std::string& out,
               const std::string& volumes_out, const std::string& preview,
               const std::string& seed_arg, const std::string& device, bool quiet) {
+  check_output_file(out, "--out", {config});
+  if (!preview.empty()) check_output_file(preview, "--preview", {out, config});
   const SynthInput in = load_synth_input(config);
   const Recipe& r = in.recipe;
   uint64_t seed = in.seed;
@@ -199,7 +202,7 @@ Command add_synth_command(CLI::App& app) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--volumes", o->volumes, "Volumes to generate (volume indices 0 .. N-1)")
       ->required()
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+      ->check(cli::int_range(1, int64_t{1} << 40));
   cmd->add_option("--out", o->out, "HDF5 patch file to write")->required();
   cmd->add_option("--volumes-out", o->volumes_out,
                   "Also write chi_XXXX.nii.gz and field_XXXX.nii.gz for every volume here (and "

@@ -7,6 +7,7 @@
 #include <sstream>
 #include <string>
 
+#include "core/cli_checks.h"
 #include "core/error.h"
 #include "train/comm.h"
 #include "train/commands.h"
@@ -122,7 +123,7 @@ Command add_train_command(CLI::App& app) {
                    "Number of Adam steps (one batch each); overrides\ntrain.steps. Default: "
                    "the config's value")
       ->type_name("N")
-      ->check(CLI::PositiveNumber);
+      ->check(cli::positive_int());
   train
       ->add_option("--out", o->out,
                    "Output directory for checkpoints and logs; overrides\ntrain.out_dir. "
@@ -139,7 +140,7 @@ Command add_train_command(CLI::App& app) {
                    "needed) and splits train.batch over them.\nUnder mpirun/srun leave it out: "
                    "each launched process\nis one rank")
       ->type_name("N")
-      ->check(CLI::PositiveNumber);
+      ->check(cli::int_range(1, 1024));
   train->add_flag("--resume", o->resume,
                   "Continue from the newest checkpoint in the output\ndirectory; the result is "
                   "bit-identical to a run that\nwas never interrupted");
