@@ -6,8 +6,11 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <vector>
@@ -213,6 +216,32 @@ std::vector<unsigned char> read_voxels(const nifti_image& h, const std::string& 
   return raw;
 }
 
+// The header's dim and pixdim as stored. nifti_clib's reader replaces a
+// dimension < 1 and a voxel size that is not positive (0, negative, NaN) by
+// 1 without a word; a field map's voxel size is physics (the dipole
+// kernel's k grid), so read_nifti checks the stored values.
+struct RawGeometry {
+  bool ok = false;
+  std::array<int64_t, 8> dim{};
+  std::array<double, 8> pixdim{};
+};
+RawGeometry raw_geometry(const std::string& path) {
+  RawGeometry g;
+  int nver = 0;
+  void* raw = nifti_read_header(path.c_str(), &nver, 0);
+  if (!raw) return g;
+  if (nver == 2) {
+    const auto* h = static_cast<const nifti_2_header*>(raw);
+    for (int i = 0; i < 8; ++i) g.dim[i] = h->dim[i], g.pixdim[i] = h->pixdim[i];
+  } else {
+    const auto* h = static_cast<const nifti_1_header*>(raw);
+    for (int i = 0; i < 8; ++i) g.dim[i] = h->dim[i], g.pixdim[i] = h->pixdim[i];
+  }
+  std::free(raw);
+  g.ok = true;
+  return g;
+}
+
 }  // namespace
 
 Volume read_nifti(const std::string& path) {
@@ -229,6 +258,15 @@ Volume read_nifti(const std::string& path) {
   const nifti_image& h = *hdr;
   const int64_t ndim = h.dim[0];
   if (ndim < 1 || ndim > 7) fail(path, ": invalid number of dimensions ", ndim);
+  const RawGeometry stored = raw_geometry(path);
+  if (stored.ok)
+    for (int a = 1; a <= std::min<int64_t>(ndim, 3); ++a) {
+      if (stored.dim[a] < 1)
+        fail(path, ": dim[", a, "] is ", stored.dim[a], "; every grid dimension must be >= 1");
+      if (!(std::fabs(stored.pixdim[a]) > 0.0) || !std::isfinite(stored.pixdim[a]))
+        fail(path, ": voxel size pixdim[", a, "] is ", stored.pixdim[a],
+             "; it must be a non-zero, finite number");
+    }
   for (int d = 4; d <= ndim; ++d)
     if (h.dim[d] > 1)
       fail(path, ": is ", ndim, "D (dim[", d, "] = ", h.dim[d],
@@ -241,7 +279,8 @@ Volume read_nifti(const std::string& path) {
   v.nz = ndim >= 3 ? h.nz : 1;
   const double mm = to_mm(h.xyz_units);
   for (int a = 0; a < 3; ++a) {
-    const double d = ndim > a ? std::fabs(h.pixdim[a + 1]) : 1.0;
+    // |pixdim| as stored: nifti_clib turns a negative one into 1.
+    const double d = ndim > a ? std::fabs(stored.ok ? stored.pixdim[a + 1] : h.pixdim[a + 1]) : 1.0;
     if (!(d > 0.0) || !std::isfinite(d))
       fail(path, ": voxel size along axis ", a, " is ", h.pixdim[a + 1], "; it must be positive");
     v.voxel_mm[static_cast<size_t>(a)] = d * mm;

@@ -117,6 +117,17 @@ TEST_CASE("bad inputs fail with one line and a non-zero exit", "[infer]") {
     f.close();
     check_one_line_failure(run(dir, q(p) + out), "4D");
   }
+  SECTION("a zero or NaN voxel size (nifti_clib would read it as 1 mm)") {
+    const std::string p = dir.file("pix0.nii");
+    dq::write_nifti_new(p, ph.ph.field.data(), 40, 40, 40, ph.ph.voxel_mm);
+    for (float bad : {0.0f, std::numeric_limits<float>::quiet_NaN()}) {
+      std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(80);  // NIfTI-1: pixdim is 8 floats at byte 76; pixdim[1] at 80
+      f.write(reinterpret_cast<const char*>(&bad), sizeof bad);
+      f.close();
+      check_one_line_failure(run(dir, q(p) + out), "pixdim[1]");
+    }
+  }
   SECTION("infinite voxels") {
     std::vector<float> v = ph.ph.field;
     v[1234] = std::numeric_limits<float>::infinity();
