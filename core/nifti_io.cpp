@@ -359,6 +359,20 @@ void write_nifti(const std::string& path, const Volume& like, const float* data)
   write_data_via_temp(nim.get(), data, path);
 }
 
+std::string voxel_size_mismatch(const Volume& a, const std::string& a_what, const Volume& b,
+                                const std::string& b_what) {
+  bool same = true;
+  for (size_t i = 0; i < 3; ++i)
+    same = same && std::fabs(a.voxel_mm[i] - b.voxel_mm[i]) <= 0.01 * a.voxel_mm[i];
+  if (same) return "";
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "%s has %g x %g x %g mm voxels, %s %g x %g x %g mm: is it on the same grid?",
+                b_what.c_str(), b.voxel_mm[0], b.voxel_mm[1], b.voxel_mm[2], a_what.c_str(),
+                a.voxel_mm[0], a.voxel_mm[1], a.voxel_mm[2]);
+  return buf;
+}
+
 void check_output_file(const std::string& path, const std::string& what,
                        const std::vector<std::string>& others) {
   namespace fs = std::filesystem;

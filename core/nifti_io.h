@@ -58,6 +58,12 @@ void write_nifti(const std::string& path, const Volume& like, const float* data)
 void write_nifti_new(const std::string& path, const float* data, int64_t nx, int64_t ny, int64_t nz,
                      const Vec3& voxel_mm);
 
+// "" when b's voxel size matches a's within 1 % per axis, else a warning to
+// print: "<b_what> has 2 x 2 x 2 mm voxels, <a_what> 1 x 1 x 1 mm: ...".
+// Same dimensions with other voxels usually means a file from another scan.
+std::string voxel_size_mismatch(const Volume& a, const std::string& a_what, const Volume& b,
+                                const std::string& b_what);
+
 // Checks, before any work, that an output file (NIfTI, PNG, HDF5) can be
 // written at `path`: its folder exists, no directory sits at the path, and
 // it is none of `others` (the command's inputs and its other outputs: the

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <exception>
 #include <iostream>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -184,6 +185,10 @@ int main(int argc, char** argv) {
 
   try {
     return dq::run_inference(o);
+  } catch (const std::bad_alloc&) {
+    std::cerr << "deepqsm-infer: out of memory (host RAM) for this volume; try --tile 64 or a "
+                 "machine with more memory\n";
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "deepqsm-infer: " << one_line(e.what()) << "\n";
     return 1;

@@ -177,6 +177,9 @@ int run_inference(const InferOptions& opt) {
     if (m.nx != field.nx || m.ny != field.ny || m.nz != field.nz)
       fail(opt.mask_path, ": mask grid ", dims_str(m.dims()), " differs from the field's grid ",
            dims_str(dims), " (", opt.field_path, ")");
+    const std::string other =
+        voxel_size_mismatch(field, "the field", m, "the mask " + opt.mask_path);
+    if (!other.empty()) std::cerr << "deepqsm-infer: warning: " << other << "\n";
     for (int64_t i = 0; i < n; ++i)
       mask[static_cast<size_t>(i)] = m.data[static_cast<size_t>(i)] > 0.5f;
   }

@@ -89,6 +89,8 @@ void require_same_grid(const Volume& a, const Volume& b, const std::string& what
   if (a.nx != b.nx || a.ny != b.ny || a.nz != b.nz)
     fail(what, " is ", b.nx, "x", b.ny, "x", b.nz, " but the prediction is ", a.nx, "x", a.ny, "x",
          a.nz);
+  const std::string other = voxel_size_mismatch(a, "the prediction", b, what);
+  if (!other.empty()) std::cerr << "deepqsm: warning: " << other << "\n";
 }
 
 // JSON has no NaN or infinity (pSNR of a perfect match; HFEN, SSIM or XSIM

@@ -45,6 +45,8 @@ int run_invert(const InvertArgs& a) {
     if (m.nx != f.nx || m.ny != f.ny || m.nz != f.nz)
       fail("the mask ", a.mask, " is ", m.nx, "x", m.ny, "x", m.nz, " but the field is ", f.nx, "x",
            f.ny, "x", f.nz);
+    const std::string other = voxel_size_mismatch(f, "the field", m, "the mask " + a.mask);
+    if (!other.empty()) std::cerr << "deepqsm: warning: " << other << "\n";
     mask.resize(m.data.size());
     for (size_t i = 0; i < mask.size(); ++i) mask[i] = m.data[i] > 0.5f;
   }

@@ -25,6 +25,7 @@
 #include "core/json_read.h"
 #include "core/nifti_io.h"
 #include "core/png_io.h"
+#include "cuda/device.h"
 #include "synth/patch_file.h"
 #include "synth/recipe_json.h"
 #include "synth/synth.h"
@@ -43,6 +44,8 @@ struct SynthInput {
 };
 
 SynthInput load_synth_input(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) fail(path, ": is a directory, not a config file");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, ": cannot open the config file");
   std::ostringstream text;
@@ -108,7 +111,10 @@ int run_synth(const std::string& config, int64_t volumes, const std::string& out
   std::vector<std::array<int64_t, 3>> corners(static_cast<size_t>(per));
   std::vector<float> vol_chi, vol_field;  // full volumes on the GPU path, when needed
   std::unique_ptr<GpuSynth> gpu;
-  if (device == "gpu") gpu = std::make_unique<GpuSynth>(r, nullptr);
+  if (device == "gpu") {
+    if (cuda_device_count() == 0) fail("--device gpu: no CUDA device is available");
+    gpu = std::make_unique<GpuSynth>(r, nullptr);
+  }
   const bool want_volume = !volumes_out.empty() || !preview.empty();
 
   if (!quiet)

@@ -10,6 +10,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -307,6 +308,8 @@ void check_device_precision(const TrainConfig& cfg) {
 }
 
 TrainConfig load_train_config(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) fail(path, ": is a directory, not a config file");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, ": cannot open the config file (", std::strerror(errno), ")");
   std::ostringstream text;

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <exception>
 #include <iostream>
+#include <new>
 #include <sstream>
 #include <string>
 
@@ -69,6 +70,10 @@ int main(int argc, char** argv) {
   try {
     for (const dq::Command& c : commands)
       if (*c.app) return c.run();
+  } catch (const std::bad_alloc&) {
+    std::cerr << "deepqsm: out of memory (host RAM): the volume, recipe or batch is too large "
+                 "for this machine\n";
+    return 1;
   } catch (const std::exception& e) {
     // dq::Error derives from std::exception; both end here with one line.
     std::cerr << "deepqsm: " << one_line(e.what()) << "\n";
