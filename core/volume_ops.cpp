@@ -236,7 +236,14 @@ Grid rotated_bounding_grid(const Grid& in, const Mat3& R, double iso_mm) {
       }
   // 1e-9 absorbs rounding in R so an identity rotation keeps integer sides.
   auto side = [&](double e) {
-    return static_cast<int64_t>(std::ceil(2.0 * e / iso_mm - 1e-9)) + 1;
+    const double n = std::ceil(2.0 * e / iso_mm - 1e-9) + 1;
+    // A voxel side of 1e-30 mm beside 1 mm ones asks for a grid no machine
+    // holds (and overflows int64): refuse it in words, before allocating.
+    if (!(n <= static_cast<double>(kMaxResampledSide)))
+      fail("resampling to ", iso_mm, " mm isotropic voxels would need a side of ", n,
+           " voxels (at most ", kMaxResampledSide, "); check the voxel sizes (", in.voxel_mm[0],
+           " x ", in.voxel_mm[1], " x ", in.voxel_mm[2], " mm) or raise --max-anisotropy");
+    return static_cast<int64_t>(n);
   };
   Grid g;
   g.dims = {side(ext[2]), side(ext[1]), side(ext[0])};

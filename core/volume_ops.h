@@ -80,6 +80,8 @@ std::vector<float> resample(const float* in, const Grid& in_grid, const Grid& ou
 // The smallest isotropic grid (voxel `iso_mm`) whose points p, mapped by R
 // as in resample(), cover the whole of `in`: the grid to resample `in` onto
 // so that nothing is cut off.
+// Fails, naming the voxel sizes, when a side would exceed kMaxResampledSide.
+constexpr int64_t kMaxResampledSide = 2048;
 Grid rotated_bounding_grid(const Grid& in, const Mat3& R, double iso_mm);
 
 // ------------------------------------------------------------ units, masks

@@ -199,6 +199,9 @@ TEST_CASE("anisotropic grids resample to isotropic covering the volume", "[volum
   CHECK(iso.dims.nx == 30);
   CHECK(iso.dims.ny == 30);
   CHECK(iso.dims.nz == 39);  // (20 - 1) * 2 mm / 1 mm + 1
+  // A voxel side far below the others asks for an impossible grid: refused in words.
+  CHECK_THROWS_WITH(dq::rotated_bounding_grid(g, {1, 0, 0, 0, 1, 0, 0, 0, 1}, 1e-30),
+                    Catch::Contains("check the voxel sizes"));
   // A linear ramp in z is reproduced exactly by trilinear interpolation.
   std::vector<float> ramp(static_cast<size_t>(g.dims.numel()));
   for (int64_t z = 0; z < 20; ++z)
