@@ -9,6 +9,7 @@
 
 #include "core/cli_checks.h"
 #include "core/error.h"
+#include "cuda/device.h"
 #include "train/comm.h"
 #include "train/commands.h"
 #include "train/config.h"
@@ -78,6 +79,11 @@ int run_train(const TrainArgs& a) {
     if (launched_by_mpi())
       fail("--gpus: this process was started by an MPI launcher, which already starts one "
            "rank per process; drop --gpus");
+    // Checked once here: each rank would otherwise fail on its own, one line each.
+    const int have = cuda_device_count();
+    if (have < a.gpus)
+      fail("--gpus ", a.gpus, ": this node has ", have, " usable CUDA device",
+           have == 1 ? "" : "s");
     return spawn_local_ranks(a.gpus);
   }
   const TrainResult res = run_training(cfg, opt);
