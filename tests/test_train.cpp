@@ -106,6 +106,13 @@ TEST_CASE("Training reads patches from an HDF5 patch file", "[train]") {
   cfg.out_dir = (dir / "run2").string();
   CHECK_THROWS_WITH(run_training(cfg, opt), Catch::Contains("data.patch_size 32"));
 
+  // A missing input file is named before the output folder is made.
+  cfg.patch_file = (dir / "absent.h5").string();
+  cfg.out_dir = (dir / "run3").string();
+  CHECK_THROWS_WITH(run_training(cfg, opt), Catch::Contains("data.patch_file: no such file"));
+  CHECK_FALSE(std::filesystem::exists(cfg.out_dir));
+  cfg.patch_file = file;
+
   // A fresh run never overwrites another run's checkpoints.
   cfg.out_dir = (dir / "run").string();
   CHECK_THROWS_WITH(run_training(cfg, opt), Catch::Contains("already holds a run's checkpoints") &&

@@ -466,6 +466,19 @@ int64_t set_up(Trainer& t, TrainResult& res, int64_t steps) {
   t.net.check_input(Shape{cfg.batch / world, P, P, P, 1});
   t.out_dir = t.opt.out_dir.empty() ? cfg.out_dir : t.opt.out_dir;
   if (t.lead) {
+    // The files the run reads, before the output folder is made: a typo in
+    // a path should leave nothing behind.
+    const std::pair<const char*, const std::string*> inputs[] = {
+        {"data.patch_file", &cfg.patch_file},
+        {"train.reference_field", &cfg.reference_field},
+        {"train.reference_chi", &cfg.reference_chi},
+        {"train.reference_mask", &cfg.reference_mask},
+        {"train.init_from", t.opt.resume ? nullptr : &cfg.init_from}};
+    for (const auto& [key, path] : inputs) {
+      std::error_code ec;
+      if (path && !path->empty() && !fs::is_regular_file(*path, ec))
+        fail(key, ": no such file ", *path);
+    }
     // A fresh run in a folder that holds another run's checkpoints would
     // overwrite them step by step and mix the two logs.
     if (!t.opt.resume) {
