@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 
 namespace dq::cli {
@@ -58,7 +59,13 @@ inline CLI::Validator int_range(int64_t lo, int64_t hi) {
         const size_t sign = !text.empty() && (text[0] == '-' || text[0] == '+') ? 1 : 0;
         if (text.size() == sign || text.find_first_not_of("0123456789", sign) != std::string::npos)
           return "expected a whole number, got '" + text + "'";
-        const double v = std::stod(text);  // digits only: cannot throw; rounding is harmless here
+        // Digits only, so stod fails only on overflow (beyond 1e308): too large.
+        double v = HUGE_VAL;
+        try {
+          v = std::stod(text);
+        } catch (const std::out_of_range&) {
+          v = text[0] == '-' ? -HUGE_VAL : HUGE_VAL;
+        }
         const std::string rule =
             hi == INT64_MAX
                 ? "must be a whole number >= " + std::to_string(lo)

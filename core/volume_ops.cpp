@@ -276,6 +276,15 @@ void apply_mask(float* data, const uint8_t* mask, int64_t n) {
     if (!mask[i]) data[i] = 0.0f;
 }
 
+void require_finite_result(const std::vector<float>& v, const std::string& what) {
+  int64_t bad = 0;
+  for (float x : v) bad += !std::isfinite(x);
+  if (bad > 0)
+    fail("the computed ", what, " has ", bad,
+         " NaN or infinite voxels (an overflow: check the "
+         "parameters and the input's scale); nothing written");
+}
+
 MaskedField mask_field(std::vector<float>& field, std::vector<uint8_t>& mask,
                        const std::string& path) {
   DQ_CHECK(field.size() == mask.size(), "mask_field: the mask has another size");

@@ -101,6 +101,10 @@ double to_ppm_factor(FieldUnit unit, double b0_tesla, double te_s);
 // Zeros `data` where mask is 0 (mask and data share a grid).
 void apply_mask(float* data, const uint8_t* mask, int64_t n);
 
+// Fails, in words, when a result to be written holds NaN or infinite voxels
+// (parameters that overflow float): never a file of NaN with exit status 0.
+void require_finite_result(const std::vector<float>& v, const std::string& what);
+
 // A field map's missing and broken voxels, the same way for deepqsm-infer
 // and deepqsm invert: NaN voxels leave the mask (counted, so the command can
 // warn), an infinite voxel inside the mask is refused naming `path` (a

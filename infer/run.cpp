@@ -185,7 +185,12 @@ int run_inference(const InferOptions& opt) {
   }
   const MaskedField masked = mask_field(field.data, mask, opt.field_path);
   const int64_t n_nan = masked.nan, n_in = masked.inside;
-  for (float& v : field.data) v = static_cast<float>(v * factor);
+  for (float& v : field.data) {
+    v = static_cast<float>(v * factor);
+    if (!std::isfinite(v))
+      fail(opt.field_path, ": the field overflows float in ppm (conversion factor ", factor,
+           "); check --units, --b0 and --te");
+  }
   if (n_nan > 0)
     std::cerr << "deepqsm-infer: warning: " << n_nan << " NaN voxels in " << opt.field_path
               << " are treated as outside the mask (output 0 there)\n";
@@ -405,6 +410,7 @@ int run_inference(const InferOptions& opt) {
                 objective.empty() ? 0.0 : objective.back());
     refine_secs = seconds_since(t_refine);
   }
+  require_finite_result(chi, "chi");
   write_nifti(opt.out_path, field, chi.data());
   std::printf("output: %s (chi, ppm, float32, the input's header and affine)\n",
               opt.out_path.c_str());

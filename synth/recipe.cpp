@@ -21,6 +21,15 @@ void check_finite(double x, const char* field) {
   if (!std::isfinite(x)) fail(field, ": ", x, " is not a finite number");
 }
 
+// Susceptibilities and field noise in ppm: tissue spans about -10 (air
+// against tissue) to a few ppm (haemorrhage, calcification); beyond 100 ppm
+// sums of shapes and the FFT overflow float into Inf and NaN volumes.
+constexpr double kMaxPpm = 100.0;
+void check_ppm(double x, const char* field) {
+  check_finite(x, field);
+  if (std::fabs(x) > kMaxPpm) fail(field, ": ", x, " ppm is beyond +-", kMaxPpm, " ppm");
+}
+
 void check_counts(int lo, int hi, const char* field) {
   if (lo < 0 || hi < 0) fail(field, ": counts must be >= 0, got [", lo, ", ", hi, "]");
   if (lo > hi) fail(field, ": min ", lo, " is larger than max ", hi);
@@ -56,8 +65,8 @@ void Recipe::validate() const {
          "]");
   if (size_min > size_max) fail("data.size: min ", size_min, " is larger than max ", size_max);
 
-  check_finite(chi_min, "data.chi");
-  check_finite(chi_max, "data.chi");
+  check_ppm(chi_min, "data.chi");
+  check_ppm(chi_max, "data.chi");
   if (chi_min > chi_max) fail("data.chi: min ", chi_min, " is larger than max ", chi_max, " ppm");
 
   for (double v : voxel_mm) {
@@ -70,32 +79,35 @@ void Recipe::validate() const {
   // get here with another length; the dipole kernel assumes a unit vector.
   if (std::fabs(n - 1.0) > 1e-6) fail("data.b0_dir: must be a unit vector, its length is ", n);
   check_finite(dipole_k0, "data.dipole_k0");
+  // D(k) lies in [-2/3, 1/3] elsewhere; the conventions are 0 and 1/3.
+  if (std::fabs(dipole_k0) > 1.0)
+    fail("data.dipole_k0: ", dipole_k0, " is outside [-1, 1] (the conventions are 0 and 1/3)");
 
   // chi_mean and chi_std are checked whatever chi_dist is, as documented:
   // a wrong value should not wait until someone switches the distribution on.
-  check_finite(chi_mean, "data.chi_mean");
-  check_finite(chi_std, "data.chi_std");
+  check_ppm(chi_mean, "data.chi_mean");
+  check_ppm(chi_std, "data.chi_std");
   if (chi_std < 0) fail("data.chi_std: the standard deviation must be >= 0 ppm, got ", chi_std);
   if (chi_dist == "discrete") {
     if (chi_values.empty())
       fail("data.chi_values: chi_dist \"discrete\" needs at least one value (ppm)");
-    for (double v : chi_values) check_finite(v, "data.chi_values");
+    for (double v : chi_values) check_ppm(v, "data.chi_values");
   } else if (chi_dist != "uniform" && chi_dist != "normal") {
     fail("data.chi_dist: \"", chi_dist, "\" is not one of \"uniform\", \"normal\", \"discrete\"");
   }
   check_finite(b0_cone_deg, "data.b0_cone_deg");
   if (b0_cone_deg < 0 || b0_cone_deg > 180)
     fail("data.b0_cone_deg: the cone half-angle must lie in [0, 180] degrees, got ", b0_cone_deg);
-  check_finite(noise_std, "data.noise_std");
+  check_ppm(noise_std, "data.noise_std");
   if (noise_std < 0) fail("data.noise_std: must be >= 0 ppm, got ", noise_std);
-  check_finite(noise_std_max, "data.noise_std");
+  check_ppm(noise_std_max, "data.noise_std");
   if (noise_std_max != 0 && noise_std_max < noise_std)
     fail("data.noise_std: [min, max] needs min <= max, got [", noise_std, ", ", noise_std_max, "]");
   check_finite(lesion_prob, "data.lesion_prob");
   if (lesion_prob < 0 || lesion_prob > 1)
     fail("data.lesion_prob: a probability must lie in [0, 1], got ", lesion_prob);
-  check_finite(lesion_chi_min, "data.lesion_chi");
-  check_finite(lesion_chi_max, "data.lesion_chi");
+  check_ppm(lesion_chi_min, "data.lesion_chi");
+  check_ppm(lesion_chi_max, "data.lesion_chi");
   if (lesion_chi_min > lesion_chi_max)
     fail("data.lesion_chi: min ", lesion_chi_min, " is larger than max ", lesion_chi_max, " ppm");
   check_finite(region_prob, "data.region_prob");

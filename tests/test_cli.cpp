@@ -182,6 +182,17 @@ TEST_CASE("export strips a checkpoint to weights that load identically", "[cli]"
   CHECK(std::equal(slim.params.f32(), slim.params.f32() + slim.params.numel(), full.params.f32()));
   CHECK(fs::file_size(model) < fs::file_size(dq::newest_checkpoint(run_dir)) / 2);
 
+  // Never onto one of its own sources (the run would lose its Adam state).
+  const std::string newest = dq::newest_checkpoint(run_dir);
+  check_one_line_failure(run(dir, "export '" + run_dir + "' -o '" + newest + "'"),
+                         "the same file as");
+  CHECK(dq::load_checkpoint(newest).adam_m.defined());
+  // --resume with --steps at or below the checkpoint trains nothing and says so.
+  const Run again =
+      run(dir, "train --config '" + cfg + "' --out '" + run_dir + "' --steps 2 --resume --quiet");
+  CHECK(again.code() == 0);
+  CHECK_THAT(again.out, Contains("nothing trained: the checkpoint is already at step 3"));
+
   // A write that fails at the end (a folder where the file should go) leaves
   // no temporary file behind.
   fs::create_directory(dir.file("in_the_way.h5"));
@@ -290,4 +301,23 @@ TEST_CASE("outputs are checked before any work, and bad field voxels handled", "
   check_one_line_failure(run(dir, "invert tkd '" + inf_f + "' -o '" + chi + "'"), "infinite");
   check_one_line_failure(run(dir, "invert tkd '" + f + "' -o '" + chi + "' --b0-direction inf 0 1"),
                          "B0 direction");
+  // Parameters that overflow float: refused, not a NaN map with exit 0.
+  fs::remove(chi);
+  check_one_line_failure(run(dir, "invert tv '" + f + "' -o '" + chi + "' --rho 1e39"),
+                         "nothing written");
+  CHECK_FALSE(fs::exists(chi));
+  // Labels must be whole numbers, checked before any picture is drawn.
+  dq::Volume lab = dq::read_nifti(f);
+  for (float& x : lab.data) x = 1.4f;
+  const std::string lab_f = dir.file("lab.nii");
+  dq::write_nifti(lab_f, lab, lab.data.data());
+  check_one_line_failure(
+      run(dir, "eval '" + f + "' --ref '" + f + "' --labels '" + lab_f + "' --diff-png d.png"),
+      "whole numbers");
+  CHECK_FALSE(fs::exists(dir.file("d.png")));
+  // A whole number too long for a double is too large, not a crash.
+  const Run big = run(dir, "phantom -o p.nii --size " + std::string(320, '9'));
+  REQUIRE(big.exited());  // it aborted on stod's out_of_range
+  CHECK(big.code() != 0);
+  CHECK_THAT(big.err, Contains("too large"));
 }

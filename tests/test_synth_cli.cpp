@@ -192,6 +192,7 @@ TEST_CASE("synth refuses invalid recipes with one line", "[synth_cli]") {
       {R"({"noise_std": [0.001]})", "data.noise_std"},
       {R"({"noise_std": [0.01, 0]})", "data.noise_std"},  // max 0 once read as "no range"
       {R"({"chi_std": -1})", "data.chi_std"},             // checked whatever chi_dist is
+      {R"({"chi": [-1e38, 1e38]})", "beyond +-100 ppm"},  // overflowed into NaN volumes
       {R"({"volume_size": 32, "volume_size": 64})", "volume_size: duplicate key"},
       {"{\n  \"cubes\": [1, 2],\n}", "invalid JSON at line 3"},
       {R"({"sise": [0.1, 0.2]})", "data.sise"},

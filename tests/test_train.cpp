@@ -1,14 +1,15 @@
 // A fixed-seed training run of bounded length on the CPU: the network must
 // end with a lower held-out MSE than truncated k-space division (TKD,
 // threshold 0.19) on the same patches, and the run must be reproducible.
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
 
 #include "core/checkpoint.h"
 #include "core/h5io.h"
+#include "core/nifti_io.h"
+#include "core/phantom.h"
 #include "synth/synth.h"
 #include "tests/train_util.h"
 #include "train/trainer.h"
@@ -155,4 +156,22 @@ TEST_CASE("train.init_from starts from a model file's weights", "[train]") {
   c.model.base_filters = 4;
   c.init_from = a.out_dir + "/no-such-model.h5";
   CHECK_THROWS_WITH(run_training(c, dq::test::quiet()), Catch::Contains("no-such-model.h5"));
+}
+
+TEST_CASE("A reference pair the metrics cannot score is refused before training", "[train]") {
+  TrainConfig cfg = dq::test::tiny_run("deepqsm-test-badref");
+  const auto dir = std::filesystem::path(cfg.out_dir).parent_path() / "deepqsm-test-badref-files";
+  std::filesystem::create_directories(dir);
+  const dq::Phantom ph = dq::make_head_phantom(32);
+  const dq::Dims3& d = ph.dims;
+  const std::string field = (dir / "field.nii").string(), chi = (dir / "chi.nii").string();
+  dq::write_nifti_new(field, ph.field.data(), d.nx, d.ny, d.nz, ph.voxel_mm);
+  const std::vector<float> constant(ph.chi.size(), 0.05f);
+  dq::write_nifti_new(chi, constant.data(), d.nx, d.ny, d.nz, ph.voxel_mm);
+  cfg.reference_field = field;
+  cfg.reference_chi = chi;
+  // It used to fail at the first validation, after the training it cut short.
+  CHECK_THROWS_WITH(run_training(cfg, dq::test::quiet()),
+                    Catch::Contains("constant inside the mask"));
+  CHECK_FALSE(std::filesystem::exists(std::filesystem::path(cfg.out_dir) / "checkpoint.h5"));
 }

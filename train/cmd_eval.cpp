@@ -136,20 +136,26 @@ int run_eval(const EvalArgs& a) {
   const Metrics m = compute_metrics(pred.data.data(), ref.data.data(), mp, pred.nz, pred.ny,
                                     pred.nx, ref.voxel_mm);
 
-  if (!a.diff_png.empty()) write_difference_png(a.diff_png, pred, ref, mp);
-  if (!a.hist_png.empty()) write_error_histogram(a.hist_png, pred.data, ref.data, mp, a.hist_range);
-
   std::vector<LabelMean> lm;
   if (!a.labels.empty()) {
     const Volume l = read_nifti(a.labels);
     require_same_grid(pred, l, "the label image " + a.labels);
     std::vector<int32_t> labels(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i)
-      labels[static_cast<size_t>(i)] =
-          static_cast<int32_t>(std::lround(l.data[static_cast<size_t>(i)]));
+    for (int64_t i = 0; i < n; ++i) {
+      // Whole numbers 0 .. 2^31 - 1 only: rounding merged 1.4 with 1 and
+      // NaN or 2^32 vanished into label 0.
+      const float v = l.data[static_cast<size_t>(i)];
+      if (!(v >= 0.0f && v < 2147483648.0f) || v != std::floor(v))
+        fail(a.labels, ": voxel ", i, " holds ", v,
+             "; labels must be whole numbers from 0 (none) to 2^31 - 1");
+      labels[static_cast<size_t>(i)] = static_cast<int32_t>(v);
+    }
     lm = label_means(pred.data.data(), ref.data.data(), labels.data(), mp, pred.nz, pred.ny,
                      pred.nx);
   }
+  // Pictures last: a failed check above must not leave (or overwrite) them.
+  if (!a.diff_png.empty()) write_difference_png(a.diff_png, pred, ref, mp);
+  if (!a.hist_png.empty()) write_error_histogram(a.hist_png, pred.data, ref.data, mp, a.hist_range);
 
   if (a.json) {
     nlohmann::ordered_json j;

@@ -3,15 +3,17 @@
 // The model file is a checkpoint of the same format without the moments, so
 // it stays loadable by everything that loads checkpoints; it keeps the
 // step and the training config, so the recipe travels with the weights.
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
-#include <sys/stat.h>
 
 #include "core/checkpoint.h"
 #include "core/error.h"
+#include "core/nifti_io.h"
 #include "core/unet.h"
 #include "train/commands.h"
 #include "train/trainer.h"
@@ -58,6 +60,9 @@ std::vector<std::string> sources(const ExportArgs& a) {
 
 int run_export(const ExportArgs& a) {
   const std::vector<std::string> files = sources(a);
+  // Never over one of its own sources (a run's checkpoint, which would lose
+  // its optimiser state), nor into a missing folder.
+  check_output_file(a.output, "-o", files);
   // The newest (highest step) source gives the step, config and state; the
   // weights are the mean of all sources' weights (stochastic weight
   // averaging when they are checkpoints along one run), summed in double.

@@ -102,6 +102,7 @@ int run_invert(const InvertArgs& a) {
     fail("unknown inversion method '", a.method, "' (expected tkd, tikhonov or tv)");
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  require_finite_result(chi, "chi");  // e.g. TV with a lambda or rho that overflows float
   write_nifti(a.out, f, chi.data());
   std::printf("%s: %s on the %s in %.2f s (%lldx%lldx%lld, B0 %g %g %g, pad %lld)\n", a.out.c_str(),
               what, gpu ? "GPU" : "CPU", secs, static_cast<long long>(f.nx),

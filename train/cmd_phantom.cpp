@@ -53,8 +53,8 @@ Command add_phantom_command(CLI::App& app) {
       ->capture_default_str()
       ->check(cli::int_range(0, INT64_MAX));
   return {cmd, [o]() {
-            if (!(o->noise_std >= 0) || !std::isfinite(o->noise_std))
-              fail("--noise-std must be a finite number >= 0 (ppm), got ", o->noise_std);
+            if (!(o->noise_std >= 0) || !(o->noise_std <= 1.0))
+              fail("--noise-std must be from 0 to 1 ppm, got ", o->noise_std);
             check_nifti_output(o->field, "-o", {o->chi, o->mask});
             if (!o->chi.empty()) check_nifti_output(o->chi, "--chi", {o->mask});
             if (!o->mask.empty()) check_nifti_output(o->mask, "--mask");

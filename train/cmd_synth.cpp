@@ -46,6 +46,8 @@ struct SynthInput {
 SynthInput load_synth_input(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) fail(path, ": is a directory, not a config file");
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))
+    fail(path, ": is not a regular file (a config is a JSON file)");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, ": cannot open the config file");
   std::ostringstream text;

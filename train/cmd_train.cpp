@@ -98,6 +98,13 @@ int run_train(const TrainArgs& a) {
     return 128 + res.stop_signal;
   }
   if (res.rank != 0) return 0;
+  if (res.steps <= res.resumed_from) {
+    // --resume with --steps at or below the checkpoint's step: no numbers
+    // were measured, so none are printed (they read 0 before).
+    std::printf("nothing trained: the checkpoint is already at step %lld\ncheckpoint: %s\n",
+                static_cast<long long>(res.resumed_from), res.checkpoint.c_str());
+    return 0;
+  }
   std::printf("trained %lld steps; final training loss %.4e ppm^2\n",
               static_cast<long long>(res.steps), res.final_loss);
   std::printf("held-out MSE %.4e ppm^2 (TKD %.4e, predicting zero %.4e)\n", res.val_mse,

@@ -310,6 +310,8 @@ void check_device_precision(const TrainConfig& cfg) {
 TrainConfig load_train_config(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) fail(path, ": is a directory, not a config file");
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))
+    fail(path, ": is not a regular file (a config is a JSON file)");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, ": cannot open the config file (", std::strerror(errno), ")");
   std::ostringstream text;

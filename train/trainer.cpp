@@ -313,8 +313,28 @@ ReferencePair load_reference(const TrainConfig& cfg, int64_t multiple) {
       fail("train.reference_mask ", cfg.reference_mask,
            " has a different grid than train.reference_field");
     r.mask.resize(m.data.size());
-    for (size_t i = 0; i < m.data.size(); ++i) r.mask[i] = m.data[i] != 0.0f;
+    // > 0.5 is inside, as in every other command.
+    for (size_t i = 0; i < m.data.size(); ++i) r.mask[i] = m.data[i] > 0.5f;
   }
+  // What the metrics would refuse at the first validation, refused now,
+  // before the training it would otherwise cut short.
+  int64_t inside = 0, bad = 0;
+  double lo = INFINITY, hi = -INFINITY;
+  for (size_t i = 0; i < r.chi.data.size(); ++i) {
+    if (!r.mask.empty() && !r.mask[i]) continue;
+    ++inside;
+    const float f = r.field.data[i], c = r.chi.data[i];
+    bad += !std::isfinite(f) || !std::isfinite(c);
+    lo = std::min<double>(lo, c);
+    hi = std::max<double>(hi, c);
+  }
+  if (inside == 0) fail("train.reference_mask ", cfg.reference_mask, ": no voxel is inside");
+  if (bad > 0)
+    fail("train.reference_field/reference_chi: ", bad,
+         " voxels inside the mask are NaN or infinite; the metrics need finite values");
+  if (!(hi > lo))
+    fail("train.reference_chi ", cfg.reference_chi,
+         ": constant inside the mask, so NRMSE and HFEN are undefined");
   auto up = [&](int64_t n) { return (n + multiple - 1) / multiple * multiple; };
   r.pd = up(r.field.nz);
   r.ph = up(r.field.ny);
@@ -482,10 +502,10 @@ int64_t set_up(Trainer& t, TrainResult& res, int64_t steps) {
     // A fresh run in a folder that holds another run's checkpoints would
     // overwrite them step by step and mix the two logs.
     if (!t.opt.resume) {
-      const auto existing = step_checkpoints(t.out_dir);
+      const std::string existing = newest_checkpoint(t.out_dir);  // a step file or checkpoint.h5
       if (!existing.empty())
         fail(t.out_dir, " already holds a run's checkpoints (newest ",
-             existing.rbegin()->second.filename().string(),
+             fs::path(existing).filename().string(),
              "); continue it with --resume, or give another --out");
     }
     fs::create_directories(t.out_dir);
