@@ -17,6 +17,14 @@ namespace dq {
 
 namespace {
 
+// libpng's default handlers print "libpng error: Write Error" on stderr, a
+// second line beside ours; these are silent (write_png reports the failure)
+// and jump back, as libpng requires of an error handler.
+[[noreturn]] void png_silent_error(png_structp png, png_const_charp) {
+  png_longjmp(png, 1);
+}
+void png_silent_warning(png_structp, png_const_charp) {}
+
 // libpng reports errors through longjmp; the state touched between setjmp
 // and a possible longjmp is plain C (FILE*, png structs), so no C++ object
 // is skipped over.
@@ -24,7 +32,8 @@ bool png_write_file(const char* path, int width, int height, int color_type, int
                     const uint8_t* pixels) {
   FILE* fp = std::fopen(path, "wb");
   if (!fp) return false;
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_structp png =
+      png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, png_silent_error, png_silent_warning);
   png_infop info = png ? png_create_info_struct(png) : nullptr;
   if (!png || !info || setjmp(png_jmpbuf(png))) {
     png_destroy_write_struct(&png, &info);

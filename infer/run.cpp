@@ -411,10 +411,9 @@ int run_inference(const InferOptions& opt) {
     refine_secs = seconds_since(t_refine);
   }
   require_finite_result(chi, "chi");
-  write_nifti(opt.out_path, field, chi.data());
-  std::printf("output: %s (chi, ppm, float32, the input's header and affine)\n",
-              opt.out_path.c_str());
-
+  // The preview first: if it cannot be written, the old chi map at -o is
+  // still there (the other way round, a failed preview came after -o had
+  // been replaced).
   if (!opt.preview_path.empty()) {
     const auto fw = robust_window(field.data.data(), n);
     const auto cw = robust_window(chi.data(), n);
@@ -424,6 +423,9 @@ int run_inference(const InferOptions& opt) {
     std::printf("preview: %s (central axial, coronal, sagittal slices)\n",
                 opt.preview_path.c_str());
   }
+  write_nifti(opt.out_path, field, chi.data());
+  std::printf("output: %s (chi, ppm, float32, the input's header and affine)\n",
+              opt.out_path.c_str());
   std::printf(
       "done in %.1f s (network %.1f s, refinement %.1f s, the rest reading, writing and "
       "resampling)%s\n",

@@ -212,4 +212,14 @@ TEST_CASE("synth refuses invalid recipes with one line", "[synth_cli]") {
   const Run r =
       run(dir, "synth --config '" + dir.write("ok.json", "{}") + "' --volumes 0 --out x.h5");
   CHECK(r.code() != 0);
+  // Outputs that would overwrite each other.
+  const std::string tiny = std::string(DEEPQSM_SOURCE_DIR) + "/configs/test-tiny.json";
+  const std::string vols = (dir.path / "vols").string();
+  for (const std::string& clash : {vols, vols + "/chi_0000.nii.gz"}) {
+    const Run c = run(dir, "synth --config '" + tiny + "' --volumes 1 --out '" + clash +
+                               "' --volumes-out '" + vols + "/'");
+    INFO(c.err);
+    CHECK(c.code() == 1);
+    CHECK_THAT(c.err, Contains("collides with the volumes"));
+  }
 }

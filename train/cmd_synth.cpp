@@ -90,6 +90,30 @@ std::string volume_name(const std::string& dir, const char* what, int64_t v) {
 int run_synth(const std::string& config, int64_t volumes, const std::string& out,
               const std::string& volumes_out, const std::string& preview,
               const std::string& seed_arg, const std::string& device, bool quiet) {
+  if (!volumes_out.empty()) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    if (fs::exists(volumes_out, ec) && !fs::is_directory(volumes_out, ec))
+      fail("--volumes-out ", volumes_out, ": is a file, not a folder");
+    // The folder itself, or a file named like its volumes inside it, would
+    // be overwritten by them.
+    const auto norm = [&ec](const fs::path& p) {
+      fs::path a = fs::absolute(p, ec).lexically_normal();
+      return a.has_filename() ? a : a.parent_path();  // "vv/" and "vv" alike
+    };
+    const fs::path folder = norm(volumes_out);
+    const std::pair<std::string, const char*> outputs[] = {{out, "--out"}, {preview, "--preview"}};
+    for (const auto& [p, flag] : outputs) {
+      if (p.empty()) continue;
+      const std::string name = fs::path(p).filename().string();
+      const bool named_like_a_volume =
+          name.rfind("chi_", 0) == 0 || name.rfind("field_", 0) == 0 || name.rfind("mask_", 0) == 0;
+      if (norm(p) == folder || (norm(p).parent_path() == folder && named_like_a_volume))
+        fail(flag, " ", p, ": collides with the volumes --volumes-out writes");
+    }
+    // Made now: --out and --preview may lie inside it.
+    fs::create_directories(volumes_out);
+  }
   check_output_file(out, "--out", {config});
   if (!preview.empty()) check_output_file(preview, "--preview", {out, config});
   const SynthInput in = load_synth_input(config);
@@ -105,7 +129,6 @@ int run_synth(const std::string& config, int64_t volumes, const std::string& out
     if (used != seed_arg.size() || seed_arg[0] == '-')
       fail("--seed: expected an integer in 0 .. 2^64 - 1, got '", seed_arg, "'");
   }
-  if (!volumes_out.empty()) std::filesystem::create_directories(volumes_out);
 
   const int64_t n = r.volume_size, P = r.patch_size, per = r.patches_per_volume;
   const Dims3 dims{n, n, n};
