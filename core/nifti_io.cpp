@@ -102,14 +102,14 @@ class CapturedStderr {
 // a zlib error: nifti_image_write reports nothing, and on a full disk it
 // leaves a gzip stream cut short, which a size check cannot tell.
 bool gz_complete(const std::string& path, int64_t need) {
+  std::vector<char> buf(size_t{1} << 20);
   gzFile g = gzopen(path.c_str(), "rb");
   if (!g) return false;
-  std::vector<char> buf(size_t{1} << 20);
   int64_t total = 0;
   int got = 0;
   while ((got = gzread(g, buf.data(), static_cast<unsigned>(buf.size()))) > 0) total += got;
-  const bool ok = got == 0 && gzclose(g) == Z_OK;
-  return ok && total >= need;
+  const bool closed = gzclose(g) == Z_OK;  // always closed, also after a read error
+  return got == 0 && closed && total >= need;
 }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
@@ -232,11 +232,14 @@ struct RawGeometry {
   std::array<int64_t, 8> dim{};
   std::array<double, 8> pixdim{};
 };
-RawGeometry raw_geometry(const std::string& path) {
+// `swap`: the file's byte order is not this CPU's (nifti_read_header returns
+// the bytes as stored; nifti_image_read swapped its own copy).
+RawGeometry raw_geometry(const std::string& path, bool swap) {
   RawGeometry g;
   int nver = 0;
   void* raw = nifti_read_header(path.c_str(), &nver, 0);
   if (!raw) return g;
+  if (swap) swap_nifti_header(raw, nver);
   if (nver == 2) {
     const auto* h = static_cast<const nifti_2_header*>(raw);
     for (int i = 0; i < 8; ++i) g.dim[i] = h->dim[i], g.pixdim[i] = h->pixdim[i];
@@ -265,7 +268,7 @@ Volume read_nifti(const std::string& path) {
   const nifti_image& h = *hdr;
   const int64_t ndim = h.dim[0];
   if (ndim < 1 || ndim > 7) fail(path, ": invalid number of dimensions ", ndim);
-  const RawGeometry stored = raw_geometry(path);
+  const RawGeometry stored = raw_geometry(path, h.byteorder != nifti_short_order());
   if (stored.ok)
     for (int a = 1; a <= std::min<int64_t>(ndim, 3); ++a) {
       if (stored.dim[a] < 1)

@@ -113,16 +113,16 @@ int main(int argc, char** argv) {
   app.add_option("--threads", o.threads,
                  "CPU threads for the network, FFTs and loops (default: $OMP_NUM_THREADS, "
                  "else every hardware thread)")
-      ->check(dq::cli::int_range(1, 4096));
+      ->transform(dq::cli::int_range(1, 4096));
   app.add_option("--tile", o.tile,
                  "Process in cubes of this side (a multiple of the model's side multiple); "
                  "0 = whole volume unless it does not fit in memory")
       ->capture_default_str()
-      ->check(dq::cli::int_range(0, 4096));
+      ->transform(dq::cli::int_range(0, 4096));
   app.add_option("--halo", o.halo,
                  "Overlap kept around each tile's core, voxels (default: the network's receptive "
                  "radius rounded up to the model's side multiple, or the most the tile holds)")
-      ->check(dq::cli::int_range(0, 4096));
+      ->transform(dq::cli::int_range(0, 4096));
   app.add_option("--max-anisotropy", o.max_anisotropy,
                  "Resample to isotropic voxels above this largest/smallest voxel-side ratio (>= 1)")
       ->capture_default_str()
@@ -165,7 +165,7 @@ int main(int argc, char** argv) {
                  "Zero voxels added on each side for --refine's FFTs, so the dipole convolution "
                  "does not wrap around the grid's edges")
       ->capture_default_str()
-      ->check(dq::cli::int_range(0, 512));
+      ->transform(dq::cli::int_range(0, 512));
   app.add_option("--preview", o.preview_path,
                  "Write a PNG of the central axial, coronal and sagittal slices of field and chi");
   app.footer(

@@ -316,6 +316,10 @@ TEST_CASE("outputs are checked before any work, and bad field voxels handled", "
       "whole numbers");
   CHECK_FALSE(fs::exists(dir.file("d.png")));
   // A whole number too long for a double is too large, not a crash.
+  // Whole numbers are decimal: CLI11 alone read "0200" as octal 128.
+  const Run octal = run(dir, "phantom --size 0020 -o '" + dir.file("p20.nii") + "'");
+  REQUIRE(octal.code() == 0);
+  CHECK(dq::read_nifti(dir.file("p20.nii")).nx == 20);
   const Run big = run(dir, "phantom -o p.nii --size " + std::string(320, '9'));
   REQUIRE(big.exited());  // it aborted on stod's out_of_range
   CHECK(big.code() != 0);

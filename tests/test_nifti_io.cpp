@@ -180,3 +180,47 @@ TEST_CASE("bad NIfTI files fail with one line naming the file", "[nifti]") {
                       Contains(".nii or .nii.gz"));
   }
 }
+
+TEST_CASE("a big-endian file reads with its voxel sizes and values", "[nifti]") {
+  // Written byte by byte: nifti_clib writes this CPU's order only. The stored
+  // header is checked (pixdim 0 or NaN is refused), so it must be swapped too.
+  TempDir dir("deepqsm-nifti");
+  const std::string path = dir.file("be.nii");
+  std::vector<unsigned char> bytes(352, 0);
+  auto put = [&](size_t at, const void* v, size_t n) {  // big-endian from little-endian
+    const auto* p = static_cast<const unsigned char*>(v);
+    for (size_t i = 0; i < n; ++i) bytes[at + i] = p[n - 1 - i];
+  };
+  const int32_t sizeof_hdr = 348;
+  put(0, &sizeof_hdr, 4);
+  const int16_t dim[8] = {3, 4, 3, 2, 1, 1, 1, 1};
+  for (int i = 0; i < 8; ++i) put(40 + 2 * static_cast<size_t>(i), &dim[i], 2);
+  const int16_t datatype = NIFTI_TYPE_FLOAT32, bitpix = 32;
+  put(70, &datatype, 2);
+  put(72, &bitpix, 2);
+  const float pixdim[8] = {1.0f, 1.5f, 1.25f, 2.0f, 0, 0, 0, 0};
+  for (int i = 0; i < 8; ++i) put(76 + 4 * static_cast<size_t>(i), &pixdim[i], 4);
+  const float vox_offset = 352.0f;
+  put(108, &vox_offset, 4);
+  const char magic[4] = {'n', '+', '1', '\0'};
+  std::copy(magic, magic + 4, bytes.begin() + 344);
+  for (int i = 0; i < 24; ++i) {
+    const float v = 0.01f * static_cast<float>(i - 12);
+    bytes.resize(bytes.size() + 4);
+    put(bytes.size() - 4, &v, 4);
+  }
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(bytes.data()),
+             static_cast<std::streamsize>(bytes.size()));
+
+  const dq::Volume v = dq::read_nifti(path);
+  CHECK(v.nx == 4);
+  CHECK(v.ny == 3);
+  CHECK(v.nz == 2);
+  CHECK(v.voxel_mm[0] == 1.5);
+  CHECK(v.voxel_mm[1] == 1.25);
+  CHECK(v.voxel_mm[2] == 2.0);
+  REQUIRE(v.data.size() == 24);
+  for (int i = 0; i < 24; ++i)
+    CHECK(v.data[static_cast<size_t>(i)] == 0.01f * static_cast<float>(i - 12));
+}

@@ -142,12 +142,14 @@ int run_eval(const EvalArgs& a) {
     require_same_grid(pred, l, "the label image " + a.labels);
     std::vector<int32_t> labels(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) {
-      // Whole numbers 0 .. 2^31 - 1 only: rounding merged 1.4 with 1 and
-      // NaN or 2^32 vanished into label 0.
+      // Whole numbers in int32's range only (rounding merged 1.4 with 1, and
+      // NaN or 2^32 vanished into label 0); voxels outside the mask are not
+      // counted, so they may hold anything.
       const float v = l.data[static_cast<size_t>(i)];
-      if (!(v >= 0.0f && v < 2147483648.0f) || v != std::floor(v))
+      if (mp && !mp[i]) continue;
+      if (!(v >= -2147483648.0f && v < 2147483648.0f) || v != std::floor(v))
         fail(a.labels, ": voxel ", i, " holds ", v,
-             "; labels must be whole numbers from 0 (none) to 2^31 - 1");
+             "; labels must be whole numbers (0 = none) within 32-bit integers");
       labels[static_cast<size_t>(i)] = static_cast<int32_t>(v);
     }
     lm = label_means(pred.data.data(), ref.data.data(), labels.data(), mp, pred.nz, pred.ny,

@@ -145,7 +145,7 @@ Command add_invert_command(CLI::App& app) {
   cmd->add_option("--rho", a->rho, "TV: ADMM penalty, > 0 (default 100 lambda)")
       ->check(cli::positive());
   cmd->add_option("--iterations", a->iterations, "TV: most ADMM iterations")
-      ->check(cli::int_range(1, 1000000))
+      ->transform(cli::int_range(1, 1000000))
       ->capture_default_str();
   cmd->add_option("--tolerance", a->tolerance,
                   "TV: stop when the relative chi change is below this")
@@ -153,7 +153,7 @@ Command add_invert_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--k0", a->k0, "D(k = 0): 1/3 (DeepQSM lineage) or 0")->capture_default_str();
   cmd->add_option("--pad", a->pad, "Zero voxels per side before the FFTs")
-      ->check(cli::int_range(0, 512))
+      ->transform(cli::int_range(0, 512))
       ->capture_default_str();
   cmd->add_option("--device", a->device, "cpu or gpu")
       ->check(CLI::IsMember({"cpu", "gpu"}))

@@ -38,20 +38,20 @@ Command add_phantom_command(CLI::App& app) {
   cmd->add_option("--mask", o->mask, "Also write the brain mask here (0/1)");
   cmd->add_option("--size", o->size, "Voxels per side")
       ->capture_default_str()
-      ->check(cli::int_range(16, 512));
+      ->transform(cli::int_range(16, 512));
   cmd->add_option("--noise-std", o->noise_std,
                   "White Gaussian noise added to the field, ppm (a measured field's noise is "
                   "about 0.001-0.005 ppm at 3 T)")
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed of the noise")
       ->capture_default_str()
-      ->check(cli::int_range(0, INT64_MAX));
+      ->transform(cli::uint64_any());
   cmd->add_option("--detail", o->detail,
                   "Add in-vivo-like fine structure drawn from this seed (0 = none): a folded "
                   "white-matter surface, sulci (CSF), +-0.01 ppm tissue texture and 80 small "
                   "veins (0.25-0.45 ppm, 0.5-1.25 mm radius) in every direction")
       ->capture_default_str()
-      ->check(cli::int_range(0, INT64_MAX));
+      ->transform(cli::uint64_any());
   return {cmd, [o]() {
             if (!(o->noise_std >= 0) || !(o->noise_std <= 1.0))
               fail("--noise-std must be from 0 to 1 ppm, got ", o->noise_std);

@@ -46,8 +46,9 @@ struct SynthInput {
 SynthInput load_synth_input(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) fail(path, ": is a directory, not a config file");
-  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))
-    fail(path, ": is not a regular file (a config is a JSON file)");
+  // A device reads without end (/dev/zero); pipes and process substitution are fine.
+  if (std::filesystem::is_character_file(path, ec) || std::filesystem::is_block_file(path, ec))
+    fail(path, ": is a device, not a config file");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, ": cannot open the config file");
   std::ostringstream text;
@@ -87,35 +88,22 @@ std::string volume_name(const std::string& dir, const char* what, int64_t v) {
   return (std::filesystem::path(dir) / name).string();
 }
 
+// chi_0007.nii.gz, field_0012.nii.gz, mask_0000.nii.gz: what --volumes-out writes.
+bool named_like_a_volume(const std::string& name) {
+  const std::string ext = ".nii.gz";
+  for (const std::string prefix : {"chi_", "field_", "mask_"}) {
+    if (name.size() <= prefix.size() + ext.size() || name.rfind(prefix, 0) != 0 ||
+        name.compare(name.size() - ext.size(), ext.size(), ext) != 0)
+      continue;
+    const std::string digits = name.substr(prefix.size(), name.size() - prefix.size() - ext.size());
+    if (digits.find_first_not_of("0123456789") == std::string::npos) return true;
+  }
+  return false;
+}
+
 int run_synth(const std::string& config, int64_t volumes, const std::string& out,
               const std::string& volumes_out, const std::string& preview,
               const std::string& seed_arg, const std::string& device, bool quiet) {
-  if (!volumes_out.empty()) {
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    if (fs::exists(volumes_out, ec) && !fs::is_directory(volumes_out, ec))
-      fail("--volumes-out ", volumes_out, ": is a file, not a folder");
-    // The folder itself, or a file named like its volumes inside it, would
-    // be overwritten by them.
-    const auto norm = [&ec](const fs::path& p) {
-      fs::path a = fs::absolute(p, ec).lexically_normal();
-      return a.has_filename() ? a : a.parent_path();  // "vv/" and "vv" alike
-    };
-    const fs::path folder = norm(volumes_out);
-    const std::pair<std::string, const char*> outputs[] = {{out, "--out"}, {preview, "--preview"}};
-    for (const auto& [p, flag] : outputs) {
-      if (p.empty()) continue;
-      const std::string name = fs::path(p).filename().string();
-      const bool named_like_a_volume =
-          name.rfind("chi_", 0) == 0 || name.rfind("field_", 0) == 0 || name.rfind("mask_", 0) == 0;
-      if (norm(p) == folder || (norm(p).parent_path() == folder && named_like_a_volume))
-        fail(flag, " ", p, ": collides with the volumes --volumes-out writes");
-    }
-    // Made now: --out and --preview may lie inside it.
-    fs::create_directories(volumes_out);
-  }
-  check_output_file(out, "--out", {config});
-  if (!preview.empty()) check_output_file(preview, "--preview", {out, config});
   const SynthInput in = load_synth_input(config);
   const Recipe& r = in.recipe;
   uint64_t seed = in.seed;
@@ -128,6 +116,36 @@ int run_synth(const std::string& config, int64_t volumes, const std::string& out
     }
     if (used != seed_arg.size() || seed_arg[0] == '-')
       fail("--seed: expected an integer in 0 .. 2^64 - 1, got '", seed_arg, "'");
+  }
+
+  // Outputs: --volumes-out must not be a file, and neither it nor its
+  // chi_/field_/mask_NNNN.nii.gz files may be --out or --preview (they would
+  // overwrite each other). Outputs elsewhere are checked before that folder
+  // is made, so a typo leaves nothing behind; those inside it, after.
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const auto norm = [&ec](const fs::path& p) {
+    fs::path a = fs::absolute(p, ec).lexically_normal();
+    return a.has_filename() ? a : a.parent_path();  // "vv/" and "vv" alike
+  };
+  const fs::path folder = volumes_out.empty() ? fs::path() : norm(volumes_out);
+  const auto in_folder = [&](const std::string& p) {
+    return !volumes_out.empty() && norm(p).parent_path() == folder;
+  };
+  const std::pair<std::string, const char*> outputs[] = {{out, "--out"}, {preview, "--preview"}};
+  if (!volumes_out.empty()) {
+    if (fs::exists(volumes_out, ec) && !fs::is_directory(volumes_out, ec))
+      fail("--volumes-out ", volumes_out, ": is a file, not a folder");
+    for (const auto& [p, flag] : outputs)
+      if (!p.empty() && (norm(p) == folder ||
+                         (in_folder(p) && named_like_a_volume(fs::path(p).filename().string()))))
+        fail(flag, " ", p, ": collides with the volumes --volumes-out writes");
+  }
+  for (bool inside : {false, true}) {
+    if (inside && !volumes_out.empty()) fs::create_directories(volumes_out);
+    for (const auto& [p, flag] : outputs)
+      if (!p.empty() && in_folder(p) == inside)
+        check_output_file(p, flag, {config, p == out ? preview : out});
   }
 
   const int64_t n = r.volume_size, P = r.patch_size, per = r.patches_per_volume;
@@ -233,7 +251,7 @@ Command add_synth_command(CLI::App& app) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--volumes", o->volumes, "Volumes to generate (volume indices 0 .. N-1)")
       ->required()
-      ->check(cli::int_range(1, int64_t{1} << 40));
+      ->transform(cli::int_range(1, int64_t{1} << 40));
   cmd->add_option("--out", o->out, "HDF5 patch file to write")->required();
   cmd->add_option("--volumes-out", o->volumes_out,
                   "Also write chi_XXXX.nii.gz and field_XXXX.nii.gz for every volume here (and "

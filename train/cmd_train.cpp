@@ -136,7 +136,7 @@ Command add_train_command(CLI::App& app) {
                    "Number of Adam steps (one batch each); overrides\ntrain.steps. Default: "
                    "the config's value")
       ->type_name("N")
-      ->check(cli::positive_int());
+      ->transform(cli::positive_int());
   train
       ->add_option("--out", o->out,
                    "Output directory for checkpoints and logs; overrides\ntrain.out_dir. "
@@ -153,7 +153,7 @@ Command add_train_command(CLI::App& app) {
                    "needed) and splits train.batch over them.\nUnder mpirun/srun leave it out: "
                    "each launched process\nis one rank")
       ->type_name("N")
-      ->check(cli::int_range(1, 1024));
+      ->transform(cli::int_range(1, 1024));
   train->add_flag("--resume", o->resume,
                   "Continue from the newest checkpoint in the output\ndirectory; the result is "
                   "bit-identical to a run that\nwas never interrupted");

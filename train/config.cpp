@@ -310,8 +310,9 @@ void check_device_precision(const TrainConfig& cfg) {
 TrainConfig load_train_config(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) fail(path, ": is a directory, not a config file");
-  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))
-    fail(path, ": is not a regular file (a config is a JSON file)");
+  // A device reads without end (/dev/zero); pipes and process substitution are fine.
+  if (std::filesystem::is_character_file(path, ec) || std::filesystem::is_block_file(path, ec))
+    fail(path, ": is a device, not a config file");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, ": cannot open the config file (", std::strerror(errno), ")");
   std::ostringstream text;
