@@ -224,9 +224,9 @@ std::vector<unsigned char> read_voxels(const nifti_image& h, const std::string& 
 }
 
 // The header's dim and pixdim as stored. nifti_clib's reader replaces a
-// dimension < 1 and a voxel size that is not positive (0, negative, NaN) by
-// 1 without a word; a field map's voxel size is physics (the dipole
-// kernel's k grid), so read_nifti checks the stored values.
+// voxel size that is not positive (0, negative, NaN) by 1 without a word
+// (a dim < 1 it mostly refuses itself); a field map's voxel size is physics
+// (the dipole kernel's k grid), so read_nifti checks the stored values.
 struct RawGeometry {
   bool ok = false;
   std::array<int64_t, 8> dim{};
@@ -289,7 +289,7 @@ Volume read_nifti(const std::string& path) {
   v.nz = ndim >= 3 ? h.nz : 1;
   const double mm = to_mm(h.xyz_units);
   for (int a = 0; a < 3; ++a) {
-    // |pixdim| as stored: nifti_clib turns a negative one into 1.
+    // |pixdim| as stored: nifti_clib may have turned a negative one into 1.
     const double d = ndim > a ? std::fabs(stored.ok ? stored.pixdim[a + 1] : h.pixdim[a + 1]) : 1.0;
     if (!(d > 0.0) || !std::isfinite(d))
       fail(path, ": voxel size along axis ", a, " is ", h.pixdim[a + 1], "; it must be positive");
