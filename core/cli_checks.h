@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 
@@ -29,34 +30,6 @@ inline std::string parse_number(const std::string& text, double& value) {
   return "";
 }
 
-}  // namespace detail
-
-// A finite number > 0.
-inline CLI::Validator positive() {
-  return CLI::Validator(
-      [](std::string& text) {
-        double v = 0;
-        std::string err = detail::parse_number(text, v);
-        if (err.empty() && !(v > 0)) err = "must be greater than 0, got " + text;
-        return err;
-      },
-      "> 0");
-}
-
-// A finite number >= 0.
-inline CLI::Validator non_negative() {
-  return CLI::Validator(
-      [](std::string& text) {
-        double v = 0;
-        std::string err = detail::parse_number(text, v);
-        if (err.empty() && !(v >= 0)) err = "must be 0 or more, got " + text;
-        return err;
-      },
-      ">= 0");
-}
-
-namespace detail {
-
 // Decimal digits with an optional sign, rewritten without '+' and leading
 // zeros: CLI11 converts integers in base 0, so "010" would become 8.
 inline bool normalise_whole(std::string& text, bool allow_minus) {
@@ -70,6 +43,32 @@ inline bool normalise_whole(std::string& text, bool allow_minus) {
 }
 
 }  // namespace detail
+
+// A finite number above `lo` (strict) or from `lo` on.
+inline CLI::Validator number_from(double lo, bool strict) {
+  char bound[64];
+  std::snprintf(bound, sizeof bound, "%g", lo);
+  const std::string rule = strict ? "must be greater than " + std::string(bound)
+                                  : "must be " + std::string(bound) + " or more";
+  return CLI::Validator(
+      [lo, strict, rule](std::string& text) {
+        double v = 0;
+        std::string err = detail::parse_number(text, v);
+        if (err.empty() && !(strict ? v > lo : v >= lo)) err = rule + ", got " + text;
+        return err;
+      },
+      (strict ? "> " : ">= ") + std::string(bound));
+}
+
+// A finite number > 0.
+inline CLI::Validator positive() {
+  return number_from(0, true);
+}
+
+// A finite number >= 0.
+inline CLI::Validator non_negative() {
+  return number_from(0, false);
+}
 
 // A seed: any whole number from 0 to 2^64 - 1.
 inline CLI::Validator uint64_any() {

@@ -276,9 +276,14 @@ void apply_mask(float* data, const uint8_t* mask, int64_t n) {
     if (!mask[i]) data[i] = 0.0f;
 }
 
-void require_finite_result(const std::vector<float>& v, const std::string& what) {
+int64_t count_non_finite(const float* v, size_t n, const uint8_t* mask) {
   int64_t bad = 0;
-  for (float x : v) bad += !std::isfinite(x);
+  for (size_t i = 0; i < n; ++i) bad += (!mask || mask[i]) && !std::isfinite(v[i]);
+  return bad;
+}
+
+void require_finite_result(const std::vector<float>& v, const std::string& what) {
+  const int64_t bad = count_non_finite(v.data(), v.size());
   if (bad > 0)
     fail("the computed ", what, " has ", bad,
          " NaN or infinite voxels (an overflow: check the "

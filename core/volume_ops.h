@@ -101,6 +101,9 @@ double to_ppm_factor(FieldUnit unit, double b0_tesla, double te_s);
 // Zeros `data` where mask is 0 (mask and data share a grid).
 void apply_mask(float* data, const uint8_t* mask, int64_t n);
 
+// NaN or infinite values among v[0 .. n), counting only where mask (nullable) is non-zero.
+int64_t count_non_finite(const float* v, size_t n, const uint8_t* mask = nullptr);
+
 // Fails, in words, when a result to be written holds NaN or infinite voxels
 // (parameters that overflow float): never a file of NaN with exit status 0.
 void require_finite_result(const std::vector<float>& v, const std::string& what);

@@ -126,13 +126,7 @@ int main(int argc, char** argv) {
   app.add_option("--max-anisotropy", o.max_anisotropy,
                  "Resample to isotropic voxels above this largest/smallest voxel-side ratio (>= 1)")
       ->capture_default_str()
-      ->check(CLI::Validator(
-          [](std::string& s) {
-            double v = 0;
-            const std::string err = dq::cli::detail::parse_number(s, v);
-            return !err.empty() ? err : v >= 1 ? std::string() : "must be 1 or more, got " + s;
-          },
-          ">= 1"));
+      ->check(dq::cli::number_from(1, false));
   app.add_option("--scales", o.scales,
                  "Network passes at full, 1/2, 1/4 ... resolution, blended so the coarser pass "
                  "gives the large structures (1 to 4; 1 = full resolution only)")

@@ -14,6 +14,7 @@
 #include "core/metrics.h"
 #include "core/nifti_io.h"
 #include "core/png_io.h"
+#include "core/volume_ops.h"
 #include "train/commands.h"
 
 namespace dq {
@@ -31,12 +32,10 @@ struct EvalArgs {
 // Histogram of pred - ref inside the mask over [-range, range] ppm, as a
 // 400x200 PNG: one grey bar per 2-pixel bin, heights relative to the
 // fullest bin, a red line at 0 and blue ticks every 0.05 ppm. Errors beyond
-// the range are counted in the end bins.
+// the range are counted in the end bins. run_eval has checked that range
+// lies in (0, kMaxHistRange].
 void write_error_histogram(const std::string& path, const std::vector<float>& pred,
                            const std::vector<float>& ref, const uint8_t* mask, double range) {
-  // Ticks every 0.05 ppm: a range of 1e12 drew them for hours.
-  if (!(range > 0.0 && range <= kMaxHistRange))
-    fail("--hist-range must be in (0, ", kMaxHistRange, "] ppm, got ", range);
   constexpr int kW = 400, kH = 200, kBins = kW / 2;
   std::vector<int64_t> count(kBins, 0);
   for (size_t i = 0; i < pred.size(); ++i) {
@@ -102,8 +101,7 @@ nlohmann::ordered_json number(double v) {
 // NaN or infinite voxels inside the mask (nullable) would turn every metric
 // into NaN, or read as a constant reference.
 void require_finite(const Volume& v, const uint8_t* mask, const std::string& what) {
-  int64_t bad = 0;
-  for (size_t i = 0; i < v.data.size(); ++i) bad += (!mask || mask[i]) && !std::isfinite(v.data[i]);
+  const int64_t bad = count_non_finite(v.data.data(), v.data.size(), mask);
   if (bad > 0)
     fail(what, ": ", bad, " voxel", bad == 1 ? " is" : "s are", " NaN or infinite",
          mask ? " inside the mask" : "", "; the metrics need finite values");
@@ -114,6 +112,8 @@ int run_eval(const EvalArgs& a) {
     check_output_file(a.diff_png, "--diff-png", {a.pred, a.ref, a.mask, a.labels, a.hist_png});
   if (!a.hist_png.empty())
     check_output_file(a.hist_png, "--hist-png", {a.pred, a.ref, a.mask, a.labels});
+  // Checked before any work; write_error_histogram draws ticks every
+  // 0.05 ppm, and a range of 1e12 drew them for hours.
   if (!a.hist_png.empty() && !(a.hist_range > 0.0 && a.hist_range <= kMaxHistRange))
     fail("--hist-range must be in (0, ", kMaxHistRange, "] ppm, got ", a.hist_range);
   const Volume pred = read_nifti(a.pred);
