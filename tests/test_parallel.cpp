@@ -1,14 +1,19 @@
 // core/parallel.h: the loops cover their range exactly once whatever the
-// thread count, and sums do not depend on it. Built with OpenMP like
-// deepqsm_core, so these run the branch the library uses.
+// thread count, and sums do not depend on it; nor do the CPU backend's
+// forward ops. Built with OpenMP like deepqsm_core, so these run the branch
+// the library uses.
 #ifndef _OPENMP
 #error "tests/test_parallel.cpp must be built with OpenMP, as deepqsm_core is"
 #endif
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cstdint>
+#include <cstring>
+#include <iterator>
+#include <random>
 #include <vector>
 
+#include "core/cpu/cpu_backend.h"
 #include "core/parallel.h"
 #include "core/tensor.h"
 
@@ -89,5 +94,52 @@ TEST_CASE("Tensor::zeros_parallel zeroes every byte on any thread count", "[para
         CHECK(nonzero == 0);
       }
     }
+  }
+}
+
+TEST_CASE("the network's forward ops give the same bytes on any thread count", "[parallel]") {
+  // deepqsm-infer promises the same output for any --threads: every op of an
+  // inference pass splits its work over voxels and channels, never a sum.
+  // (oneDNN's AVX2 matmul, once used for the transposed convolution, split
+  // sums by thread count: its 1000x16x64 product differed on 1 and 2 threads.)
+  ThreadsGuard guard;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  const auto random = [&](const dq::Shape& s) {
+    dq::Tensor t = dq::Tensor::zeros(s);
+    for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = normal(rng);
+    return t;
+  };
+  struct Layer {
+    int64_t n, ci, co;
+  };
+  const Layer layers[] = {{10, 16, 8}, {20, 8, 4}, {12, 1, 4}, {6, 32, 16}};
+  std::vector<dq::Tensor> x, w, wt, b;
+  for (const Layer& l : layers) {
+    x.push_back(random({1, l.n, l.n, l.n, l.ci}));
+    w.push_back(random({l.co, 3, 3, 3, l.ci}));
+    wt.push_back(random({l.ci, 2, 2, 2, l.co}));
+    b.push_back(random({l.co}));
+  }
+  std::vector<std::vector<dq::Tensor>> out(2);
+  for (int t = 0; t < 2; ++t) {
+    dq::set_cpu_threads(t == 0 ? 1 : 3);  // before the backend builds its primitives
+    auto be = dq::make_cpu_backend();
+    for (size_t i = 0; i < std::size(layers); ++i) {
+      const Layer& l = layers[i];
+      dq::Tensor conv = dq::Tensor::zeros({1, l.n, l.n, l.n, l.co});
+      dq::Tensor up = dq::Tensor::zeros({1, 2 * l.n, 2 * l.n, 2 * l.n, l.co});
+      dq::Tensor pool = dq::Tensor::zeros({1, l.n / 2, l.n / 2, l.n / 2, l.ci});
+      be->conv3d_forward(x[i], w[i], &b[i], conv, true);
+      be->deconv3d_forward(x[i], wt[i], &b[i], up, true);
+      be->maxpool_forward(x[i], pool);
+      out[t].push_back(std::move(conv));
+      out[t].push_back(std::move(up));
+      out[t].push_back(std::move(pool));
+    }
+  }
+  for (size_t k = 0; k < out[0].size(); ++k) {
+    INFO("layer " << k / 3 << ", op " << k % 3 << " (conv, transposed conv, max-pool)");
+    CHECK(std::memcmp(out[0][k].raw(), out[1][k].raw(), out[0][k].nbytes()) == 0);
   }
 }

@@ -60,7 +60,11 @@ void check_gradients(const UNetConfig& cfg) {
   // mean nothing; such points are detected by their one-sided differences
   // disagreeing and are skipped (as in ggml's test-backend-ops).
   int checked = 0, skipped = 0;
-  const float eps = 1e-3f;
+  // The step trades fp32 rounding (the loss's rounding noise over eps: on
+  // an AVX2 machine eps 1e-3 strayed up to 4 % from the analytic gradient)
+  // against kinks crossed (more points skipped) and curvature; at 3e-3 the
+  // worst checked point there is within 1 %.
+  const float eps = 3e-3f;
   const double l0 = loss_of(net, *be, params, x, target, key);
   for (int t = 0; t < static_cast<int>(net.layout().params().size()); ++t) {
     const ParamInfo& p = net.layout()[t];

@@ -89,11 +89,14 @@ struct Plan {
 // vectors; they are then stored at their 2x2x2 places with the bias and ReLU.
 // oneDNN 2.6's deconvolution ran its fused ReLU through a slow path (0.72 s
 // for the last 16 -> 8 layer of a 160³ pass, half the network's time, 0.09 s
-// without the ReLU); the products run as brgemm and the scatter is a copy
-// with the bias and ReLU folded in.
+// without the ReLU); the scatter is a copy with the bias and ReLU folded in.
+// The product is a 1x1x1 convolution (Ci -> 8 Co channels) over the slab, not
+// a oneDNN matmul: the AVX2 matmul (gemm:jit) splits its sums differently for
+// different thread counts (a 1000x16x64 product differed between 1 and 2
+// threads), a forward convolution splits only over voxels and channels, so
+// the output does not depend on the thread count.
 struct UpPlan {
-  dnnl::matmul prim;
-  memory::desc x, w, t;
+  Plan product;              // the 1x1x1 convolution over one slab
   int64_t slices = 1;        // (n, d) input slices per product, a divisor of n * d
   std::vector<float> t_buf;  // (slices * h * w, 8 * co)
 };
@@ -147,12 +150,22 @@ struct OnednnConv::Impl {
     UpPlan p;
     p.slices = up_slices(s);
     const int64_t rows = p.slices * s.h * s.w;
-    p.x = memory::desc({rows, s.ci}, memory::data_type::f32, tag::ab);
-    p.w = memory::desc({s.ci, 8 * s.co}, memory::data_type::f32, tag::ab);
-    p.t = memory::desc({rows, 8 * s.co}, memory::data_type::f32, tag::ab);
+    Geometry g;
+    g.src = {1, s.ci, p.slices, s.h, s.w};
+    g.dst = {1, 8 * s.co, p.slices, s.h, s.w};
+    g.weights = {8 * s.co, s.ci, 1, 1, 1};
+    g.weights_tag = tag::idhwo;  // (O, I) stored I, O: our (Ci, 8 Co)
+    g.strides = {1, 1, 1};
+    g.pad = {0, 0, 0};
+    Plan& c = p.product;
+    c.src = activation_md(g.src);
+    c.dst = activation_md(g.dst);
+    c.ours = memory::desc(g.weights, memory::data_type::f32, g.weights_tag);
     try {
-      p.prim =
-          dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(p.x, p.w, p.t), engine));
+      auto pd =
+          forward_pd<dnnl::convolution_forward>(g, algorithm::convolution_direct, false, false);
+      attach_weights(c, pd.weights_desc(), false);
+      c.prim = dnnl::convolution_forward(pd);
     } catch (const dnnl::error& e) {
       fail("oneDNN could not build the ", rows, "x", s.ci, "x", 8 * s.co,
            " product of a transposed convolution: ", e.what());
@@ -170,11 +183,12 @@ struct OnednnConv::Impl {
       std::copy(b, b + s.co, bias2.begin() + s.co);
     }
     const float* b2 = bias2.data();
-    memory wm = wrap(p.w, w), tm = wrap(p.t, p.t_buf.data());
+    Plan& c = p.product;
+    memory wm = weights_in(c, w), tm = wrap(c.dst, p.t_buf.data());
     const int64_t slab_rows = p.slices * s.h;  // (slice, h) rows per slab
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / (8 * s.w * s.co));
     for (int64_t first = 0; first < s.n * s.d; first += p.slices) {
-      p.prim.execute(stream, {{DNNL_ARG_SRC, wrap(p.x, x + first * s.h * s.w * s.ci)},
+      c.prim.execute(stream, {{DNNL_ARG_SRC, wrap(c.src, x + first * s.h * s.w * s.ci)},
                               {DNNL_ARG_WEIGHTS, wm},
                               {DNNL_ARG_DST, tm}});
       stream.wait();
