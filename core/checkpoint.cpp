@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/h5io.h"
+#include "core/output_files.h"
 
 namespace dq {
 
@@ -169,10 +170,11 @@ void save_checkpoint(const std::string& path, const UNet& net, const Tensor& par
   if (moments)
     DQ_CHECK(adam_m->numel() == layout.total() && adam_v->numel() == layout.total(),
              "checkpoint: Adam moments do not match the model");
-  const std::string tmp = path + ".tmp";
   // A failed write (full disk, a folder in the way of the rename) leaves
   // neither a temporary file nor a half-written checkpoint behind.
-  try {
+  PendingFile out(path, path + ".tmp");
+  const std::string& tmp = out.tmp();
+  {
     H5File f(tmp, H5File::Mode::truncate);
     const UNetConfig& m = net.config();
     f.set_attr("/", "format", std::string(kFormat));
@@ -210,13 +212,8 @@ void save_checkpoint(const std::string& path, const UNet& net, const Tensor& par
     f.flush();
     f.close();
     sync_file(tmp);
-    if (std::rename(tmp.c_str(), path.c_str()) != 0)
-      fail("cannot move checkpoint ", tmp, " to ", path, " (", std::strerror(errno), ")");
-  } catch (...) {
-    std::error_code ec;
-    std::filesystem::remove(tmp, ec);
-    throw;
   }
+  out.finish();
 }
 
 CheckpointData load_checkpoint(const std::string& path, bool weights_only) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/output_files.h"
 
 namespace dq {
 
@@ -148,11 +149,12 @@ std::array<double, 16> flat(const nifti_dmat44& m) {
 }
 
 // Writes nim (its data pointing at caller memory) to path via a temporary
-// file in the same folder, then renames it into place.
+// file in the same folder, then renames it into place (core/output_files.h).
 void write_via_temp(nifti_image* nim, const std::string& path) {
   const std::string ext = output_extension(path);
   const std::string stem = path.substr(0, path.size() - ext.size());
-  const std::string tmp = stem + ".tmp" + std::to_string(::getpid()) + ext;
+  PendingFile out(path, stem + ".tmp" + std::to_string(::getpid()) + ext);
+  const std::string& tmp = out.tmp();
   std::error_code ec;
   std::filesystem::remove(tmp, ec);
   if (nifti_set_filenames(nim, tmp.c_str(), 0, 1) != 0)
@@ -170,18 +172,11 @@ void write_via_temp(nifti_image* nim, const std::string& path) {
   const int64_t need = nim->iname_offset + nim->nvox * nim->nbyper;
   const bool gz = ext == ".nii.gz";
   if (::stat(tmp.c_str(), &st) != 0 || st.st_size == 0 || (!gz && st.st_size < need) ||
-      (gz && !gz_complete(tmp, need))) {
-    std::filesystem::remove(tmp, ec);
+      (gz && !gz_complete(tmp, need)))
     fail(path, ": could not write the file (is the folder writable and the disk not full?)",
          nifti_says.reason());
-  }
   nifti_says.reason();  // stderr back before anything else can fail
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    const std::string why = ec.message();  // before remove() overwrites ec
-    std::filesystem::remove(tmp, ec);
-    fail(path, ": could not move the finished file into place: ", why);
-  }
+  out.finish();
 }
 
 // write_via_temp with the image's data borrowed from `data` for the call:

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/output_files.h"
 
 namespace dq {
 
@@ -56,18 +57,10 @@ bool png_write_file(const char* path, int width, int height, int color_type, int
 void write_png(const std::string& path, int width, int height, int color_type, int channels,
                const uint8_t* pixels) {
   if (width <= 0 || height <= 0) fail(path, ": cannot write an empty image");
-  const std::string tmp = path + ".tmp" + std::to_string(::getpid());
-  std::error_code ec;
-  if (!png_write_file(tmp.c_str(), width, height, color_type, channels, pixels)) {
-    std::filesystem::remove(tmp, ec);
+  PendingFile out(path, path + ".tmp" + std::to_string(::getpid()));
+  if (!png_write_file(out.tmp().c_str(), width, height, color_type, channels, pixels))
     fail(path, ": could not write the PNG file (is the folder writable?)");
-  }
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    const std::string why = ec.message();  // before remove() overwrites ec
-    std::filesystem::remove(tmp, ec);
-    fail(path, ": could not move the finished PNG into place: ", why);
-  }
+  out.finish();
 }
 
 // 5x7 glyphs, one byte per row (bit 4 = leftmost column); lower case is

@@ -19,6 +19,7 @@
 #include "core/ensemble.h"
 #include "core/error.h"
 #include "core/nifti_io.h"
+#include "core/output_files.h"
 #include "core/parallel.h"
 #include "core/png_io.h"
 #include "core/refine.h"
@@ -411,19 +412,21 @@ int run_inference(const InferOptions& opt) {
     refine_secs = seconds_since(t_refine);
   }
   require_finite_result(chi, "chi");
-  // The preview first: if it cannot be written, the old chi map at -o is
-  // still there (the other way round, a failed preview came after -o had
-  // been replaced).
+  // The preview and the map appear together or not at all: if either
+  // cannot be written, both old files stay as they were.
+  OutputGroup outputs;
   if (!opt.preview_path.empty()) {
     const auto fw = robust_window(field.data.data(), n);
     const auto cw = robust_window(chi.data(), n);
     write_slices_png(opt.preview_path,
                      {{"field (ppm)", field.data.data(), dims, fw.first, fw.second},
                       {"chi (ppm)", chi.data(), dims, cw.first, cw.second}});
-    std::printf("preview: %s (central axial, coronal, sagittal slices)\n",
-                opt.preview_path.c_str());
   }
   write_nifti(opt.out_path, field, chi.data());
+  outputs.commit();
+  if (!opt.preview_path.empty())
+    std::printf("preview: %s (central axial, coronal, sagittal slices)\n",
+                opt.preview_path.c_str());
   std::printf("output: %s (chi, ppm, float32, the input's header and affine)\n",
               opt.out_path.c_str());
   std::printf(

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <filesystem>
 #include <vector>
 
 #include "core/error.h"
@@ -89,15 +88,15 @@ struct PatchFileWriter::Ids {
 
 PatchFileWriter::PatchFileWriter(const std::string& path, const Recipe& r, uint64_t seed,
                                  int64_t volumes)
-    : path_(path), tmp_(path + ".tmp" + std::to_string(getpid())), r_(r), volumes_(volumes) {
+    : path_(path), out_(path, path + ".tmp" + std::to_string(getpid())), r_(r), volumes_(volumes) {
   r.validate();
   if (volumes < 0) fail(path, ": negative volume count ", volumes);
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // errors come back as dq::Error, not stack dumps
   ids_ = new Ids;
   try {
-    ids_->file = H5Fcreate(tmp_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    ids_->file = H5Fcreate(out_.tmp().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (ids_->file < 0)
-      fail("cannot create ", tmp_, " (does the directory exist and is it writable?)");
+      fail("cannot create ", out_.tmp(), " (does the directory exist and is it writable?)");
     const hsize_t N = static_cast<hsize_t>(volumes * r.patches_per_volume),
                   P = static_cast<hsize_t>(r.patch_size);
     ids_->field =
@@ -121,14 +120,12 @@ PatchFileWriter::PatchFileWriter(const std::string& path, const Recipe& r, uint6
   } catch (...) {
     delete ids_;
     ids_ = nullptr;
-    std::remove(tmp_.c_str());
     throw;
   }
 }
 
 PatchFileWriter::~PatchFileWriter() {
   delete ids_;
-  if (!closed_) std::remove(tmp_.c_str());
 }
 
 void PatchFileWriter::write_volume(int64_t volume, const float* field, const float* chi,
@@ -167,10 +164,7 @@ void PatchFileWriter::close() {
   delete ids_;
   ids_ = nullptr;
   check_h5(ok, path_, "finish the file (disk full?)");
-  std::error_code ec;
-  std::filesystem::rename(tmp_, path_, ec);
-  if (ec) fail("cannot rename ", tmp_, " to ", path_, ": ", ec.message());
-  closed_ = true;
+  out_.finish();
 }
 
 }  // namespace dq

@@ -17,13 +17,15 @@
 //     units              string   "ppm"
 //
 // The file is written under "<path>.tmp<pid>" and renamed when close()
-// succeeds, so a crash or an error never leaves a half-written file under
-// the real name.
+// succeeds (or when the command's OutputGroup commits), so an error, Ctrl-C
+// or a crash never leaves a half-written file under the real name
+// (core/output_files.h).
 #pragma once
 #include <array>
 #include <cstdint>
 #include <string>
 
+#include "core/output_files.h"
 #include "synth/recipe.h"
 
 namespace dq {
@@ -31,7 +33,7 @@ namespace dq {
 class PatchFileWriter {
  public:
   PatchFileWriter(const std::string& path, const Recipe& r, uint64_t seed, int64_t volumes);
-  ~PatchFileWriter();  // removes the temporary file unless close() succeeded
+  ~PatchFileWriter();  // the temporary file is removed unless close() succeeded
   PatchFileWriter(const PatchFileWriter&) = delete;
   PatchFileWriter& operator=(const PatchFileWriter&) = delete;
 
@@ -44,11 +46,11 @@ class PatchFileWriter {
 
  private:
   struct Ids;
-  std::string path_, tmp_;
+  std::string path_;
+  PendingFile out_;
   Recipe r_;
   int64_t volumes_ = 0, written_ = 0;
   Ids* ids_ = nullptr;
-  bool closed_ = false;
 };
 
 }  // namespace dq

@@ -260,6 +260,44 @@ TEST_CASE("export --average writes the mean weights of a run's newest checkpoint
                          "needs a run folder");
 }
 
+TEST_CASE("a disk that fills part-way leaves the earlier outputs as they were", "[cli]") {
+  TempDir dir("deepqsm-cli");
+  // An earlier run's files, which a failed run must neither replace nor mix
+  // with its own.
+  const std::string f = dir.file("f.nii.gz"), c = dir.file("c.nii"), m = dir.file("m.nii.gz");
+  for (const std::string& p : {f, c, m}) dir.write(fs::path(p).filename(), "old");
+  // At 32^3 the compressed field (~99 KB) fits under 115 KB and the
+  // uncompressed chi (128 KB) does not: the second of three files fails.
+  const Run ph = run_program(
+      dir, DEEPQSM_BINARY, "phantom --size 32 -o '" + f + "' --chi '" + c + "' --mask '" + m + "'",
+      file_size_limit(115 * 1024));
+  check_one_line_failure(ph, "c.nii: could not write the file");
+  CHECK(ph.out.empty());  // nothing claimed as written
+  for (const std::string& p : {f, c, m}) CHECK(slurp(p) == "old");
+
+  // synth: the volumes (~52 KB each, compressed) fit, the patch file outgrows
+  // the limit after a few of them; no volume of this run appears.
+  const std::string recipe = dir.write("recipe.json", R"({"volume_size": 24, "cubes": [2, 4],
+      "spheres": [2, 4], "patch_size": 8, "patches_per_volume": 3})");
+  const std::string vols = dir.file("vols"), out = dir.file("p.h5");
+  fs::create_directory(vols);
+  const std::string old_volume = dir.write("vols/chi_0000.nii.gz", "old");
+  dir.write("p.h5", "old");
+  const Run sy = run_program(dir, DEEPQSM_BINARY,
+                             "synth --quiet --config '" + recipe + "' --volumes 20 --out '" + out +
+                                 "' --volumes-out '" + vols + "'",
+                             file_size_limit(75 * 1024));
+  check_one_line_failure(sy, "p.h5");
+  CHECK(slurp(out) == "old");
+  CHECK(slurp(old_volume) == "old");
+  int files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir.path)) {
+    CHECK(e.path().filename().string().find(".tmp") == std::string::npos);
+    files += e.is_regular_file();
+  }
+  CHECK(files == 8);  // f, c, m, recipe, vols/chi_0000, p.h5, stdout, stderr
+}
+
 TEST_CASE("outputs are checked before any work, and bad field voxels handled", "[cli]") {
   TempDir dir("deepqsm-cli");
   const std::string f = dir.file("f.nii"), m = dir.file("m.nii");

@@ -205,6 +205,24 @@ TEST_CASE("bad inputs fail with one line and a non-zero exit", "[infer]") {
   CHECK_FALSE(fs::exists(dir.file("chi.nii.gz")));
 }
 
+TEST_CASE("infer replaces the preview and the map together or not at all", "[infer]") {
+  TempDir dir("deepqsm-infer");
+  const std::string model = small_model(dir);
+  const PhantomFiles ph = phantom_files(dir);
+  const std::string chi = dir.write("chi.nii", "old"), png = dir.write("preview.png", "old");
+  // The preview (a few KB) fits under the limit, the 40^3 float map
+  // (256 KB) does not: a disk that fills after the preview was drawn.
+  const Run r = run(dir,
+                    q(ph.field) + " -o " + q(chi) + " --model " + q(model) +
+                        " --scales 1 --flips 1 --refine 0 --preview " + q(png),
+                    file_size_limit(100 * 1024));
+  check_one_line_failure(r, "chi.nii: could not write the file");
+  CHECK(slurp(chi) == "old");
+  CHECK(slurp(png) == "old");
+  for (const auto& e : fs::directory_iterator(dir.path))
+    CHECK(e.path().filename().string().find(".tmp") == std::string::npos);
+}
+
 TEST_CASE("NaN voxels are masked out and counted in a warning", "[infer]") {
   TempDir dir("deepqsm-infer");
   const std::string model = small_model(dir);

@@ -163,6 +163,26 @@ TEST_CASE("synth --volumes-out writes each volume's region mask", "[synth_cli]")
   CHECK(regions < 6);
 }
 
+TEST_CASE("synth stopped by SIGTERM leaves no partial output", "[synth_cli]") {
+  TempDir dir("deepqsm-synth");
+  std::string recipe_text = kTinyRecipe;
+  recipe_text.replace(recipe_text.find("24"), 2, "64");
+  const std::string cfg = dir.write("recipe.json", recipe_text);
+  const std::string out = dir.write("p.h5", "old"), vols = dir.file("vols");
+  // Far more volumes than two seconds make; timeout(1) sends SIGTERM.
+  const Run r =
+      run_program(dir, "timeout",
+                  "-s TERM 2 '" + std::string(DEEPQSM_BINARY) + "' synth --quiet --config '" + cfg +
+                      "' --volumes 100000 --out '" + out + "' --volumes-out '" + vols + "'");
+  INFO("stderr: " << r.err);
+  CHECK(r.code() == 124);  // timed out, i.e. stopped by the signal
+  CHECK(slurp(out) == "old");
+  REQUIRE(fs::is_directory(vols));
+  CHECK(fs::is_empty(vols));
+  for (const auto& e : fs::directory_iterator(dir.path))
+    CHECK(e.path().filename().string().find(".tmp") == std::string::npos);
+}
+
 TEST_CASE("synth reads a training config's data section and seed", "[synth_cli]") {
   TempDir dir("deepqsm-synth");
   const std::string cfg = std::string(DEEPQSM_SOURCE_DIR) + "/configs/test-tiny.json";

@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -73,6 +74,14 @@ inline Run run_program(const TempDir& dir, const std::string& program, const std
   r.out = slurp(out);
   r.err = slurp(err);
   return r;
+}
+
+// A prefix for run_program's `env`: no file the program writes may grow past
+// `bytes` (ulimit -f counts 512-byte blocks), and a write past it fails with
+// EFBIG instead of ending the process (SIGXFSZ ignored): a disk filling up
+// at a chosen point.
+inline std::string file_size_limit(int64_t bytes) {
+  return "trap '' XFSZ; ulimit -f " + std::to_string(bytes / 512) + ";";
 }
 
 }  // namespace dq::test

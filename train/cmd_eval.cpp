@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/metrics.h"
 #include "core/nifti_io.h"
+#include "core/output_files.h"
 #include "core/png_io.h"
 #include "core/volume_ops.h"
 #include "train/commands.h"
@@ -156,8 +157,10 @@ int run_eval(const EvalArgs& a) {
                      pred.nx);
   }
   // Pictures last: a failed check above must not leave (or overwrite) them.
+  OutputGroup pngs;  // both or neither
   if (!a.diff_png.empty()) write_difference_png(a.diff_png, pred, ref, mp);
   if (!a.hist_png.empty()) write_error_histogram(a.hist_png, pred.data, ref.data, mp, a.hist_range);
+  pngs.commit();
 
   if (a.json) {
     nlohmann::ordered_json j;

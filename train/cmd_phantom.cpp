@@ -9,6 +9,7 @@
 #include "core/cli_checks.h"
 #include "core/error.h"
 #include "core/nifti_io.h"
+#include "core/output_files.h"
 #include "core/phantom.h"
 #include "core/philox.h"
 #include "synth/synth.h"
@@ -66,7 +67,17 @@ Command add_phantom_command(CLI::App& app) {
               for (size_t i = 0; i < p.field.size(); ++i)
                 p.field[i] += static_cast<float>(o->noise_std * synth_gauss(key, i));
             const Dims3& d = p.dims;
+            // The files of one phantom appear together: a failure part-way
+            // (full disk) leaves an earlier field, chi and mask as they were.
+            OutputGroup outputs;
             write_nifti_new(o->field, p.field.data(), d.nx, d.ny, d.nz, p.voxel_mm);
+            if (!o->chi.empty())
+              write_nifti_new(o->chi, p.chi.data(), d.nx, d.ny, d.nz, p.voxel_mm);
+            if (!o->mask.empty()) {
+              const std::vector<float> m(p.mask.begin(), p.mask.end());
+              write_nifti_new(o->mask, m.data(), d.nx, d.ny, d.nz, p.voxel_mm);
+            }
+            outputs.commit();
             std::printf("field: %s (%lldx%lldx%lld, %.4g mm, ppm, B0 along z", o->field.c_str(),
                         static_cast<long long>(d.nx), static_cast<long long>(d.ny),
                         static_cast<long long>(d.nz), p.voxel_mm[0]);
@@ -76,15 +87,8 @@ Command add_phantom_command(CLI::App& app) {
               std::printf(", noise %.4g ppm, seed %llu", o->noise_std,
                           static_cast<unsigned long long>(o->seed));
             std::printf(")\n");
-            if (!o->chi.empty()) {
-              write_nifti_new(o->chi, p.chi.data(), d.nx, d.ny, d.nz, p.voxel_mm);
-              std::printf("chi:   %s (ppm)\n", o->chi.c_str());
-            }
-            if (!o->mask.empty()) {
-              const std::vector<float> m(p.mask.begin(), p.mask.end());
-              write_nifti_new(o->mask, m.data(), d.nx, d.ny, d.nz, p.voxel_mm);
-              std::printf("mask:  %s\n", o->mask.c_str());
-            }
+            if (!o->chi.empty()) std::printf("chi:   %s (ppm)\n", o->chi.c_str());
+            if (!o->mask.empty()) std::printf("mask:  %s\n", o->mask.c_str());
             return 0;
           }};
 }

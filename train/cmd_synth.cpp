@@ -24,6 +24,7 @@
 #include "core/error.h"
 #include "core/json_read.h"
 #include "core/nifti_io.h"
+#include "core/output_files.h"
 #include "core/png_io.h"
 #include "cuda/device.h"
 #include "synth/patch_file.h"
@@ -165,6 +166,9 @@ int run_synth(const std::string& config, int64_t volumes, const std::string& out
                  static_cast<long long>(volumes), static_cast<long long>(n),
                  in.training_config ? "training config" : "recipe",
                  static_cast<unsigned long long>(seed), device.c_str(), out.c_str());
+  // Every file of the run appears together at the end: a failure or Ctrl-C
+  // part-way leaves the outputs of an earlier run as they were, not a mix.
+  OutputGroup written;
   PatchFileWriter writer(out, r, seed, volumes);
   const auto t0 = std::chrono::steady_clock::now();
   auto last_report = t0;
@@ -218,6 +222,7 @@ int run_synth(const std::string& config, int64_t volumes, const std::string& out
     }
   }
   writer.close();
+  written.commit();
   std::printf("wrote %lld (field, chi) patch pairs of %lld^3 to %s\n",
               static_cast<long long>(volumes * per), static_cast<long long>(P), out.c_str());
   if (!volumes_out.empty())

@@ -1,0 +1,73 @@
+// Outputs that are whole or absent. Every file a command writes goes to a
+// temporary name beside it and is renamed into place when finished, so a
+// failure (full disk, bad input found late, Ctrl-C) never leaves a
+// half-written file where the user expects a result, nor destroys the file
+// that was there before.
+//
+// PendingFile owns one such temporary: it is removed if the command fails
+// (an exception unwinds past it) or is stopped by SIGINT, SIGTERM or SIGHUP
+// (a handler, installed with the first temporary for each of those signals
+// that has no other handler, removes every registered temporary and then
+// lets the signal end the process as it would have). SIGKILL leaves the
+// temporary behind; never the final file half-written.
+//
+// OutputGroup holds back the renames of the files one command writes
+// together (a phantom's field, chi and mask; synth's volumes and patch file)
+// until all of them are finished, so a failure part-way leaves the earlier
+// outputs as they were instead of a mix of this run and the last.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace dq {
+
+namespace detail {
+struct PendingEntry;  // a temporary the signal handler knows of
+}  // namespace detail
+
+class PendingFile {
+ public:
+  // `tmp` is where the caller writes; `path` is where it belongs. Both in
+  // one folder (a rename does not cross file systems).
+  PendingFile(std::string path, std::string tmp);
+  ~PendingFile();  // removes the temporary unless finish() moved it
+  PendingFile(const PendingFile&) = delete;
+  PendingFile& operator=(const PendingFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  const std::string& tmp() const { return tmp_; }
+
+  // Moves the finished temporary onto path(): now, or when the OutputGroup
+  // open on this thread commits. Fails in one line naming path() when the
+  // rename fails (the temporary is then removed).
+  void finish();
+
+ private:
+  std::string path_, tmp_;
+  detail::PendingEntry* entry_ = nullptr;  // null once moved or handed to a group
+};
+
+// While one is open on a thread, PendingFile::finish() on that thread defers
+// its rename to commit(). Not nested.
+class OutputGroup {
+ public:
+  OutputGroup();
+  ~OutputGroup();  // removes the temporaries of a group that did not commit
+  OutputGroup(const OutputGroup&) = delete;
+  OutputGroup& operator=(const OutputGroup&) = delete;
+
+  // Renames every finished file into place, in the order finished. A folder
+  // at any output's name fails before the first rename; another failing
+  // rename (rare once every write succeeded: the folders were checked up
+  // front) stops there with one line, and the files not yet moved are
+  // removed.
+  void commit();
+
+ private:
+  friend class PendingFile;
+  struct Held;
+  std::vector<Held> held_;
+  bool committed_ = false;
+};
+
+}  // namespace dq
