@@ -1,9 +1,10 @@
 // oneDNN convolutions and transposed convolutions for the CPU backend, over
 // our NDHWC activations and our weight layouts (see core/backend.h). The
-// transposed convolution's forward pass is a oneDNN matrix product and a
-// scatter (onednn_conv.cpp says why); its backward passes are oneDNN's. Building
-// a oneDNN primitive is the slow part (up to milliseconds), so each one is
-// built once per shape and cached; a call then wraps our pointers and runs.
+// transposed convolution's forward pass is a matrix product (run as a oneDNN
+// 1x1x1 convolution) and a scatter (onednn_conv.cpp says why); its backward
+// passes are oneDNN's. Building a oneDNN primitive is the slow part (up to
+// milliseconds), so each one is built once per shape and cached; a call then
+// wraps our pointers and runs.
 // Not thread-safe: the cache and the weight scratch buffers belong to one
 // caller at a time, as the Backend itself does.
 #pragma once
