@@ -26,23 +26,45 @@ using detail::PendingEntry;
 
 std::atomic<PendingEntry*> g_pending{nullptr};
 thread_local OutputGroup* t_group = nullptr;
+// Groups renaming their files now, and a stop signal that arrived meanwhile:
+// a commit half done would leave a mix of new and old outputs, so the signal
+// waits for it (renames are quick) and is raised again when it ends.
+std::atomic<int> g_committing{0};
+std::atomic<int> g_deferred_signal{0};
 
 // Async-signal-safe: reads the published list and calls unlink, signal and
 // raise only. The signal is blocked while this runs, so it is delivered
 // again, with its default action, when the handler returns.
 extern "C" void remove_temporaries_and_stop(int sig) {
+  if (g_committing.load(std::memory_order_acquire) > 0) {
+    g_deferred_signal.store(sig, std::memory_order_release);
+    return;
+  }
   for (PendingEntry* e = g_pending.load(std::memory_order_acquire); e; e = e->next)
     if (e->live.load(std::memory_order_acquire)) ::unlink(e->tmp.c_str());
   ::signal(sig, SIG_DFL);
   ::raise(sig);
 }
 
+// While alive, stop signals wait (above); at the end, one that came is
+// raised again, through the handler, once the renames are done or undone.
+struct CommitWindow {
+  CommitWindow() { g_committing.fetch_add(1, std::memory_order_acq_rel); }
+  ~CommitWindow() {
+    if (g_committing.fetch_sub(1, std::memory_order_acq_rel) == 1)
+      if (const int sig = g_deferred_signal.exchange(0)) ::raise(sig);
+  }
+  CommitWindow(const CommitWindow&) = delete;
+  CommitWindow& operator=(const CommitWindow&) = delete;
+};
+
 // For each stop signal still at its default action (checked at every new
-// temporary, three system calls): a handler someone else set (the trainer's
+// temporary, a few system calls): a handler someone else set (the trainer's
 // clean stop, an ignored SIGINT) is left alone, and once installed the
 // handler stays, stopping a process with nothing registered as before.
+// SIGXFSZ is a file outgrowing `ulimit -f`.
 void install_handler() {
-  for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGXFSZ}) {
     struct sigaction old {};
     if (sigaction(sig, nullptr, &old) != 0 || old.sa_handler != SIG_DFL ||
         (old.sa_flags & SA_SIGINFO))
@@ -100,12 +122,13 @@ PendingFile::~PendingFile() {
 
 void PendingFile::finish() {
   DQ_CHECK(entry_, "PendingFile::finish() twice for ", path_);
-  PendingEntry* e = entry_;
-  entry_ = nullptr;
   if (t_group) {
-    t_group->held_.push_back({e, path_});
+    t_group->held_.push_back({entry_, path_});  // may throw: the file is still ours then
+    entry_ = nullptr;
     return;
   }
+  PendingEntry* e = entry_;
+  entry_ = nullptr;
   move_into_place(e, path_);
 }
 
@@ -124,6 +147,7 @@ void OutputGroup::commit() {
   DQ_CHECK(!committed_, "OutputGroup::commit() twice");
   t_group = nullptr;
   committed_ = true;
+  const CommitWindow window;
   // A folder made at an output's name since the command checked it would
   // stop the renames part-way; refused before any file is replaced.
   for (const Held& h : held_) {

@@ -5,16 +5,21 @@
 // that was there before.
 //
 // PendingFile owns one such temporary: it is removed if the command fails
-// (an exception unwinds past it) or is stopped by SIGINT, SIGTERM or SIGHUP
-// (a handler, installed with the first temporary for each of those signals
-// that has no other handler, removes every registered temporary and then
-// lets the signal end the process as it would have). SIGKILL leaves the
-// temporary behind; never the final file half-written.
+// (an exception unwinds past it) or is stopped by SIGINT, SIGTERM, SIGHUP or
+// SIGXFSZ (a handler, installed, whenever a temporary is made, for each of
+// those signals that has no other handler, removes every registered
+// temporary and then lets the signal end the process as it would have).
+// SIGKILL leaves the temporary behind, as can a signal handled on another
+// thread in the instant a temporary is being created; never the final file
+// half-written. These are guarantees against the process failing; against
+// power loss only checkpoints are fsynced.
 //
 // OutputGroup holds back the renames of the files one command writes
 // together (a phantom's field, chi and mask; synth's volumes and patch file)
 // until all of them are finished, so a failure part-way leaves the earlier
-// outputs as they were instead of a mix of this run and the last.
+// outputs as they were instead of a mix of this run and the last. A stop
+// signal during the renames waits until they are done. An output that is a
+// symbolic link is replaced by the file, not written through.
 #pragma once
 #include <string>
 #include <vector>
@@ -60,7 +65,8 @@ class OutputGroup {
   // at any output's name fails before the first rename; another failing
   // rename (rare once every write succeeded: the folders were checked up
   // front) stops there with one line, and the files not yet moved are
-  // removed.
+  // removed: the one case that leaves a mix. SIGINT, SIGTERM, SIGHUP wait
+  // for the renames, then stop the process.
   void commit();
 
  private:

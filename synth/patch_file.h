@@ -18,8 +18,8 @@
 //
 // The file is written under "<path>.tmp<pid>" and renamed when close()
 // succeeds (or when the command's OutputGroup commits), so an error, Ctrl-C
-// or a crash never leaves a half-written file under the real name
-// (core/output_files.h).
+// or the process crashing never leaves a half-written file under the real
+// name (core/output_files.h).
 #pragma once
 #include <array>
 #include <cstdint>

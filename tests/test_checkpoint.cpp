@@ -1,14 +1,15 @@
 // Checkpoints: a round trip keeps every value, and files that are not
 // deepqsm checkpoints (or of another version) are refused with one line.
-#include <catch2/catch.hpp>
+#include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 
+#include "core/checkpoint.h"
 #include "core/error.h"
 #include "core/h5io.h"
-#include "core/checkpoint.h"
 #include "tests/checkpoint_v2.h"
 
 using namespace dq;
@@ -44,7 +45,7 @@ TEST_CASE("Checkpoint round trip", "[checkpoint]") {
   }
   std::string path = temp_path("roundtrip.h5");
   save_checkpoint(path, net, p, &m, &v, 42, "{\"name\": \"t\"}");
-  CHECK_FALSE(std::filesystem::exists(path + ".tmp"));
+  CHECK_FALSE(std::filesystem::exists(path + ".tmp" + std::to_string(::getpid())));
 
   CheckpointData ck = load_checkpoint(path);
   CHECK(ck.step == 42);

@@ -198,7 +198,8 @@ TEST_CASE("export strips a checkpoint to weights that load identically", "[cli]"
   fs::create_directory(dir.file("in_the_way.h5"));
   check_one_line_failure(
       run(dir, "export '" + run_dir + "' -o '" + dir.file("in_the_way.h5") + "'"), "in_the_way.h5");
-  CHECK_FALSE(fs::exists(dir.file("in_the_way.h5.tmp")));
+  for (const auto& e : fs::directory_iterator(dir.path))
+    CHECK(e.path().filename().string().find("in_the_way.h5.tmp") == std::string::npos);
 
   // An empty folder and a non-checkpoint file are refused in one line.
   fs::create_directory(dir.file("empty"));

@@ -8,7 +8,10 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "core/error.h"
 #include "core/output_files.h"
@@ -155,4 +158,40 @@ TEST_CASE("SIGTERM and SIGINT remove pending temporaries and still stop the proc
     CHECK_FALSE(fs::exists(b));
     CHECK(temporaries(dir) == 0);
   }
+}
+
+TEST_CASE("a stop signal during an output group's renames waits for them", "[output_files]") {
+  TempDir dir("deepqsm-out");
+  constexpr int kFiles = 2000;
+  const auto name = [&](int i) { return dir.file("f" + std::to_string(i)); };
+  for (int i = 0; i < kFiles; ++i) put(name(i), "old");
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    signal(SIGTERM, SIG_DFL);
+    dq::OutputGroup g;
+    std::vector<std::unique_ptr<dq::PendingFile>> files;
+    for (int i = 0; i < kFiles; ++i) {
+      files.push_back(std::make_unique<dq::PendingFile>(name(i), name(i) + ".tmp1"));
+      put(files.back()->tmp(), "new");
+      files.back()->finish();
+    }
+    // SIGTERM as soon as the first file is in place, i.e. while commit() runs.
+    std::thread killer([&] {
+      while (slurp(name(0)) != "new") std::this_thread::yield();
+      kill(getpid(), SIGTERM);
+    });
+    g.commit();
+    killer.join();
+    for (int i = 0; i < 1000; ++i) usleep(10000);  // the signal ends the process first
+    _exit(3);
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  CHECK(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGTERM);
+  int renewed = 0;
+  for (int i = 0; i < kFiles; ++i) renewed += slurp(name(i)) == "new";
+  CHECK(renewed == kFiles);  // all of them, not a mix
+  CHECK(temporaries(dir) == 0);
 }

@@ -459,7 +459,10 @@ struct Trainer {
     // checkpoint.h5 always names the newest: a hard link made under a
     // temporary name and renamed over the old one, so readers never see a
     // missing or partial file. A copy where links are not supported.
-    const fs::path latest = dir / "checkpoint.h5", tmp = dir / "checkpoint.h5.tmp";
+    // The temporary name carries the pid, as every output's does
+    // (core/output_files.h): an `export -o` into this folder never shares it.
+    const fs::path latest = dir / "checkpoint.h5",
+                   tmp = dir / ("checkpoint.h5.tmp" + std::to_string(::getpid()));
     std::error_code ec;
     fs::remove(tmp, ec);
     fs::create_hard_link(path, tmp, ec);
