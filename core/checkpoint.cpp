@@ -7,7 +7,6 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 
 #include "core/error.h"
 #include "core/h5io.h"
@@ -172,7 +171,7 @@ void save_checkpoint(const std::string& path, const UNet& net, const Tensor& par
              "checkpoint: Adam moments do not match the model");
   // A failed write (full disk, a folder in the way of the rename) leaves
   // neither a temporary file nor a half-written checkpoint behind.
-  PendingFile out(path, path + ".tmp" + std::to_string(::getpid()));
+  PendingFile out(path);
   const std::string& tmp = out.tmp();
   {
     H5File f(tmp, H5File::Mode::truncate);

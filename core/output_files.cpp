@@ -116,6 +116,9 @@ PendingFile::PendingFile(std::string path, std::string tmp)
   entry_ = e;
 }
 
+PendingFile::PendingFile(const std::string& path)
+    : PendingFile(path, path + ".tmp" + std::to_string(::getpid())) {}
+
 PendingFile::~PendingFile() {
   if (entry_) remove_temporary(entry_);
 }

@@ -33,8 +33,11 @@ struct PendingEntry;  // a temporary the signal handler knows of
 class PendingFile {
  public:
   // `tmp` is where the caller writes; `path` is where it belongs. Both in
-  // one folder (a rename does not cross file systems).
+  // one folder (a rename does not cross file systems), and the pid in the
+  // temporary's name so that two processes never share one.
   PendingFile(std::string path, std::string tmp);
+  // The temporary "<path>.tmp<pid>".
+  explicit PendingFile(const std::string& path);
   ~PendingFile();  // removes the temporary unless finish() moved it
   PendingFile(const PendingFile&) = delete;
   PendingFile& operator=(const PendingFile&) = delete;

@@ -2,12 +2,10 @@
 #include "core/png_io.h"
 
 #include <png.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <functional>
 #include <sstream>
 
@@ -57,7 +55,7 @@ bool png_write_file(const char* path, int width, int height, int color_type, int
 void write_png(const std::string& path, int width, int height, int color_type, int channels,
                const uint8_t* pixels) {
   if (width <= 0 || height <= 0) fail(path, ": cannot write an empty image");
-  PendingFile out(path, path + ".tmp" + std::to_string(::getpid()));
+  PendingFile out(path);
   if (!png_write_file(out.tmp().c_str(), width, height, color_type, channels, pixels))
     fail(path, ": could not write the PNG file (is the folder writable?)");
   out.finish();

@@ -1,7 +1,6 @@
 #include "synth/patch_file.h"
 
 #include <hdf5.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -88,7 +87,7 @@ struct PatchFileWriter::Ids {
 
 PatchFileWriter::PatchFileWriter(const std::string& path, const Recipe& r, uint64_t seed,
                                  int64_t volumes)
-    : path_(path), out_(path, path + ".tmp" + std::to_string(getpid())), r_(r), volumes_(volumes) {
+    : path_(path), out_(path), r_(r), volumes_(volumes) {
   r.validate();
   if (volumes < 0) fail(path, ": negative volume count ", volumes);
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // errors come back as dq::Error, not stack dumps

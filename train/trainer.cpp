@@ -23,6 +23,7 @@
 #include "core/loss_scale.h"
 #include "core/metrics.h"
 #include "core/nifti_io.h"
+#include "core/output_files.h"
 #include "core/parallel.h"
 #include "core/philox.h"
 #include "core/tkd.h"
@@ -457,17 +458,16 @@ struct Trainer {
     if (scaler) st.loss_scale = scaler->state();
     save_checkpoint(path.string(), net, hp, &hm, &hv, step, config_json, st);
     // checkpoint.h5 always names the newest: a hard link made under a
-    // temporary name and renamed over the old one, so readers never see a
-    // missing or partial file. A copy where links are not supported.
-    // The temporary name carries the pid, as every output's does
-    // (core/output_files.h): an `export -o` into this folder never shares it.
-    const fs::path latest = dir / "checkpoint.h5",
-                   tmp = dir / ("checkpoint.h5.tmp" + std::to_string(::getpid()));
+    // temporary name and renamed over the old one (core/output_files.h), so
+    // readers never see a missing or partial file. A copy where links are
+    // not supported.
+    const fs::path latest = dir / "checkpoint.h5";
+    PendingFile link(latest.string());
     std::error_code ec;
-    fs::remove(tmp, ec);
-    fs::create_hard_link(path, tmp, ec);
-    if (ec) fs::copy_file(path, tmp, fs::copy_options::overwrite_existing);
-    fs::rename(tmp, latest);
+    fs::remove(link.tmp(), ec);
+    fs::create_hard_link(path, link.tmp(), ec);
+    if (ec) fs::copy_file(path, link.tmp(), fs::copy_options::overwrite_existing);
+    link.finish();
     auto all = step_checkpoints(out_dir);
     while (static_cast<int64_t>(all.size()) > cfg.keep_checkpoints) {
       fs::remove(all.begin()->second, ec);
