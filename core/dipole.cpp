@@ -129,59 +129,173 @@ std::vector<float> dipole_kernel_full(const Dims3& dims, const Vec3& voxel_mm, c
   return kernel_on(dims, dims.nx, voxel_mm, b0_dir, k0_value);
 }
 
-void apply_kspace_filter(Fft3& fft, const std::vector<float>& half_filter, const float* in,
-                         const Dims3& dims, int64_t pad, float* out) {
-  DQ_CHECK(pad >= 0, "negative padding ", pad);
-  const Dims3 g = dims.padded(pad);
-  DQ_CHECK(fft.dims() == g, "FFT planned for another grid");
-  DQ_CHECK(static_cast<int64_t>(half_filter.size()) == g.half_numel(),
-           "k-space filter does not match the padded grid");
+namespace {
 
-  // With a threaded FFT the copies and the product are threaded too, over
-  // planes and bins (core/parallel.h); one-thread transforms (the generators'
-  // workers) keep them on their own thread.
-  float* buf = fft.real();
-  const size_t row = sizeof(float) * static_cast<size_t>(dims.nx);
-  const int64_t plane = g.ny * g.nx;
-  const int64_t plane_grain = std::max<int64_t>(1, kPointwiseGrain / plane);
-  const auto each = [&fft](int64_t n, int64_t grain, const auto& f) {
-    if (fft.threads() > 1)
-      parallel_for(n, grain, f);
+// Columns of the z pass transformed together: 32 complex columns of a
+// 224-deep grid are 56 KiB, in L2 beside the filter's rows.
+constexpr int64_t kColumnBlock = 32;
+
+// An fftwf_malloc'd buffer freed on scope exit.
+template <class T>
+struct FftwBuffer {
+  T* p;
+  explicit FftwBuffer(int64_t n)
+      : p(static_cast<T*>(fftwf_malloc(sizeof(T) * static_cast<size_t>(n)))) {
+    if (!p) fail("out of host memory for an FFT buffer of ", n, " values");
+  }
+  ~FftwBuffer() { fftwf_free(p); }
+  FftwBuffer(const FftwBuffer&) = delete;
+  FftwBuffer& operator=(const FftwBuffer&) = delete;
+};
+
+fftwf_complex* as_fftw(std::complex<float>* p) {
+  return reinterpret_cast<fftwf_complex*>(p);
+}
+
+}  // namespace
+
+PaddedFilter::PaddedFilter(const Dims3& dims, int64_t pad, const std::vector<float>& half_filter,
+                           bool threaded)
+    : dims_(dims), grid_(dims.padded(pad)), pad_(pad), threaded_(threaded) {
+  DQ_CHECK(dims.nz > 0 && dims.ny > 0 && dims.nx > 0, "empty FFT grid");
+  DQ_CHECK(pad >= 0, "negative padding ", pad);
+  DQ_CHECK(grid_.numel() < (int64_t{1} << 31), "FFT grid too large");
+  DQ_CHECK(static_cast<int64_t>(half_filter.size()) == grid_.half_numel(),
+           "k-space filter does not match the padded grid");
+  const int64_t columns = grid_.ny * (grid_.nx / 2 + 1),
+                blocks = (columns + kColumnBlock - 1) / kColumnBlock;
+  const float scale = 1.0f / static_cast<float>(grid_.numel());
+  filter_.assign(static_cast<size_t>(blocks * kColumnBlock * grid_.nz), 0.0f);
+  for (int64_t z = 0; z < grid_.nz; ++z)
+    for (int64_t c = 0; c < columns; ++c)
+      filter_[static_cast<size_t>(c * grid_.nz + z)] =
+          half_filter[static_cast<size_t>(z * columns + c)] * scale;
+  const int gz = static_cast<int>(grid_.nz), gy = static_cast<int>(grid_.ny),
+            gx = static_cast<int>(grid_.nx), hx = gx / 2 + 1, ny = static_cast<int>(dims.ny),
+            block = static_cast<int>(kColumnBlock);
+  spectrum_ = static_cast<std::complex<float>*>(
+      fftwf_malloc(sizeof(fftwf_complex) * static_cast<size_t>(grid_.half_numel())));
+  if (!spectrum_) fail("out of host memory for a ", grid_.nz, "x", grid_.ny, "x", grid_.nx, " FFT");
+  // The plans run on rows, planes and column blocks anywhere in the buffers,
+  // so none may assume an alignment; FFTW_ESTIMATE never touches the arrays,
+  // so a scratch buffer stands in for the rows and columns while planning.
+  const unsigned flags = FFTW_ESTIMATE | FFTW_UNALIGNED;
+  FftwBuffer<float> rows(std::max<int64_t>(int64_t{ny} * gx, 2 * kColumnBlock * gz));
+  auto* col = reinterpret_cast<fftwf_complex*>(rows.p);
+  fftwf_complex* spec = as_fftw(spectrum_);
+  std::lock_guard<std::mutex> lock(fftw_planner_mutex());
+  plans_[0] =
+      fftwf_plan_many_dft_r2c(1, &gx, ny, rows.p, nullptr, 1, gx, spec, nullptr, 1, hx, flags);
+  plans_[1] =
+      fftwf_plan_many_dft_c2r(1, &gx, ny, spec, nullptr, 1, hx, rows.p, nullptr, 1, gx, flags);
+  plans_[2] = fftwf_plan_many_dft(1, &gy, hx, spec, nullptr, hx, 1, spec, nullptr, hx, 1,
+                                  FFTW_FORWARD, flags);
+  plans_[3] = fftwf_plan_many_dft(1, &gy, hx, spec, nullptr, hx, 1, spec, nullptr, hx, 1,
+                                  FFTW_BACKWARD, flags);
+  plans_[4] = fftwf_plan_many_dft(1, &gz, block, col, nullptr, 1, gz, col, nullptr, 1, gz,
+                                  FFTW_FORWARD, flags);
+  plans_[5] = fftwf_plan_many_dft(1, &gz, block, col, nullptr, 1, gz, col, nullptr, 1, gz,
+                                  FFTW_BACKWARD, flags);
+  for (void* plan : plans_)
+    if (!plan) {
+      for (void* q : plans_)
+        if (q) fftwf_destroy_plan(static_cast<fftwf_plan>(q));
+      fftwf_free(spectrum_);
+      fail("FFTW could not plan a ", grid_.nz, "x", grid_.ny, "x", grid_.nx, " filter");
+    }
+}
+
+PaddedFilter::~PaddedFilter() {
+  {
+    std::lock_guard<std::mutex> lock(fftw_planner_mutex());
+    for (void* plan : plans_) fftwf_destroy_plan(static_cast<fftwf_plan>(plan));
+  }
+  fftwf_free(spectrum_);
+}
+
+// Unpadded planes z0..z1: rows zero-padded along x, R2C along x into the
+// plane's unpadded rows, its padding rows zeroed, then the y transforms.
+void PaddedFilter::forward_planes(const float* in, int64_t z0, int64_t z1) {
+  const int64_t gx = grid_.nx, hx = gx / 2 + 1, plane = grid_.ny * hx, ny = dims_.ny, nx = dims_.nx,
+                p = pad_;
+  FftwBuffer<float> rows(ny * gx);
+  for (int64_t z = z0; z < z1; ++z) {
+    for (int64_t y = 0; y < ny; ++y) {
+      float* row = rows.p + y * gx;
+      std::fill(row, row + p, 0.0f);
+      std::memcpy(row + p, in + (z * ny + y) * nx, sizeof(float) * static_cast<size_t>(nx));
+      std::fill(row + p + nx, row + gx, 0.0f);
+    }
+    std::complex<float>* s = spectrum_ + (z + p) * plane;
+    fftwf_execute_dft_r2c(static_cast<fftwf_plan>(plans_[0]), rows.p, as_fftw(s + p * hx));
+    std::fill(s, s + p * hx, std::complex<float>{});
+    std::fill(s + (p + ny) * hx, s + plane, std::complex<float>{});
+    fftwf_execute_dft(static_cast<fftwf_plan>(plans_[2]), as_fftw(s), as_fftw(s));
+  }
+}
+
+// Column blocks b0..b1 of the (y, kx) columns: gathered with the padding
+// planes as zeros, transformed along z, filtered (with FFTW's 1/N), inverse
+// transformed, and the unpadded planes written back.
+void PaddedFilter::filter_columns(int64_t b0, int64_t b1) {
+  const int64_t gz = grid_.nz, columns = grid_.ny * (grid_.nx / 2 + 1), p = pad_, nz = dims_.nz;
+  FftwBuffer<std::complex<float>> col(kColumnBlock * gz);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t c0 = b * kColumnBlock, m = std::min(kColumnBlock, columns - c0);
+    // Plane by plane, so the spectrum is read in runs of m values.
+    for (int64_t z = 0; z < gz; ++z) {
+      const bool inside = z >= p && z < p + nz;
+      const std::complex<float>* s = spectrum_ + z * columns + c0;
+      for (int64_t j = 0; j < kColumnBlock; ++j)
+        col.p[j * gz + z] = inside && j < m ? s[j] : std::complex<float>{};
+    }
+    fftwf_execute_dft(static_cast<fftwf_plan>(plans_[4]), as_fftw(col.p), as_fftw(col.p));
+    const float* f = filter_.data() + c0 * gz;
+    for (int64_t i = 0; i < m * gz; ++i) col.p[i] *= f[i];
+    fftwf_execute_dft(static_cast<fftwf_plan>(plans_[5]), as_fftw(col.p), as_fftw(col.p));
+    for (int64_t z = p; z < p + nz; ++z) {
+      std::complex<float>* s = spectrum_ + z * columns + c0;
+      for (int64_t j = 0; j < m; ++j) s[j] = col.p[j * gz + z];
+    }
+  }
+}
+
+// Unpadded planes z0..z1: inverse y transforms, C2R along x of the unpadded
+// rows, their unpadded voxels copied out.
+void PaddedFilter::inverse_planes(float* out, int64_t z0, int64_t z1) {
+  const int64_t gx = grid_.nx, hx = gx / 2 + 1, plane = grid_.ny * hx, ny = dims_.ny, nx = dims_.nx,
+                p = pad_;
+  FftwBuffer<float> rows(ny * gx);
+  for (int64_t z = z0; z < z1; ++z) {
+    std::complex<float>* s = spectrum_ + (z + p) * plane;
+    fftwf_execute_dft(static_cast<fftwf_plan>(plans_[3]), as_fftw(s), as_fftw(s));
+    fftwf_execute_dft_c2r(static_cast<fftwf_plan>(plans_[1]), as_fftw(s + p * hx), rows.p);
+    for (int64_t y = 0; y < ny; ++y)
+      std::memcpy(out + (z * ny + y) * nx, rows.p + y * gx + p,
+                  sizeof(float) * static_cast<size_t>(nx));
+  }
+}
+
+void PaddedFilter::apply(const float* in, float* out) {
+  const auto each = [this](int64_t n, const auto& f) {
+    if (threaded_)
+      parallel_for(n, 1, f);
     else
       f(int64_t{0}, n);
   };
-  if (pad > 0)
-    each(g.nz, plane_grain, [&](int64_t z0, int64_t z1) {
-      std::memset(buf + z0 * plane, 0, sizeof(float) * static_cast<size_t>((z1 - z0) * plane));
-    });
-  each(dims.nz, plane_grain, [&](int64_t z0, int64_t z1) {
-    for (int64_t z = z0; z < z1; ++z)
-      for (int64_t y = 0; y < dims.ny; ++y)
-        std::memcpy(buf + ((z + pad) * g.ny + (y + pad)) * g.nx + pad,
-                    in + (z * dims.ny + y) * dims.nx, row);
-  });
-
-  fft.forward();
-  std::complex<float>* s = fft.spectrum();
-  each(g.half_numel(), kPointwiseGrain, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) s[i] *= half_filter[static_cast<size_t>(i)];
-  });
-  fft.inverse();
-
-  each(dims.nz, plane_grain, [&](int64_t z0, int64_t z1) {
-    for (int64_t z = z0; z < z1; ++z)
-      for (int64_t y = 0; y < dims.ny; ++y)
-        std::memcpy(out + (z * dims.ny + y) * dims.nx,
-                    buf + ((z + pad) * g.ny + (y + pad)) * g.nx + pad, row);
-  });
+  // All of `in` is read before `out` is written, so they may alias.
+  each(dims_.nz, [&](int64_t z0, int64_t z1) { forward_planes(in, z0, z1); });
+  const int64_t columns = grid_.ny * (grid_.nx / 2 + 1);
+  each((columns + kColumnBlock - 1) / kColumnBlock,
+       [&](int64_t b0, int64_t b1) { filter_columns(b0, b1); });
+  each(dims_.nz, [&](int64_t z0, int64_t z1) { inverse_planes(out, z0, z1); });
 }
 
 void forward_field(const float* chi, const Dims3& dims, const Vec3& voxel_mm, const Vec3& b0_dir,
                    double k0_value, int64_t pad, float* field) {
   if (pad < 0) fail("dipole padding must be >= 0, got ", pad);
-  const Dims3 g = dims.padded(pad);
-  Fft3 fft(g);
-  apply_kspace_filter(fft, dipole_kernel(g, voxel_mm, b0_dir, k0_value), chi, dims, pad, field);
+  PaddedFilter(dims, pad, dipole_kernel(dims.padded(pad), voxel_mm, b0_dir, k0_value))
+      .apply(chi, field);
 }
 
 Dims3 volume_dims(const Tensor& t, const char* what) {

@@ -120,10 +120,9 @@ void tikhonov(const float* field, const uint8_t* mask, const Dims3& dims, const 
               const Vec3& b0_dir, double lambda, TikhonovReg reg, double k0_value, int64_t pad,
               float* chi) {
   if (pad < 0) fail("Tikhonov padding must be >= 0, got ", pad);
-  const Dims3 g = dims.padded(pad);
-  Fft3 fft(g);
-  apply_kspace_filter(fft, tikhonov_inverse_kernel(g, voxel_mm, b0_dir, lambda, reg, k0_value),
-                      field, dims, pad, chi);
+  PaddedFilter(dims, pad,
+               tikhonov_inverse_kernel(dims.padded(pad), voxel_mm, b0_dir, lambda, reg, k0_value))
+      .apply(field, chi);
   apply_mask(mask, dims.numel(), chi);
 }
 

@@ -1,6 +1,6 @@
 // Classical dipole inversions, our baselines: closed-form Tikhonov and
 // total-variation (TV) inversion by ADMM, on the CPU with FFTW (core/dipole.h's
-// Fft3). TKD is in core/tkd.h. cuda/inversion.h runs the same algorithms on
+// PaddedFilter and Fft3). TKD is in core/tkd.h. cuda/inversion.h runs the same algorithms on
 // the GPU with the same numbers. Conventions (axes, units, D(k), padding) are
 // those of core/dipole.h: field and chi are (nz, ny, nx) volumes in ppm,
 // voxel_mm and b0_dir are (x, y, z), and `pad` zero voxels per side are

@@ -66,7 +66,7 @@ LogKernel log_kernel(const std::array<double, 3>& voxel_mm) {
 // LoG of `in` (zero outside the grid), same size. The convolution is done
 // by FFT on the grid padded by the largest half-width, so nothing wraps
 // around; the kernel is symmetric, so its spectrum is real and the shared
-// real-filter path (apply_kspace_filter) applies it.
+// real-filter path (PaddedFilter) applies it.
 void log_filter(const std::vector<float>& in, const Dims3& dims, const LogKernel& k,
                 std::vector<float>& out) {
   const int64_t pad = std::max({k.hz, k.hy, k.hx});
@@ -87,7 +87,7 @@ void log_filter(const std::vector<float>& in, const Dims3& dims, const LogKernel
   const std::complex<float>* s = fft.spectrum();
   for (size_t i = 0; i < filter.size(); ++i) filter[i] = s[i].real();
   out.resize(in.size());
-  apply_kspace_filter(fft, filter, in.data(), dims, pad, out.data());
+  PaddedFilter(dims, pad, filter).apply(in.data(), out.data());
 }
 
 // In-place sum over a (2r+1)-voxel window, clipped at the ends, along lines

@@ -29,19 +29,17 @@ void for_each_voxel(int64_t n, const F& f) {
 struct DipoleOp {
   Dims3 dims;
   int64_t pad;
-  Fft3 fft;
-  std::vector<float> kernel;
+  PaddedFilter filter;
   const uint8_t* mask;
 
   DipoleOp(const Dims3& d, const Vec3& voxel_mm, const Vec3& b0_dir, double k0, int64_t p,
            const uint8_t* m)
       : dims(d),
         pad(p),
-        fft(d.padded(p), fft_threads()),
-        kernel(dipole_kernel(d.padded(p), voxel_mm, b0_dir, k0)),
+        filter(d, p, dipole_kernel(d.padded(p), voxel_mm, b0_dir, k0), /*threaded=*/true),
         mask(m) {}
 
-  void apply(const float* in, float* out) { apply_kspace_filter(fft, kernel, in, dims, pad, out); }
+  void apply(const float* in, float* out) { filter.apply(in, out); }
   void masked(float* v) const {
     if (!mask) return;
     for_each_voxel(dims.numel(), [&](int64_t i) {

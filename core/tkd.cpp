@@ -25,10 +25,9 @@ std::vector<float> tkd_inverse_kernel(const Dims3& dims, const Vec3& voxel_mm, c
 void tkd(const float* field, const Dims3& dims, const Vec3& voxel_mm, const Vec3& b0_dir,
          double threshold, double k0_value, int64_t pad, float* chi) {
   if (pad < 0) fail("TKD padding must be >= 0, got ", pad);
-  const Dims3 g = dims.padded(pad);
-  std::vector<float> kinv = tkd_inverse_kernel(g, voxel_mm, b0_dir, threshold, k0_value);
-  Fft3 fft(g);
-  apply_kspace_filter(fft, kinv, field, dims, pad, chi);
+  PaddedFilter(dims, pad,
+               tkd_inverse_kernel(dims.padded(pad), voxel_mm, b0_dir, threshold, k0_value))
+      .apply(field, chi);
 }
 
 Tensor tkd(const Tensor& field, const Vec3& voxel_mm, const Vec3& b0_dir, double threshold,
@@ -47,12 +46,10 @@ Tensor tkd_patches(const Tensor& field, const Vec3& voxel_mm, const Vec3& b0_dir
   Tensor chi = Tensor::zeros(s);
   if (s.numel() == 0) return chi;
   const Dims3 dims{s[1], s[2], s[3]};
-  std::vector<float> kinv = tkd_inverse_kernel(dims, voxel_mm, b0_dir, threshold, k0_value);
-  Fft3 fft(dims);
+  PaddedFilter filter(dims, 0, tkd_inverse_kernel(dims, voxel_mm, b0_dir, threshold, k0_value));
   const float* in = field.f32();
   float* out = chi.f32();
-  for (int64_t n = 0; n < s[0]; ++n)
-    apply_kspace_filter(fft, kinv, in + n * dims.numel(), dims, 0, out + n * dims.numel());
+  for (int64_t n = 0; n < s[0]; ++n) filter.apply(in + n * dims.numel(), out + n * dims.numel());
   return chi;
 }
 

@@ -216,7 +216,7 @@ void download(const float* dev, int64_t n, float* host) {
 }
 
 // R2C / C2R plans and buffers for one padded grid; filter() is the GPU
-// apply_kspace_filter (pad, FFT, multiply by a real half-spectrum filter,
+// PaddedFilter::apply (pad, FFT, multiply by a real half-spectrum filter,
 // inverse FFT scaled by 1/N, crop).
 class GpuFft {
  public:
