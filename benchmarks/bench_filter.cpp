@@ -12,15 +12,14 @@
 // Each repeat runs both in turn; the medians and their ratio are printed,
 // with the largest difference between the two outputs.
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <complex>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <vector>
 
+#include "benchmarks/timing.h"
 #include "core/dipole.h"
 #include "core/parallel.h"
 #include "core/philox.h"
@@ -29,16 +28,8 @@ using namespace dq;
 
 namespace {
 
-double seconds(const std::function<void()>& f) {
-  const auto t0 = std::chrono::steady_clock::now();
-  f();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using bench::median;
+using bench::seconds;
 
 // The former path: zero-pad into the 3-D plan's buffer, R2C, multiply, C2R, crop.
 void filter_3d(Fft3& fft, const std::vector<float>& kernel, const float* in, const Dims3& d,

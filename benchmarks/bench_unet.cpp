@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "benchmarks/timing.h"
 #include "core/cpu/cpu_backend.h"
 #include "core/error.h"
 #include "core/unet.h"
@@ -32,10 +33,7 @@ using namespace dq;
 
 namespace {
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using bench::median;
 
 // Peak resident memory of this process (VmHWM), in MiB.
 double peak_rss_mib() {

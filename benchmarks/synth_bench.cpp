@@ -9,14 +9,13 @@
 // Patches/s counts patches_per_volume patches per volume; the CPU numbers
 // are single-threaded except the stream with 2 workers.
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "benchmarks/timing.h"
 #include "core/dipole.h"
 #include "cuda/check.h"
 #include "cuda/device.h"
@@ -28,11 +27,7 @@ using namespace dq;
 
 namespace {
 
-double seconds(const std::function<void()>& f) {
-  const auto t0 = std::chrono::steady_clock::now();
-  f();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
+using bench::seconds;
 
 void report(const char* what, int64_t volumes, int64_t patches, double s) {
   std::printf("%-44s %8.2f volumes/s %10.1f patches/s  (%.2f s per volume)\n", what,
