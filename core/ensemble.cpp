@@ -52,6 +52,9 @@ std::vector<double> gauss_taps(double sigma, int64_t& r) {
   return w;
 }
 
+// Outputs blur_lines sums at once (below).
+constexpr int64_t kBlurBlock = 32;
+
 // One axis of the blur on `n` lines of length `len` whose elements are
 // `stride` apart and whose starts are given by line_start(j). Each line is
 // copied out, so the access pattern of the axis does not matter for
@@ -63,22 +66,36 @@ void blur_lines(float* v, int64_t n_lines, int64_t len, int64_t stride,
   // prefix[t] = w[0] + ... + w[t - 1]: the weight left near an edge.
   std::vector<double> prefix(w.size() + 1, 0.0);
   for (size_t t = 0; t < w.size(); ++t) prefix[t + 1] = prefix[t] + w[t];
+  const int64_t taps = 2 * r + 1;
   // Lines are independent: threads take runs of them (core/parallel.h).
-  const int64_t grain = std::max<int64_t>(1, kPointwiseGrain / (len * (2 * r + 1)));
+  const int64_t grain = std::max<int64_t>(1, kPointwiseGrain / (len * taps));
   parallel_for(n_lines, grain, [&](int64_t j0, int64_t j1) {
-    std::vector<double> line(static_cast<size_t>(len));
+    // The line with r zeros either side (and room for a last part-block), so
+    // every output sums all taps: a dropped tap adds +0.0, which leaves a sum
+    // that started at +0.0 unchanged, so each sum is bit for bit the sum over
+    // the taps inside the line alone. kBlurBlock outputs are summed together,
+    // each in the same order, so they overlap instead of each waiting on its
+    // previous add.
+    std::vector<double> line(static_cast<size_t>(len + 2 * r + kBlurBlock), 0.0);
+    double* lp = line.data();
     for (int64_t j = j0; j < j1; ++j) {
       float* p = v + line_start(j);
-      for (int64_t i = 0; i < len; ++i) line[static_cast<size_t>(i)] = p[i * stride];
-      for (int64_t i = 0; i < len; ++i) {
-        const int64_t a = std::max<int64_t>(0, i - r), b = std::min<int64_t>(len - 1, i + r);
-        const double* wi = w.data() + (a - i + r);  // the weight of line[a]
-        const double* li = line.data() + a;
-        double s = 0;
-        for (int64_t k = 0; k <= b - a; ++k) s += wi[k] * li[k];
-        if (b - a < 2 * r)
-          s /= prefix[static_cast<size_t>(b - i + r + 1)] - prefix[static_cast<size_t>(a - i + r)];
-        p[i * stride] = static_cast<float>(s);
+      for (int64_t i = 0; i < len; ++i) lp[r + i] = p[i * stride];
+      for (int64_t i0 = 0; i0 < len; i0 += kBlurBlock) {
+        double acc[kBlurBlock] = {};
+        for (int64_t k = 0; k < taps; ++k) {
+          const double wk = w[static_cast<size_t>(k)];
+          const double* l = lp + i0 + k;  // output i0 + q reads lp[i0 + q + k]
+          for (int64_t q = 0; q < kBlurBlock; ++q) acc[q] += wk * l[q];
+        }
+        for (int64_t i = i0; i < std::min(len, i0 + kBlurBlock); ++i) {
+          double s = acc[i - i0];
+          const int64_t a = std::max<int64_t>(0, i - r), b = std::min<int64_t>(len - 1, i + r);
+          if (b - a < 2 * r)
+            s /=
+                prefix[static_cast<size_t>(b - i + r + 1)] - prefix[static_cast<size_t>(a - i + r)];
+          p[i * stride] = static_cast<float>(s);
+        }
       }
     }
   });
