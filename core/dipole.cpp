@@ -173,14 +173,14 @@ PaddedFilter::PaddedFilter(const Dims3& dims, int64_t pad, const std::vector<flo
   const int gz = static_cast<int>(grid_.nz), gy = static_cast<int>(grid_.ny),
             gx = static_cast<int>(grid_.nx), hx = gx / 2 + 1, ny = static_cast<int>(dims.ny),
             block = static_cast<int>(kColumnBlock);
-  spectrum_ = static_cast<std::complex<float>*>(
-      fftwf_malloc(sizeof(fftwf_complex) * static_cast<size_t>(grid_.half_numel())));
-  if (!spectrum_) fail("out of host memory for a ", grid_.nz, "x", grid_.ny, "x", grid_.nx, " FFT");
   // The plans run on rows, planes and column blocks anywhere in the buffers,
   // so none may assume an alignment; FFTW_ESTIMATE never touches the arrays,
   // so a scratch buffer stands in for the rows and columns while planning.
   const unsigned flags = FFTW_ESTIMATE | FFTW_UNALIGNED;
   FftwBuffer<float> rows(std::max<int64_t>(int64_t{ny} * gx, 2 * kColumnBlock * gz));
+  spectrum_ = static_cast<std::complex<float>*>(
+      fftwf_malloc(sizeof(fftwf_complex) * static_cast<size_t>(grid_.half_numel())));
+  if (!spectrum_) fail("out of host memory for a ", grid_.nz, "x", grid_.ny, "x", grid_.nx, " FFT");
   auto* col = reinterpret_cast<fftwf_complex*>(rows.p);
   fftwf_complex* spec = as_fftw(spectrum_);
   std::lock_guard<std::mutex> lock(fftw_planner_mutex());

@@ -154,7 +154,7 @@ std::vector<float> dipole_kernel_full(const Dims3& dims, const Vec3& voxel_mm, c
 // unpadded rows), and the z passes run on blocks of columns gathered into a
 // small buffer, where the filter is applied between the forward and inverse
 // transforms. On the refinement's 160^3 grid padded by 32 this is about 1.7x
-// faster than FFTW's 3-D plans (BENCHMARKS.md), and half the memory (no padded
+// faster than FFTW's 3-D plans (BENCHMARKS.md), in 40 % less memory (no padded
 // real volume). Every 1-D transform and product is computed alone, so the
 // result does not depend on the thread count: `threaded` shares the planes and
 // column blocks among cpu_threads() OpenMP threads (core/parallel.h; the

@@ -25,17 +25,15 @@ void for_each_voxel(int64_t n, const F& f) {
   });
 }
 
-// The padded dipole convolution and its masked normal operator, sharing one plan.
+// The padded dipole convolution and its masked normal operator, sharing one filter.
 struct DipoleOp {
   Dims3 dims;
-  int64_t pad;
   PaddedFilter filter;
   const uint8_t* mask;
 
   DipoleOp(const Dims3& d, const Vec3& voxel_mm, const Vec3& b0_dir, double k0, int64_t p,
            const uint8_t* m)
       : dims(d),
-        pad(p),
         filter(d, p, dipole_kernel(d.padded(p), voxel_mm, b0_dir, k0), /*threaded=*/true),
         mask(m) {}
 
