@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <iostream>
@@ -90,6 +91,9 @@ std::string usage_failure(const CLI::App*, const CLI::Error& e) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Line by line even when stdout is a file or a pipe (a batch system's log):
+  // each progress line is there when it is printed, also if the run dies.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   dq::InferOptions o;
   std::vector<double> b0_dir;
   CLI::App app{kAbout, "deepqsm-infer"};

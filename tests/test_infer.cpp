@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <csignal>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -221,6 +222,25 @@ TEST_CASE("infer replaces the preview and the map together or not at all", "[inf
   CHECK(slurp(png) == "old");
   for (const auto& e : fs::directory_iterator(dir.path))
     CHECK(e.path().filename().string().find(".tmp") == std::string::npos);
+}
+
+TEST_CASE("progress lines reach a redirected stdout as they are printed", "[infer]") {
+  // A batch system writes stdout to a file, where the C library buffers it by
+  // blocks unless told otherwise; a run that dies (here: SIGXFSZ, left at its
+  // default, when the 256 KB map passes a 100 KB file limit) must still have
+  // left every line it printed before.
+  TempDir dir("deepqsm-infer");
+  const std::string model = small_model(dir);
+  const PhantomFiles ph = phantom_files(dir);
+  const Run r = run(dir,
+                    q(ph.field) + " -o " + q(dir.file("chi.nii")) + " --model " + q(model) +
+                        " --scales 1 --flips 1 --refine 0",
+                    "ulimit -f " + std::to_string(100 * 1024 / 512) + ";");
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  // Killed by the signal, so nothing was flushed at exit (the shell running
+  // it reports the signal as its status 128 + SIGXFSZ).
+  REQUIRE((!r.exited() || r.code() == 128 + SIGXFSZ));
+  CHECK_THAT(r.out, StartsWith("input:") && Contains("\ndevice:") && Contains("\npad:"));
 }
 
 TEST_CASE("NaN voxels are masked out and counted in a warning", "[infer]") {

@@ -46,6 +46,9 @@ std::string usage_failure(const CLI::App*, const CLI::Error& e) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Line by line even when stdout is a file or a pipe (a batch system's log):
+  // each progress line is there when it is printed, also if the run dies.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   CLI::App app{kAbout, "deepqsm"};
   app.set_version_flag("--version", std::string("deepqsm ") + kVersion);
   app.require_subcommand(1);
