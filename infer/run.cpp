@@ -396,6 +396,11 @@ int run_inference(const InferOptions& opt) {
     ro.k0_value = trained_dipole_k0(ck.config_json);
     if (ro.k0_value != RefineOptions{}.k0_value)
       std::printf("refine: D(0) = %g, as in the model's training data\n", ro.k0_value);
+    std::printf(
+        "refine: %d conjugate-gradient iterations, lambda %g, FFTs on %s (%lld zero voxels "
+        "added per side)\n",
+        opt.refine, ro.lambda, dims_str(dims.padded(ro.pad)).c_str(),
+        static_cast<long long>(ro.pad));
     std::vector<float> refined(chi.size());
     std::vector<double> objective;
     if (gpu)
@@ -406,8 +411,7 @@ int run_inference(const InferOptions& opt) {
                  refined.data(), &objective);
     chi = std::move(refined);
     apply_mask(chi.data(), mask.data(), n);
-    std::printf("refine: %d conjugate-gradient iterations, lambda %g: objective %.4g -> %.4g\n",
-                opt.refine, ro.lambda, objective.empty() ? 0.0 : objective.front(),
+    std::printf("refine: objective %.4g -> %.4g\n", objective.empty() ? 0.0 : objective.front(),
                 objective.empty() ? 0.0 : objective.back());
     refine_secs = seconds_since(t_refine);
   }
