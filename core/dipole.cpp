@@ -20,7 +20,24 @@ int fft_threads() {
   return cpu_threads();
 }
 
+namespace {
+
+// FFTW's threads library must be initialised before any other FFTW call; each
+// user of FFTW here (Fft3, PaddedFilter) calls this first, and the first call
+// initialises it (a function-local static: once, other callers waiting).
+bool fftw_threads_ready() {
+#ifdef DEEPQSM_FFTW_THREADS
+  static const bool ok = fftwf_init_threads() != 0;
+  return ok;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
 Fft3::Fft3(const Dims3& dims, int threads) : dims_(dims), threads_(threads > 1 ? threads : 1) {
+  const bool threads_ok = fftw_threads_ready();
   DQ_CHECK(dims.nz > 0 && dims.ny > 0 && dims.nx > 0, "empty FFT grid");
   // FFTW takes int sizes; a 1290^3 grid would overflow, far beyond any volume here.
   DQ_CHECK(dims.numel() < (int64_t{1} << 31), "FFT grid too large");
@@ -39,10 +56,10 @@ Fft3::Fft3(const Dims3& dims, int threads) : dims_(dims), threads_(threads > 1 ?
 #ifdef DEEPQSM_FFTW_THREADS
   // The thread count is planner state: set it for these two plans only, under
   // the planner lock, and put it back so other plans stay single-threaded.
-  static const bool threads_ok = fftwf_init_threads() != 0;
   if (threads_ok) fftwf_plan_with_nthreads(threads > 1 ? threads : 1);
 #else
   (void)threads;
+  (void)threads_ok;
 #endif
   // FFTW_ESTIMATE does not touch the buffers while planning, so no data is
   // lost and planning costs no transforms.
@@ -157,6 +174,7 @@ fftwf_complex* as_fftw(std::complex<float>* p) {
 PaddedFilter::PaddedFilter(const Dims3& dims, int64_t pad, const std::vector<float>& half_filter,
                            bool threaded)
     : dims_(dims), grid_(dims.padded(pad)), pad_(pad), threaded_(threaded) {
+  fftw_threads_ready();  // its plans are single-threaded; apply() threads them
   DQ_CHECK(dims.nz > 0 && dims.ny > 0 && dims.nx > 0, "empty FFT grid");
   DQ_CHECK(pad >= 0, "negative padding ", pad);
   DQ_CHECK(grid_.numel() < (int64_t{1} << 31), "FFT grid too large");

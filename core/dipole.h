@@ -159,7 +159,7 @@ std::vector<float> dipole_kernel_full(const Dims3& dims, const Vec3& voxel_mm, c
 // result does not depend on the thread count: `threaded` shares the planes and
 // column blocks among cpu_threads() OpenMP threads (core/parallel.h; the
 // refinement), otherwise all runs on the caller (the generators' workers,
-// one volume each).
+// one volume each). One apply() at a time per object (it owns the spectrum).
 class PaddedFilter {
  public:
   PaddedFilter(const Dims3& dims, int64_t pad, const std::vector<float>& half_filter,

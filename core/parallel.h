@@ -12,6 +12,8 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <exception>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -32,7 +34,10 @@ constexpr int64_t kPointwiseGrain = int64_t{1} << 18;
 
 // Calls f(begin, end) on contiguous chunks covering [0, n). Below `grain`
 // items per thread, starting a thread costs more than it saves, so small
-// ranges run inline on the caller.
+// ranges run inline on the caller. An exception thrown by f (say, a failed
+// allocation) is caught on its thread and the first one rethrown here once
+// every chunk has ended; escaping an OpenMP region or a std::thread it
+// would end the process.
 template <class F>
 void parallel_for(int64_t n, int64_t grain, const F& f) {
   int64_t chunks = std::min<int64_t>(cpu_threads(), n / std::max<int64_t>(1, grain));
@@ -41,17 +46,28 @@ void parallel_for(int64_t n, int64_t grain, const F& f) {
     return;
   }
   int64_t per = (n + chunks - 1) / chunks;
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  const auto run = [&](int64_t begin, int64_t end) {
+    try {
+      f(begin, end);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+    }
+  };
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static, 1) num_threads(static_cast<int>(chunks))
   for (int64_t c = 0; c < chunks; ++c)
-    if (c * per < n) f(c * per, std::min(n, (c + 1) * per));
+    if (c * per < n) run(c * per, std::min(n, (c + 1) * per));
 #else
   std::vector<std::thread> workers;
   for (int64_t begin = per; begin < n; begin += per)
-    workers.emplace_back([&f, begin, end = std::min(n, begin + per)] { f(begin, end); });
-  f(int64_t{0}, per);
+    workers.emplace_back([&run, begin, end = std::min(n, begin + per)] { run(begin, end); });
+  run(int64_t{0}, per);
   for (std::thread& t : workers) t.join();
 #endif
+  if (error) std::rethrow_exception(error);
 }
 
 // The sum over [0, n) of block_sum(i0, i1), which sums one contiguous block:

@@ -232,10 +232,14 @@ TEST_CASE("progress lines reach a redirected stdout as they are printed", "[infe
   TempDir dir("deepqsm-infer");
   const std::string model = small_model(dir);
   const PhantomFiles ph = phantom_files(dir);
+  // The program inherits SIGXFSZ's disposition through the shell, which
+  // cannot restore one it was started with ignored: set the default here.
+  const auto saved = std::signal(SIGXFSZ, SIG_DFL);
   const Run r = run(dir,
                     q(ph.field) + " -o " + q(dir.file("chi.nii")) + " --model " + q(model) +
                         " --scales 1 --flips 1 --refine 0",
                     "ulimit -f " + std::to_string(100 * 1024 / 512) + ";");
+  std::signal(SIGXFSZ, saved);
   INFO("stdout: " << r.out << "\nstderr: " << r.err);
   // Killed by the signal, so nothing was flushed at exit (the shell running
   // it reports the signal as its status 128 + SIGXFSZ).

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <iterator>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "core/cpu/cpu_backend.h"
@@ -46,6 +47,23 @@ TEST_CASE("parallel_for visits every item once, in contiguous chunks", "[paralle
         for (const auto& s : seen) REQUIRE(s == 1);
       }
     }
+  }
+}
+
+TEST_CASE("parallel_for rethrows a chunk's exception after every chunk ended", "[parallel]") {
+  // Thrown inside the OpenMP region it would end the process (std::terminate).
+  ThreadsGuard guard;
+  for (int threads : {1, 3}) {
+    dq::set_cpu_threads(threads);
+    std::atomic<int> done{0};
+    INFO(threads << " threads");
+    CHECK_THROWS_WITH(dq::parallel_for(300, 1,
+                                       [&](int64_t b, int64_t e) {
+                                         if (b <= 150 && 150 < e) throw std::runtime_error("chunk");
+                                         done += static_cast<int>(e - b);
+                                       }),
+                      "chunk");
+    CHECK(done == (threads == 1 ? 0 : 200));  // the other chunks ran to their end
   }
 }
 
