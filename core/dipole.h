@@ -168,7 +168,6 @@ class PaddedFilter {
   PaddedFilter(const PaddedFilter&) = delete;
   PaddedFilter& operator=(const PaddedFilter&) = delete;
 
-  const Dims3& dims() const { return dims_; }  // the volumes'
   const Dims3& grid() const { return grid_; }  // padded: dims + 2 pad per axis
   void apply(const float* in, float* out);
 

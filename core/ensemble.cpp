@@ -74,9 +74,9 @@ void blur_lines(float* v, int64_t n_lines, int64_t len, int64_t stride,
     // every output sums all taps: a dropped tap adds +0.0, which leaves a sum
     // that started at +0.0 unchanged, so each sum is bit for bit the sum over
     // the taps inside the line alone (a NaN sum may carry another NaN's sign:
-    // which operand's NaN an add keeps is the compiler's choice). kBlurBlock outputs are summed
-    // together, each in the same order, so they overlap instead of each waiting on its previous
-    // add.
+    // which operand's NaN an add keeps is the compiler's choice). kBlurBlock
+    // outputs are summed together, each in the same order, so they overlap
+    // instead of each waiting on its previous add.
     std::vector<double> line(static_cast<size_t>(len + 2 * r + kBlurBlock), 0.0);
     double* lp = line.data();
     for (int64_t j = j0; j < j1; ++j) {
