@@ -243,3 +243,110 @@ TEST_CASE("the refinement weight follows the field's noise", "[inversion]") {
   CHECK(refine_lambda_for_noise(0.005) == Approx(0.0625));  // (0.005 / 0.02)^2
   CHECK(refine_lambda_for_noise(0.01) == Approx(0.25));
 }
+
+namespace {
+
+// J_TV of core/refine.h with no mask and no padding, from independent parts:
+// TV-ADMM's objective (1/2 ||D chi - f||^2 + alpha TV) plus the prior.
+double tv_refine_objective(const std::vector<float>& chi, const std::vector<float>& f,
+                           const std::vector<float>& net, const Dims3& d, const Vec3& vox,
+                           const Vec3& b0, const RefineOptions& opt) {
+  double prior = 0.0;
+  for (size_t i = 0; i < chi.size(); ++i)
+    prior += (static_cast<double>(chi[i]) - net[i]) * (static_cast<double>(chi[i]) - net[i]);
+  return tv_objective(chi.data(), f.data(), d, vox, b0, opt.tv, opt.k0_value) +
+         0.5 * opt.lambda * prior;
+}
+
+}  // namespace
+
+TEST_CASE("TV refinement reaches the minimum of its objective", "[inversion]") {
+  const Dims3 d{5, 5, 7};
+  const Vec3 vox{1.0, 1.0, 1.2}, b0{0.2, 0.0, 1.0};
+  const std::vector<float> f = random_volume(d, 14), net = random_volume(d, 15);
+  RefineOptions opt;
+  opt.lambda = 0.03;
+  opt.tv = 2e-3;
+  opt.iterations = 400;
+  std::vector<float> chi(f.size());
+  std::vector<double> obj;
+  refine_chi(f.data(), net.data(), nullptr, d, vox, b0, opt, chi.data(), &obj);
+  REQUIRE(obj.size() == 401);
+  const double j = tv_refine_objective(chi, f, net, d, vox, b0, opt);
+  CHECK(obj.front() == Approx(tv_refine_objective(net, f, net, d, vox, b0, opt)).epsilon(1e-5));
+  CHECK(obj.back() == Approx(j).epsilon(1e-4));
+  CHECK(j < obj.front());
+
+  // No other point does better: not the CG refinement's (TV-free) minimiser,
+  // and no small step away in any of a set of random directions.
+  RefineOptions cg = opt;
+  cg.tv = 0.0;
+  cg.iterations = 100;
+  std::vector<float> chi_cg(f.size());
+  refine_chi(f.data(), net.data(), nullptr, d, vox, b0, cg, chi_cg.data());
+  CHECK(j < tv_refine_objective(chi_cg, f, net, d, vox, b0, opt));
+  for (uint64_t key = 100; key < 120; ++key) {
+    const std::vector<float> dir = random_volume(d, key);
+    for (float step : {1e-2f, -1e-2f}) {
+      std::vector<float> moved = chi;
+      for (size_t i = 0; i < moved.size(); ++i) moved[i] += step * dir[i];
+      CHECK(tv_refine_objective(moved, f, net, d, vox, b0, opt) > j * (1.0 - 1e-5));
+    }
+  }
+}
+
+TEST_CASE("TV refinement: tiny alpha is the CG refinement, padding is a zero-masked border",
+          "[inversion]") {
+  const Dims3 d{5, 5, 7};
+  const Vec3 vox{1.0, 1.0, 1.2}, b0{0.2, 0.0, 1.0};
+  const std::vector<float> f = random_volume(d, 24), net = random_volume(d, 25);
+  std::vector<uint8_t> mask(f.size(), 1);
+  for (size_t i = 0; i < mask.size(); i += 3) mask[i] = 0;
+
+  // alpha -> 0: half of the CG objective, the same minimiser (mask, no padding).
+  RefineOptions opt;
+  opt.lambda = 0.05;
+  opt.iterations = 100;
+  std::vector<float> chi_cg(f.size()), chi_tv(f.size());
+  refine_chi(f.data(), net.data(), mask.data(), d, vox, b0, opt, chi_cg.data());
+  opt.tv = 1e-9;
+  opt.iterations = 600;
+  refine_chi(f.data(), net.data(), mask.data(), d, vox, b0, opt, chi_tv.data());
+  CHECK(rel_err(chi_tv, std::vector<double>(chi_cg.begin(), chi_cg.end())) < 2e-3);
+
+  // pad p is the same problem as pad 0 on the inputs bordered by p zeros,
+  // with the border outside the mask.
+  opt.tv = 3e-3;
+  opt.iterations = 12;
+  opt.pad = 2;
+  refine_chi(f.data(), net.data(), mask.data(), d, vox, b0, opt, chi_tv.data());
+  const Dims3 g = d.padded(opt.pad);
+  std::vector<float> fp(static_cast<size_t>(g.numel()), 0.0f), np = fp, out = fp;
+  std::vector<uint8_t> mp(fp.size(), 0);
+  for (int64_t z = 0; z < d.nz; ++z)
+    for (int64_t y = 0; y < d.ny; ++y)
+      for (int64_t x = 0; x < d.nx; ++x) {
+        const auto i = static_cast<size_t>((z * d.ny + y) * d.nx + x);
+        const auto p = static_cast<size_t>(((z + 2) * g.ny + y + 2) * g.nx + x + 2);
+        fp[p] = f[i];
+        np[p] = net[i];
+        mp[p] = mask[i];
+      }
+  RefineOptions unpadded = opt;
+  unpadded.pad = 0;
+  refine_chi(fp.data(), np.data(), mp.data(), g, vox, b0, unpadded, out.data());
+  double worst = 0.0;
+  for (int64_t z = 0; z < d.nz; ++z)
+    for (int64_t y = 0; y < d.ny; ++y)
+      for (int64_t x = 0; x < d.nx; ++x)
+        worst = std::max(worst,
+                         static_cast<double>(std::fabs(
+                             chi_tv[static_cast<size_t>((z * d.ny + y) * d.nx + x)] -
+                             out[static_cast<size_t>(((z + 2) * g.ny + y + 2) * g.nx + x + 2)])));
+  CHECK(worst < 1e-7);
+
+  opt.tv = -1.0;
+  CHECK_THROWS_AS(refine_chi(f.data(), net.data(), nullptr, d, vox, b0, opt, chi_tv.data()), Error);
+  opt.tv = std::nan("");
+  CHECK_THROWS_AS(refine_chi(f.data(), net.data(), nullptr, d, vox, b0, opt, chi_tv.data()), Error);
+}
