@@ -48,18 +48,23 @@ constexpr const char* kAbout =
     "full-resolution pass supplies edges and detail; 1 to 4 scales. --scales 1 runs at full\n"
     "resolution only.\n"
     "Mirroring the field along x, y or z mirrors chi (D(k) is even in each k component), so\n"
-    "--flips N (default 4: none, x, y, xy) averages N mirrored passes per scale, which cancels\n"
-    "part of the network's error at N times the network's cost; --flips 1 is the fastest.\n"
+    "--flips N (default 1; 2: x, 4: x, y, xy) averages N mirrored passes per scale, which\n"
+    "cancels part of the network's error at N times the network's cost; with the TV\n"
+    "refinement below it gains little.\n"
     "--scales 1 --flips 1 --refine 0 is the paper's single network pass.\n"
     "\n"
-    "Refinement (--refine, default 20 iterations): the network's chi is then pulled towards\n"
-    "data consistency by conjugate gradients on |M (D*chi - field)|^2 + lambda |chi - chi_net|^2\n"
-    "(M the mask, lambda = --refine-lambda), with the dipole convolution zero-padded by\n"
+    "Refinement (--refine, default 40 iterations): the network's chi is then pulled towards\n"
+    "data consistency, minimising by ADMM\n"
+    "  1/2 |M (D*chi - field)|^2 + alpha TV(chi) + lambda/2 |chi - chi_net|^2\n"
+    "(M the mask, TV the anisotropic total variation, alpha = --refine-tv, default 5e-4,\n"
+    "lambda = --refine-lambda, auto = 1e-3), with the dipole convolution zero-padded by\n"
     "--refine-pad voxels per side so it does not wrap around. The net supplies what the field\n"
-    "cannot (near the cone where D(k) = 0), the data the rest. --refine 0 turns it off.\n"
-    "lambda auto (the default) weighs the two by the field's noise: the white-noise sd is\n"
-    "estimated from the field's Laplacian inside the mask (printed), and lambda =\n"
-    "max(0.01, (noise / 0.02 ppm)^2), so a noisier field leans more on the network.\n"
+    "cannot (near the cone where D(k) = 0) and the start, the data the rest, and TV keeps the\n"
+    "noise and streaks the data let through out of chi. --refine 0 turns it off.\n"
+    "--refine-tv 0 runs conjugate gradients on the objective without TV (the default until\n"
+    "2026-12-02, then with --flips 4), where lambda auto weighs the two terms by the field's\n"
+    "noise: the white-noise sd is estimated from the field's Laplacian inside the mask\n"
+    "(printed), and lambda = max(0.01, (noise / 0.02 ppm)^2).\n"
     "These defaults were chosen on synthetic data only (scripts/select-inference.sh,\n"
     "models/README.md).\n"
     "\n"
@@ -144,13 +149,21 @@ int main(int argc, char** argv) {
                  "(x, y, z); each costs one more network pass")
       ->capture_default_str();
   app.add_option("--refine", o.refine,
-                 "Conjugate-gradient iterations of data consistency after the network: minimise "
-                 "|D*chi - field|^2 + lambda |chi - chi_net|^2 inside the mask (0 = off)")
+                 "Iterations of data consistency after the network: minimise "
+                 "1/2 |D*chi - field|^2 + alpha TV(chi) + lambda/2 |chi - chi_net|^2 inside the "
+                 "mask (0 = off)")
       ->capture_default_str();
+  app.add_option("--refine-tv", o.refine_tv,
+                 "alpha of --refine's total-variation term, ppm mm, as deepqsm invert tv's lambda "
+                 "(0 = conjugate gradients "
+                 "without TV)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   std::string refine_lambda = "auto";
-  app.add_option("--refine-lambda", refine_lambda,
-                 "lambda of --refine: auto (max(0.01, (noise / 0.02 ppm)^2), the noise estimated "
-                 "from the field) or a number > 0")
+  app.add_option(
+         "--refine-lambda", refine_lambda,
+         "lambda of --refine: auto (1e-3; with --refine-tv 0, max(0.01, (noise / 0.02 ppm)^2), "
+         "the noise estimated from the field) or a number > 0")
       ->capture_default_str()
       ->check(CLI::Validator(
           [](std::string& s) {

@@ -147,6 +147,8 @@ int run_inference(const InferOptions& opt) {
   if (opt.refine_pad < 0) fail("--refine-pad must be >= 0 voxels, got ", opt.refine_pad);
   if (!(opt.refine_lambda >= 0) || !std::isfinite(opt.refine_lambda))
     fail("--refine-lambda must be \"auto\" or a finite number > 0, got ", opt.refine_lambda);
+  if (!(opt.refine_tv >= 0) || !std::isfinite(opt.refine_tv))
+    fail("--refine-tv must be a finite number >= 0, got ", opt.refine_tv);
   if (opt.flips != 1 && opt.flips != 2 && opt.flips != 4 && opt.flips != 8)
     fail("--flips must be 1, 2, 4 or 8, got ", opt.flips);
   if (!(opt.scale_sigma >= 0) || !std::isfinite(opt.scale_sigma))
@@ -381,12 +383,15 @@ int run_inference(const InferOptions& opt) {
   double refine_secs = 0.0;
   if (opt.refine > 0) {
     const auto t_refine = Clock::now();
-    // Data consistency after the network: CG on |D*chi - f|^2 + lambda |chi - chi_net|^2
-    // inside the mask, on the input grid.
+    // Data consistency after the network (core/refine.h): ADMM on J_TV, or
+    // CG on |D*chi - f|^2 + lambda |chi - chi_net|^2 inside the mask.
     RefineOptions ro;
     ro.iterations = opt.refine;
     ro.lambda = opt.refine_lambda;
-    if (ro.lambda == 0) {
+    ro.tv = opt.refine_tv;
+    if (ro.lambda == 0 && ro.tv > 0) {
+      ro.lambda = kRefineTvLambda;
+    } else if (ro.lambda == 0) {
       const double noise = estimate_noise_std(field.data.data(), mask.data(), dims);
       ro.lambda = refine_lambda_for_noise(noise);
       std::printf("noise:  %.3g ppm (white-noise sd from the field's Laplacian) -> lambda %.3g\n",
@@ -396,14 +401,15 @@ int run_inference(const InferOptions& opt) {
     ro.k0_value = trained_dipole_k0(ck.config_json);
     if (ro.k0_value != RefineOptions{}.k0_value)
       std::printf("refine: D(0) = %g, as in the model's training data\n", ro.k0_value);
-    std::printf(
-        "refine: %d conjugate-gradient iterations, lambda %g, FFTs on %s (%lld zero voxels "
-        "added per side)\n",
-        opt.refine, ro.lambda, dims_str(dims.padded(ro.pad)).c_str(),
-        static_cast<long long>(ro.pad));
+    char how[64] = "conjugate-gradient iterations,";
+    if (ro.tv > 0) std::snprintf(how, sizeof how, "ADMM iterations with TV alpha %g,", ro.tv);
+    std::printf("refine: %d %s lambda %g, FFTs on %s (%lld zero voxels added per side)%s\n",
+                opt.refine, how, ro.lambda, dims_str(dims.padded(ro.pad)).c_str(),
+                static_cast<long long>(ro.pad),
+                gpu && ro.tv > 0 ? ", on the CPU (no GPU version of the TV refinement yet)" : "");
     std::vector<float> refined(chi.size());
     std::vector<double> objective;
-    if (gpu)
+    if (gpu && ro.tv == 0)
       cuda_refine_chi(field.data.data(), chi.data(), mask.data(), dims, field.voxel_mm, opt.b0_dir,
                       ro, refined.data(), &objective);
     else

@@ -28,8 +28,9 @@ Input: \`phs_tissue.nii.gz\` (local field, ppm, B0 along z, 160^3, 1.06 x 1.06 x
 reference: \`chi_cosmos.nii.gz\`; all metrics inside \`msk.nii.gz\` (definitions in
 [docs/metrics.md](../metrics.md)). Methods run with literature defaults, not tuned on
 this data: TKD threshold 0.19; Tikhonov identity, lambda 1e-2; TV lambda 1e-3,
-rho 0.1, at most 250 ADMM iterations (tolerance 1e-3); DeepQSM: deepqsm-infer's
-default model. Every method zeroes the field and chi outside the mask; D(0) = 1/3;
+rho 0.1, at most 250 ADMM iterations (tolerance 1e-3); DeepQSM: deepqsm-infer with its
+default model and options (since 2026-12-02 the network, then 40 ADMM iterations of
+the TV refinement: \`deepqsm-infer --help\`). Every method zeroes the field and chi outside the mask; D(0) = 1/3;
 no padding. Times are wall-clock on the CPU, including NIfTI I/O.
 
 MD

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How deepqsm-infer's defaults (--scales, --scale-sigma, --flips, --refine, --refine-pad)
+# How deepqsm-infer's defaults (--scales, --scale-sigma, --flips, --refine, --refine-tv, --refine-pad)
 # are chosen for a model: on synthetic data only, never on in-vivo data.
 # Generates a held-out evaluation set, runs deepqsm-infer with each option
 # set, scores it with `deepqsm eval` (NRMSE %, demeaned, inside the mask) and
@@ -21,15 +21,16 @@
 #
 # Usage: scripts/select-inference.sh MODEL.h5 ['OPTIONS' ...]
 #   e.g. scripts/select-inference.sh models/deepqsm-default.h5 '--scales 1' '--scales 2 --flips 4'
-# Without option sets it compares a built-in list ("" = the defaults). TKD and
-# Tikhonov (deepqsm invert, literature defaults) close the table as a yardstick.
+# Without option sets it compares a built-in list ("" = the defaults). TKD,
+# Tikhonov and TV (deepqsm invert, literature defaults) close the table as a
+# yardstick.
 # BUILD_DIR picks the build.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build}
 deepqsm=$build/deepqsm
 infer=$build/deepqsm-infer
-[ $# -ge 1 ] || { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 model=$1
 shift
 [ -f "$model" ] || { echo "select-inference: no model file $model" >&2; exit 1; }
@@ -39,8 +40,8 @@ done
 if [ $# -gt 0 ]; then
   sets=("$@")
 else
-  sets=("" "--scales 1 --refine 0" "--scales 2 --refine 0" "--refine-pad 0" "--scales 1"
-        "--flips 1" "--flips 8" "--scales 3")
+  sets=("" "--scales 1 --refine 0" "--scales 2 --refine 0" "--refine-tv 0" "--refine-pad 0"
+        "--scales 1" "--flips 1" "--flips 8" "--scales 3")
 fi
 
 work=$(mktemp -d)
@@ -77,9 +78,9 @@ rule="| --- |"
 for c in "${cases[@]}"; do header+=" ${c%% *} |"; rule+=" ---: |"; done
 echo "$header mean | s per run |"
 echo "$rule ---: | ---: |"
-# Two classical inversions with their literature defaults close the table, as
-# a yardstick for the cases (no model involved).
-for opts in "${sets[@]}" "classical tkd" "classical tikhonov"; do
+# Three classical inversions with their literature defaults close the table,
+# as a yardstick for the cases (no model involved).
+for opts in "${sets[@]}" "classical tkd" "classical tikhonov" "classical tv"; do
   if [[ $opts == classical* ]]; then row="| ${opts#classical } (reference) |"; else row="| \`${opts:-(defaults)}\` |"; fi
   sum=0
   secs=0
