@@ -86,6 +86,12 @@ void check(const RefineOptions& opt) {
   if (opt.pad < 0) fail("refinement padding must be >= 0, got ", opt.pad);
   if (!(opt.tv >= 0.0) || !std::isfinite(opt.tv))
     fail("refinement TV weight must be a finite number >= 0, got ", opt.tv);
+  // The TV refinement runs in float: its weights must stay normal floats
+  // (rho_z = 100 alpha finite, lambda above FLT_MIN, or 1 / (D^2 + ...) is inf).
+  if (opt.tv > 0.0 && !(opt.tv >= 1e-30 && opt.tv <= 1e30))
+    fail("refinement TV weight must be 0 or within [1e-30, 1e30], got ", opt.tv);
+  if (opt.tv > 0.0 && !(opt.lambda >= 1e-30 && opt.lambda <= 1e30))
+    fail("refinement lambda must be within [1e-30, 1e30] with TV, got ", opt.lambda);
 }
 
 // ---- The TV refinement's grid work. Rows of the padded grid g are
@@ -184,18 +190,19 @@ void refine_chi_tv(const float* field, const float* chi_net, const uint8_t* mask
       }
 
   // Two transforms: fa takes v - u_v in and gives D chi out, fb takes
-  // G^H (z - u_z) in and gives chi out.
+  // G^H (z - u_z) + (lambda / rho_z) chi_net in (the prior rides along with
+  // the TV term, so its spectrum needs no array of its own) and gives chi out.
   Fft3 fa(g, fft_threads()), fb(g, fft_threads());
   const std::vector<float> d = dipole_kernel(g, voxel_mm, b0_dir, opt.k0_value);
-  std::vector<std::complex<float>> prior(nh);  // lambda chi_net^
+  const float prior_weight = mu / rho_z;
   std::vector<float> inv_den(nh);
   {
     const std::vector<float> g2 = gradient_symbol_sq(g, voxel_mm);
     std::memcpy(fb.real(), net.data(), sizeof(float) * n);
     fb.forward();
     for (size_t k = 0; k < nh; ++k) {
-      prior[k] = mu * fb.spectrum()[k];
-      inv_den[k] = 1.0f / (rho_v * d[k] * d[k] + rho_z * g2[k] + mu);  // mu > 0
+      // > 0: check() keeps mu a normal float and rho_z finite
+      inv_den[k] = 1.0f / (rho_v * d[k] * d[k] + rho_z * g2[k] + mu);
       fa.spectrum()[k] = fb.spectrum()[k] * d[k];
     }
     fa.inverse();  // D chi_net
@@ -271,10 +278,11 @@ void refine_chi_tv(const float* field, const float* chi_net, const uint8_t* mask
   }
   if (opt.iterations == 0) std::memcpy(fb.real(), net.data(), sizeof(float) * n);
   for (int it = 0; it < opt.iterations; ++it) {
-    // fb = G^H (z - u_z)
+    // fb = G^H (z - u_z) + (lambda / rho_z) chi_net
     sum_over_rows(g, [&](int64_t r, float*) {
       float* acc = fb.real() + r * g.nx;
-      std::fill(acc, acc + g.nx, 0.0f);
+      const float* nr = net.data() + r * g.nx;
+      for (int64_t i = 0; i < g.nx; ++i) acc[i] = prior_weight * nr[i];
       for (int a = 0; a < 3; ++a)
         add_adjoint_difference_row(s[static_cast<size_t>(a)].data(), g, r, a, inv_h[a], acc);
       return 0.0;
@@ -285,8 +293,7 @@ void refine_chi_tv(const float* field, const float* chi_net, const uint8_t* mask
     std::complex<float>* sb = fb.spectrum();
     parallel_for(static_cast<int64_t>(nh), kPointwiseGrain, [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
-        const std::complex<float> c = (rho_v * d[static_cast<size_t>(k)] * sa[k] + rho_z * sb[k] +
-                                       prior[static_cast<size_t>(k)]) *
+        const std::complex<float> c = (rho_v * d[static_cast<size_t>(k)] * sa[k] + rho_z * sb[k]) *
                                       inv_den[static_cast<size_t>(k)];
         sb[k] = c;
         sa[k] = c * d[static_cast<size_t>(k)];

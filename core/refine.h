@@ -45,9 +45,10 @@
 // grid, and the result is its unpadded part. The network supplies what the
 // field cannot determine, TV removes the streaks and noise that the data
 // term lets through near the cone. It costs two forward and two inverse
-// FFTs of the padded grid per iteration (the CG one padded filter pair).
+// FFTs of the padded grid per iteration (a CG iteration: two padded filters,
+// which skip the padding).
 // deepqsm-infer's default since 2026-12-02 (`--refine-tv 5e-4`, lambda
-// 1e-3, 20 iterations, pad 32, chosen on synthetic data: models/README.md).
+// 1e-3, 40 iterations, pad 32, chosen on synthetic data: models/README.md).
 // CPU only so far: deepqsm-infer runs it on the CPU after a GPU network.
 #pragma once
 #include <cstdint>
@@ -61,7 +62,7 @@ constexpr double kRefineLambda = 1e-2;
 constexpr int kRefineIterations = 10;
 
 struct RefineOptions {
-  int iterations = kRefineIterations;  // CG iterations; 0 returns chi_net unchanged
+  int iterations = kRefineIterations;  // CG (or ADMM) iterations; 0 returns chi_net
   double lambda = kRefineLambda;       // weight of ||chi - chi_net||^2, > 0
   double k0_value = 1.0 / 3.0;         // D(0): the one the network's training data used
   int64_t pad = 0;                     // zero voxels per side for the FFTs

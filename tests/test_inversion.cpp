@@ -349,4 +349,10 @@ TEST_CASE("TV refinement: tiny alpha is the CG refinement, padding is a zero-mas
   CHECK_THROWS_AS(refine_chi(f.data(), net.data(), nullptr, d, vox, b0, opt, chi_tv.data()), Error);
   opt.tv = std::nan("");
   CHECK_THROWS_AS(refine_chi(f.data(), net.data(), nullptr, d, vox, b0, opt, chi_tv.data()), Error);
+  // The solver runs in float: weights a float cannot carry are refused.
+  opt.tv = 1e35;
+  CHECK_THROWS_AS(refine_chi(f.data(), net.data(), nullptr, d, vox, b0, opt, chi_tv.data()), Error);
+  opt.tv = 3e-3;
+  opt.lambda = 1e-35;
+  CHECK_THROWS_AS(refine_chi(f.data(), net.data(), nullptr, d, vox, b0, opt, chi_tv.data()), Error);
 }
