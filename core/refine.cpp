@@ -88,9 +88,10 @@ void check(const RefineOptions& opt) {
     fail("refinement TV weight must be a finite number >= 0, got ", opt.tv);
   // The TV refinement runs in float: its weights must stay normal floats
   // (rho_z = 100 alpha finite, lambda above FLT_MIN, or 1 / (D^2 + ...) is inf).
-  if (opt.tv > 0.0 && !(opt.tv >= 1e-30 && opt.tv <= 1e30))
+  const auto in_range = [](double w) { return w >= kRefineTvWeightMin && w <= kRefineTvWeightMax; };
+  if (opt.tv > 0.0 && !in_range(opt.tv))
     fail("refinement TV weight must be 0 or within [1e-30, 1e30], got ", opt.tv);
-  if (opt.tv > 0.0 && !(opt.lambda >= 1e-30 && opt.lambda <= 1e30))
+  if (opt.tv > 0.0 && !in_range(opt.lambda))
     fail("refinement lambda must be within [1e-30, 1e30] with TV, got ", opt.lambda);
 }
 

@@ -73,6 +73,10 @@ struct RefineOptions {
 // and lambda for `--refine-lambda auto` (a weaker pull to chi_net than CG's:
 // TV, not the network, is what holds the noise back).
 constexpr double kRefineTvAlpha = 5e-4;
+// The TV refinement runs in float: alpha (when > 0) and lambda must lie in
+// [kRefineTvWeightMin, kRefineTvWeightMax] (refine_chi refuses others).
+constexpr double kRefineTvWeightMin = 1e-30;
+constexpr double kRefineTvWeightMax = 1e30;
 constexpr double kRefineTvLambda = 1e-3;
 constexpr double kRefineTvRhoData = 1.0;         // rho_v of the TV refinement's ADMM
 constexpr double kRefineTvRhoOverAlpha = 100.0;  // rho_z / alpha

@@ -196,6 +196,9 @@ TEST_CASE("bad inputs fail with one line and a non-zero exit", "[infer]") {
     check_one_line_failure(run(dir, q(ph.field) + out + " --refine-tv -1"), "--refine-tv");
     check_one_line_failure(run(dir, q(ph.field) + out + " --refine-tv abc"), "--refine-tv");
     check_one_line_failure(run(dir, q(ph.field) + out + " --refine-tv inf"), "--refine-tv");
+    check_one_line_failure(run(dir, q(ph.field) + out + " --refine-tv 1e35"), "--refine-tv");
+    check_one_line_failure(run(dir, q(ph.field) + out + " --refine-lambda 1e-35"),
+                           "--refine-lambda");
     check_one_line_failure(run(dir, q(ph.field) + out + " --refine-lambda 0.01x"),
                            "--refine-lambda");
   }
