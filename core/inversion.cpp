@@ -53,6 +53,8 @@ void add_grad_adjoint(const float* v, const Dims3& g, int axis, float inv_h, flo
       }
 }
 
+}  // namespace
+
 void pad_into(const float* in, const Dims3& dims, int64_t pad, float* out) {
   const Dims3 g = dims.padded(pad);
   if (pad > 0) std::memset(out, 0, sizeof(float) * static_cast<size_t>(g.numel()));
@@ -71,8 +73,6 @@ void crop_from(const float* in, const Dims3& dims, int64_t pad, float* out) {
       std::memcpy(out + (z * dims.ny + y) * dims.nx,
                   in + ((z + pad) * g.ny + (y + pad)) * g.nx + pad, row);
 }
-
-}  // namespace
 
 TikhonovReg tikhonov_reg_from_name(const std::string& name) {
   if (name == "identity") return TikhonovReg::identity;

@@ -62,6 +62,11 @@ struct TvOptions {
   void validate(int64_t pad) const;
 };
 
+// out (dims.padded(pad)) = in (dims) with `pad` zero voxels on every side,
+// and its inverse, the unpadded part of a padded volume.
+void pad_into(const float* in, const Dims3& dims, int64_t pad, float* out);
+void crop_from(const float* in, const Dims3& dims, int64_t pad, float* out);
+
 // |G(k)|^2 on the R2C half spectrum of `dims`, (nz, ny, nx/2 + 1), in mm^-2.
 std::vector<float> gradient_symbol_sq(const Dims3& dims, const Vec3& voxel_mm);
 

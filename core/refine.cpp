@@ -88,10 +88,9 @@ void check(const RefineOptions& opt) {
     fail("refinement TV weight must be a finite number >= 0, got ", opt.tv);
   // The TV refinement runs in float: its weights must stay normal floats
   // (rho_z = 100 alpha finite, lambda above FLT_MIN, or 1 / (D^2 + ...) is inf).
-  const auto in_range = [](double w) { return w >= kRefineTvWeightMin && w <= kRefineTvWeightMax; };
-  if (opt.tv > 0.0 && !in_range(opt.tv))
+  if (opt.tv > 0.0 && !refine_tv_weight_ok(opt.tv))
     fail("refinement TV weight must be 0 or within [1e-30, 1e30], got ", opt.tv);
-  if (opt.tv > 0.0 && !in_range(opt.lambda))
+  if (opt.tv > 0.0 && !refine_tv_weight_ok(opt.lambda))
     fail("refinement lambda must be within [1e-30, 1e30] with TV, got ", opt.lambda);
 }
 
@@ -161,8 +160,7 @@ inline double half_data_residual(uint8_t m, float dx, float mf) {
 void refine_chi_tv(const float* field, const float* chi_net, const uint8_t* mask, const Dims3& dims,
                    const Vec3& voxel_mm, const Vec3& b0_dir, const RefineOptions& opt, float* chi,
                    std::vector<double>* objective) {
-  for (double h : voxel_mm)
-    if (!(h > 0.0)) fail("voxel size must be positive, got ", h, " mm");
+  // (gradient_symbol_sq below refuses a voxel size <= 0.)
   const int64_t pad = opt.pad;
   const Dims3 g = dims.padded(pad);
   const auto n = static_cast<size_t>(g.numel());
@@ -177,9 +175,10 @@ void refine_chi_tv(const float* field, const float* chi_net, const uint8_t* mask
                           static_cast<float>(1.0 / voxel_mm[1]),
                           static_cast<float>(1.0 / voxel_mm[2])};
 
-  // On the padded grid: M (0 in the padding), M f and chi_net.
+  // On the padded grid: chi_net, M (0 in the padding) and M f.
+  std::vector<float> net(n), mf(n, 0.0f);
+  pad_into(chi_net, dims, pad, net.data());
   std::vector<uint8_t> m(n, 0);
-  std::vector<float> mf(n, 0.0f), net(n, 0.0f);
   for (int64_t z = 0; z < dims.nz; ++z)
     for (int64_t y = 0; y < dims.ny; ++y)
       for (int64_t x = 0; x < dims.nx; ++x) {
@@ -187,7 +186,6 @@ void refine_chi_tv(const float* field, const float* chi_net, const uint8_t* mask
         const auto p = static_cast<size_t>(((z + pad) * g.ny + y + pad) * g.nx + x + pad);
         m[p] = (mask == nullptr || mask[i] != 0) ? 1 : 0;
         mf[p] = m[p] ? field[i] : 0.0f;
-        net[p] = chi_net[i];
       }
 
   // Two transforms: fa takes v - u_v in and gives D chi out, fb takes
@@ -306,12 +304,7 @@ void refine_chi_tv(const float* field, const float* chi_net, const uint8_t* mask
     const double jr = tv_step(fb.real());
     if (objective) objective->push_back(jd + jr);
   }
-  // chi = the unpadded part of the padded chi
-  const float* x = fb.real();
-  for (int64_t z = 0; z < dims.nz; ++z)
-    for (int64_t y = 0; y < dims.ny; ++y)
-      std::memcpy(chi + (z * dims.ny + y) * dims.nx, x + ((z + pad) * g.ny + y + pad) * g.nx + pad,
-                  sizeof(float) * static_cast<size_t>(dims.nx));
+  crop_from(fb.real(), dims, pad, chi);
 }
 
 }  // namespace

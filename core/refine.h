@@ -77,6 +77,9 @@ constexpr double kRefineTvAlpha = 5e-4;
 // [kRefineTvWeightMin, kRefineTvWeightMax] (refine_chi refuses others).
 constexpr double kRefineTvWeightMin = 1e-30;
 constexpr double kRefineTvWeightMax = 1e30;
+inline bool refine_tv_weight_ok(double w) {
+  return w >= kRefineTvWeightMin && w <= kRefineTvWeightMax;
+}
 constexpr double kRefineTvLambda = 1e-3;
 constexpr double kRefineTvRhoData = 1.0;         // rho_v of the TV refinement's ADMM
 constexpr double kRefineTvRhoOverAlpha = 100.0;  // rho_z / alpha

@@ -148,12 +148,9 @@ int run_inference(const InferOptions& opt) {
   if (!(opt.refine_lambda >= 0) || !std::isfinite(opt.refine_lambda))
     fail("--refine-lambda must be \"auto\" or a finite number > 0, got ", opt.refine_lambda);
   // Refused before the network runs rather than by the refinement after it.
-  const auto tv_weight = [](double w) {
-    return w >= kRefineTvWeightMin && w <= kRefineTvWeightMax;
-  };
-  if (!(opt.refine_tv == 0 || tv_weight(opt.refine_tv)))
+  if (!(opt.refine_tv == 0 || refine_tv_weight_ok(opt.refine_tv)))
     fail("--refine-tv must be 0 or within [1e-30, 1e30], got ", opt.refine_tv);
-  if (opt.refine_tv > 0 && opt.refine_lambda != 0 && !tv_weight(opt.refine_lambda))
+  if (opt.refine_tv > 0 && opt.refine_lambda != 0 && !refine_tv_weight_ok(opt.refine_lambda))
     fail("--refine-lambda must be within [1e-30, 1e30] with --refine-tv, got ", opt.refine_lambda);
   if (opt.flips != 1 && opt.flips != 2 && opt.flips != 4 && opt.flips != 8)
     fail("--flips must be 1, 2, 4 or 8, got ", opt.flips);
