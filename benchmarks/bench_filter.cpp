@@ -1,5 +1,5 @@
 // The padded dipole convolution on the CPU, side by side: FFTW's 3-D plans on
-// the whole padded grid (how core/dipole.cpp did it before 2026-12-02, kept
+// the whole padded grid (how core/qsm/dipole.cpp did it before 2026-12-02, kept
 // here as the baseline) against PaddedFilter's 1-D passes that skip the
 // padding. Grids: the challenge brain's 160^3 and a whole brain's
 // 224x272x160, both padded by 32 voxels per side (deepqsm-infer --refine's
@@ -20,9 +20,9 @@
 #include <vector>
 
 #include "benchmarks/timing.h"
-#include "core/dipole.h"
+#include "core/nn/philox.h"
 #include "core/parallel.h"
-#include "core/philox.h"
+#include "core/qsm/dipole.h"
 
 using namespace dq;
 

@@ -23,11 +23,11 @@
 #include <vector>
 
 #include "benchmarks/timing.h"
-#include "core/cpu/cpu_backend.h"
 #include "core/error.h"
-#include "core/unet.h"
+#include "core/nn/cpu/cpu_backend.h"
+#include "core/nn/unet.h"
 #include "cuda/check.h"
-#include "cuda/cuda_backend.h"
+#include "cuda/nn/cuda_backend.h"
 
 using namespace dq;
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The DeepQSM U-Net in PyTorch, timed the way benchmarks/bench_unet.cpp times ours.
 
-Same layers (core/unet.h): per level two 3x3x3 conv + ReLU (+ dropout in the
+Same layers (core/nn/unet.h): per level two 3x3x3 conv + ReLU (+ dropout in the
 encoder and bottleneck), 2x2x2 max-pool, 2x2x2 stride-2 transposed conv + ReLU,
 concat [upsampled | skip], a 1x1x1 linear head; He-normal init, MSE loss,
 Adam (1e-3, 0.9, 0.99). Run in its fastest reasonable configuration:

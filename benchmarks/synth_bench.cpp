@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "benchmarks/timing.h"
-#include "core/dipole.h"
+#include "core/qsm/dipole.h"
 #include "cuda/check.h"
 #include "cuda/device.h"
 #include "synth/stream.h"

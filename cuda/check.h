@@ -13,7 +13,7 @@ namespace dq {
 const char* cufft_error_string(cufftResult r);
 namespace cudnn {
 // cuDNN's name for the status and its last error message, which says which
-// of its libraries or symbols is missing when cudnnCreate fails (cuda/graph.cpp).
+// of its libraries or symbols is missing when cudnnCreate fails (cuda/nn/graph.cpp).
 std::string status_text(cudnnStatus_t s);
 }  // namespace cudnn
 }  // namespace dq

@@ -9,7 +9,7 @@
 #include <cstddef>
 #include <memory>
 
-#include "core/tensor.h"
+#include "core/nn/tensor.h"
 
 namespace dq {
 

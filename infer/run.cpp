@@ -14,20 +14,20 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "core/checkpoint.h"
-#include "core/cpu/cpu_backend.h"
-#include "core/ensemble.h"
 #include "core/error.h"
-#include "core/nifti_io.h"
-#include "core/output_files.h"
+#include "core/io/nifti_io.h"
+#include "core/io/output_files.h"
+#include "core/io/png_io.h"
+#include "core/nn/checkpoint.h"
+#include "core/nn/cpu/cpu_backend.h"
+#include "core/nn/unet.h"
 #include "core/parallel.h"
-#include "core/png_io.h"
-#include "core/refine.h"
-#include "core/unet.h"
-#include "core/volume_ops.h"
-#include "cuda/cuda_backend.h"
+#include "core/qsm/ensemble.h"
+#include "core/qsm/refine.h"
+#include "core/qsm/volume_ops.h"
 #include "cuda/device.h"
-#include "cuda/inversion.h"
+#include "cuda/nn/cuda_backend.h"
+#include "cuda/qsm/inversion.h"
 
 namespace dq {
 
@@ -386,7 +386,7 @@ int run_inference(const InferOptions& opt) {
   double refine_secs = 0.0;
   if (opt.refine > 0) {
     const auto t_refine = Clock::now();
-    // Data consistency after the network (core/refine.h): ADMM on J_TV, or
+    // Data consistency after the network (core/qsm/refine.h): ADMM on J_TV, or
     // CG on |D*chi - f|^2 + lambda |chi - chi_net|^2 inside the mask.
     RefineOptions ro;
     ro.iterations = opt.refine;

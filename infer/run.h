@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <string>
 
-#include "core/dipole.h"
-#include "core/refine.h"
+#include "core/qsm/dipole.h"
+#include "core/qsm/refine.h"
 
 namespace dq {
 
@@ -21,15 +21,15 @@ struct InferOptions {
   int64_t halo = -1;            // -1 = from the network's receptive field
   double max_anisotropy = 1.1;  // largest/smallest voxel side above which we resample
   double max_tilt_deg = 0.5;    // B0 tilts up to this are treated as along z
-  int scales = 2;               // network passes at 1, 1/2, ... of the resolution (core/ensemble.h)
+  int scales = 2;               // network passes at 1, 1/2, ... of the resolution (core/qsm/ensemble.h)
   double scale_sigma = 16.0;    // blend between scales: Gaussian sigma, voxels of the finer grid
-  int flips = 1;    // mirrored passes averaged per scale: 1, 2, 4 or 8 (core/ensemble.h)
+  int flips = 1;    // mirrored passes averaged per scale: 1, 2, 4 or 8 (core/qsm/ensemble.h)
   int refine = 40;  // data-consistency iterations after the net (ADMM or CG; 0 = off)
   // Weight of |chi - chi_net|^2 in the refinement; 0 = auto: refine_lambda_for_noise
-  // (core/refine.h) of the field's estimate_noise_std (core/volume_ops.h).
+  // (core/qsm/refine.h) of the field's estimate_noise_std (core/qsm/volume_ops.h).
   double refine_lambda = 0;
   int refine_pad = 32;  // zero voxels per side around the grid for the refinement's FFTs
-  // alpha of the refinement's TV term (core/refine.h's J_TV, solved by ADMM);
+  // alpha of the refinement's TV term (core/qsm/refine.h's J_TV, solved by ADMM);
   // 0 = conjugate gradients on the TV-free objective.
   double refine_tv = kRefineTvAlpha;
   int threads = 0;      // CPU threads (core/parallel.h); 0 = OMP_NUM_THREADS, else all

@@ -19,13 +19,13 @@
 // The file is written under "<path>.tmp<pid>" and renamed when close()
 // succeeds (or when the command's OutputGroup commits), so an error, Ctrl-C
 // or the process crashing never leaves a half-written file under the real
-// name (core/output_files.h).
+// name (core/io/output_files.h).
 #pragma once
 #include <array>
 #include <cstdint>
 #include <string>
 
-#include "core/output_files.h"
+#include "core/io/output_files.h"
 #include "synth/recipe.h"
 
 namespace dq {

@@ -6,7 +6,7 @@
 #include <cstring>
 
 #include "cuda/check.h"
-#include "cuda/kernels.h"
+#include "cuda/launch.h"
 #include "synth/synth_gpu.h"
 
 namespace dq {

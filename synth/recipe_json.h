@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "core/json_read.h"
+#include "core/io/json_read.h"
 #include "synth/recipe.h"
 
 namespace dq {

@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
-#include "core/philox.h"
+#include "core/nn/philox.h"
 #include "cuda/check.h"
 #include "synth/synth_gpu.h"
 

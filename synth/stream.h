@@ -28,7 +28,7 @@
 #include <thread>
 #include <vector>
 
-#include "core/tensor.h"
+#include "core/nn/tensor.h"
 #include "synth/recipe.h"
 #include "synth/synth.h"
 

@@ -5,7 +5,7 @@
 // on the host), rasterises them by the same rule and must give the same chi
 // bit for bit.
 //
-// Every random number comes from the counter RNG (core/philox.h) keyed by
+// Every random number comes from the counter RNG (core/nn/philox.h) keyed by
 // (seed, volume index), so volume v is the same whoever generates it, in
 // whatever order. Keys, with vkey = synth_volume_key(seed, volume):
 //   key_for(vkey, 0)  counters 0, 1, 2:     number of cubes, spheres, boxes
@@ -35,8 +35,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/dipole.h"
-#include "core/tensor.h"
+#include "core/nn/tensor.h"
+#include "core/qsm/dipole.h"
 #include "synth/recipe.h"
 
 namespace dq {
@@ -153,7 +153,7 @@ std::array<int64_t, 3> draw_patch_corner(const Recipe& r, uint64_t seed, int64_t
 // What the trainer consumes: volumes first_volume .. first_volume + n_volumes - 1,
 // patches_per_volume patches each, volume-major. Validates the recipe.
 // Volumes are independent and nothing here holds shared state (FFTW planning
-// is serialised in core/dipole), so callers may split a range across threads
+// is serialised in core/qsm/dipole.cpp), so callers may split a range across threads
 // and get the same patches.
 struct PatchSet {
   Tensor field, chi;  // (N, P, P, P, 1) fp32 host, N = n_volumes * patches_per_volume

@@ -1,8 +1,8 @@
 // GpuSynth and generate_patches_gpu; see synth/synth_gpu.h.
 #include "core/error.h"
-#include "core/philox.h"
+#include "core/nn/philox.h"
 #include "cuda/check.h"
-#include "cuda/kernels.h"
+#include "cuda/launch.h"
 #include "synth/synth_gpu.h"
 
 namespace dq {

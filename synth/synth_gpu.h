@@ -1,7 +1,7 @@
 // The GPU generator, twin of synth/synth.h: the same shapes (drawn on the
 // host by draw_shapes), rasterised in one kernel over all shapes by the
 // rule stated at shape_contains, so chi equals the CPU volume bit for bit;
-// the field through cuFFT (cuda/dipole_gpu.h), equal to the CPU field to
+// the field through cuFFT (cuda/qsm/dipole_gpu.h), equal to the CPU field to
 // fp32 rounding (1e-5 relative); noise, region and patch corners from the
 // same counters as the CPU (noise through device log/cos, so equal to
 // rounding; the region by region_contains's fp32 rule, so exactly).
@@ -13,8 +13,8 @@
 #include <memory>
 #include <vector>
 
-#include "cuda/dipole_gpu.h"
 #include "cuda/memory.h"
+#include "cuda/qsm/dipole_gpu.h"
 #include "synth/synth.h"
 
 namespace dq {

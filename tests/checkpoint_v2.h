@@ -1,14 +1,14 @@
 // Writes a version 2 checkpoint as the release before loss scaling did (no
 // loss-scale attributes, a checksum without their bytes), to test that
 // such files still load and resume. The checksum is computed here from the
-// format's definition in core/checkpoint.h, not by the code under test.
+// format's definition in core/nn/checkpoint.h, not by the code under test.
 #pragma once
 #include <cstdint>
 #include <cstdio>
 #include <string>
 
-#include "core/checkpoint.h"
-#include "core/h5io.h"
+#include "core/io/h5io.h"
+#include "core/nn/checkpoint.h"
 
 namespace dq::test {
 

@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <random>
 
-#include "core/backend.h"
-#include "core/tensor.h"
+#include "core/nn/backend.h"
+#include "core/nn/tensor.h"
 
 namespace dq::test {
 

@@ -7,9 +7,9 @@
 #include <fstream>
 #include <iterator>
 
-#include "core/checkpoint.h"
 #include "core/error.h"
-#include "core/h5io.h"
+#include "core/io/h5io.h"
+#include "core/nn/checkpoint.h"
 #include "tests/checkpoint_v2.h"
 
 using namespace dq;

@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "core/checkpoint.h"
-#include "core/nifti_io.h"
-#include "core/unet.h"
+#include "core/io/nifti_io.h"
+#include "core/nn/checkpoint.h"
+#include "core/nn/unet.h"
 #include "tests/test_util.h"
 #include "train/config.h"
 #include "train/trainer.h"

@@ -1,5 +1,5 @@
 // Every CPU backend op against a naive loop written here straight from the
-// conventions in core/backend.h, on random data; plus dot-product tests that
+// conventions in core/nn/backend.h, on random data; plus dot-product tests that
 // tie each backward pass to its forward (<f(x), y> == <x, f^T(y)>).
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -7,10 +7,10 @@
 #include <random>
 #include <vector>
 
-#include "core/backend.h"
-#include "core/cpu/cpu_backend.h"
 #include "core/error.h"
-#include "core/philox.h"
+#include "core/nn/backend.h"
+#include "core/nn/cpu/cpu_backend.h"
+#include "core/nn/philox.h"
 
 using namespace dq;
 
@@ -247,7 +247,7 @@ const ConvCase kDeconvCases[] = {
     {1, 2, 3, 2, 16, 8, 2, true, true},   {1, 3, 3, 3, 1, 2, 2, false, false},
     {1, 2, 2, 3, 32, 16, 2, true, false},
     // Large enough that the forward pass runs in several slabs of input
-    // slices (core/cpu/onednn_conv.cpp): three slices each, then one each.
+    // slices (core/nn/cpu/onednn_conv.cpp): three slices each, then one each.
     {3, 7, 24, 24, 4, 64, 2, true, true},  {1, 3, 64, 64, 2, 40, 2, false, true},
 };
 

@@ -14,11 +14,11 @@
 #include <vector>
 
 #include "core/error.h"
-#include "core/op_checks.h"
+#include "core/nn/op_checks.h"
 #include "cuda/check.h"
-#include "cuda/conv.h"
 #include "cuda/device.h"
 #include "cuda/memory.h"
+#include "cuda/nn/conv.h"
 
 using namespace dq;
 
@@ -39,7 +39,7 @@ ConvGeometry geometry(int64_t n, int64_t d, int64_t h, int64_t w, int64_t ci, in
 }
 
 // The roles (0 = X, 1 = W, 2 = Y) of the layer's first input, second input
-// and output in cuDNN's convolution (cuda/conv.h): forward (x, w) -> y,
+// and output in cuDNN's convolution (cuda/nn/conv.h): forward (x, w) -> y,
 // backward-data (dy, w) -> dx, backward-filter (x, dy) -> dw; the
 // transposed convolution is the adjoint of a convolution whose X is the
 // layer's output space.

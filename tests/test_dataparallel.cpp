@@ -15,7 +15,7 @@
 #include <fstream>
 #include <string>
 
-#include "core/checkpoint.h"
+#include "core/nn/checkpoint.h"
 #include "tests/train_util.h"
 #include "train/config.h"
 

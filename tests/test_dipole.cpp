@@ -7,10 +7,10 @@
 #include <complex>
 #include <vector>
 
-#include "core/dipole.h"
 #include "core/error.h"
-#include "core/philox.h"
-#include "core/tkd.h"
+#include "core/nn/philox.h"
+#include "core/qsm/dipole.h"
+#include "core/qsm/tkd.h"
 #include "tests/test_util.h"
 
 using namespace dq;

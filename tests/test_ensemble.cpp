@@ -8,9 +8,9 @@
 #include <random>
 #include <vector>
 
-#include "core/dipole.h"
-#include "core/ensemble.h"
 #include "core/error.h"
+#include "core/qsm/dipole.h"
+#include "core/qsm/ensemble.h"
 #include "tests/test_util.h"
 
 namespace {

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "core/h5io.h"
+#include "core/io/h5io.h"
 
 namespace fs = std::filesystem;
 using dq::H5File;

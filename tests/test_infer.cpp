@@ -15,15 +15,15 @@
 #include <sstream>
 #include <string>
 
-#include "core/checkpoint.h"
-#include "core/dipole.h"
-#include "core/h5io.h"
-#include "core/inversion.h"
-#include "core/metrics.h"
-#include "core/nifti_io.h"
-#include "core/phantom.h"
-#include "core/tkd.h"
-#include "core/unet.h"
+#include "core/io/h5io.h"
+#include "core/io/nifti_io.h"
+#include "core/nn/checkpoint.h"
+#include "core/nn/unet.h"
+#include "core/qsm/dipole.h"
+#include "core/qsm/inversion.h"
+#include "core/qsm/metrics.h"
+#include "core/qsm/phantom.h"
+#include "core/qsm/tkd.h"
 #include "cuda/device.h"
 #include "tests/test_util.h"
 

@@ -1,5 +1,5 @@
-// Classical inversions and the CG refinement (core/inversion.h,
-// core/refine.h): TKD and Tikhonov against a naive DFT with independently
+// Classical inversions and the CG refinement (core/qsm/inversion.h,
+// core/qsm/refine.h): TKD and Tikhonov against a naive DFT with independently
 // written k-space filters, the TV-ADMM objective decreasing, and CG reaching
 // the closed-form solution of its normal equations.
 #include <catch2/catch.hpp>
@@ -7,13 +7,13 @@
 #include <complex>
 #include <vector>
 
-#include "core/dipole.h"
 #include "core/error.h"
-#include "core/inversion.h"
-#include "core/metrics.h"
-#include "core/philox.h"
-#include "core/refine.h"
-#include "core/tkd.h"
+#include "core/nn/philox.h"
+#include "core/qsm/dipole.h"
+#include "core/qsm/inversion.h"
+#include "core/qsm/metrics.h"
+#include "core/qsm/refine.h"
+#include "core/qsm/tkd.h"
 
 using namespace dq;
 
@@ -246,7 +246,7 @@ TEST_CASE("the refinement weight follows the field's noise", "[inversion]") {
 
 namespace {
 
-// J_TV of core/refine.h with no mask and no padding, from independent parts:
+// J_TV of core/qsm/refine.h with no mask and no padding, from independent parts:
 // TV-ADMM's objective (1/2 ||D chi - f||^2 + alpha TV) plus the prior.
 double tv_refine_objective(const std::vector<float>& chi, const std::vector<float>& f,
                            const std::vector<float>& net, const Dims3& d, const Vec3& vox,

@@ -1,4 +1,4 @@
-// Loss scaling: the host policy (core/loss_scale.h), the CPU backend's
+// Loss scaling: the host policy (core/nn/loss_scale.h), the CPU backend's
 // unscale_and_check (the spec the CUDA kernel is tested against in
 // tests/gpu/test_loss_scale_gpu.cpp), and the trainer driving them: in fp32
 // a power-of-two scale changes no bit of the run, and a scale so large that
@@ -14,10 +14,10 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "core/checkpoint.h"
-#include "core/cpu/cpu_backend.h"
 #include "core/error.h"
-#include "core/loss_scale.h"
+#include "core/nn/checkpoint.h"
+#include "core/nn/cpu/cpu_backend.h"
+#include "core/nn/loss_scale.h"
 #include "tests/train_util.h"
 #include "train/trainer.h"
 

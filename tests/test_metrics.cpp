@@ -1,4 +1,4 @@
-// Image metrics (core/metrics.h) against values worked out by hand on tiny
+// Image metrics (core/qsm/metrics.h) against values worked out by hand on tiny
 // arrays, the LoG filter of HFEN against a direct spatial convolution, and
 // per-label means.
 #include <catch2/catch.hpp>
@@ -6,10 +6,10 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/dipole.h"
 #include "core/error.h"
-#include "core/metrics.h"
-#include "core/philox.h"
+#include "core/nn/philox.h"
+#include "core/qsm/dipole.h"
+#include "core/qsm/metrics.h"
 
 using namespace dq;
 

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "core/nifti_io.h"
+#include "core/io/nifti_io.h"
 #include "tests/test_util.h"
 
 namespace {

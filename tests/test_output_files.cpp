@@ -1,4 +1,4 @@
-// Outputs whole or absent (core/output_files.h): a temporary is renamed into
+// Outputs whole or absent (core/io/output_files.h): a temporary is renamed into
 // place when finished and removed otherwise, also by SIGINT/SIGTERM; an
 // OutputGroup's files appear together or leave the old ones as they were.
 #include <signal.h>
@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "core/output_files.h"
+#include "core/io/output_files.h"
 #include "tests/test_util.h"
 
 namespace {

@@ -14,10 +14,10 @@
 #include <stdexcept>
 #include <vector>
 
-#include "core/cpu/cpu_backend.h"
-#include "core/dipole.h"
+#include "core/nn/cpu/cpu_backend.h"
+#include "core/nn/tensor.h"
 #include "core/parallel.h"
-#include "core/tensor.h"
+#include "core/qsm/dipole.h"
 
 namespace {
 

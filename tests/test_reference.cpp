@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "core/cpu/cpu_backend.h"
-#include "core/h5io.h"
-#include "core/unet.h"
+#include "core/io/h5io.h"
+#include "core/nn/cpu/cpu_backend.h"
+#include "core/nn/unet.h"
 
 using namespace dq;
 

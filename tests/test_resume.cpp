@@ -18,8 +18,8 @@
 #include <sstream>
 #include <thread>
 
-#include "core/checkpoint.h"
 #include "core/error.h"
+#include "core/nn/checkpoint.h"
 #include "tests/checkpoint_v2.h"
 #include "tests/train_util.h"
 #include "train/trainer.h"

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "core/dipole.h"
 #include "core/error.h"
+#include "core/qsm/dipole.h"
 #include "synth/recipe_json.h"
 #include "synth/synth.h"
 

@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "core/h5io.h"
-#include "core/nifti_io.h"
+#include "core/io/h5io.h"
+#include "core/io/nifti_io.h"
 #include "synth/recipe_json.h"
 #include "synth/synth.h"
 #include "tests/test_util.h"

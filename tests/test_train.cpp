@@ -6,10 +6,10 @@
 #include <cmath>
 #include <filesystem>
 
-#include "core/checkpoint.h"
-#include "core/h5io.h"
-#include "core/nifti_io.h"
-#include "core/phantom.h"
+#include "core/io/h5io.h"
+#include "core/io/nifti_io.h"
+#include "core/nn/checkpoint.h"
+#include "core/qsm/phantom.h"
 #include "synth/synth.h"
 #include "tests/train_util.h"
 #include "train/trainer.h"

@@ -6,10 +6,10 @@
 #include <cmath>
 #include <random>
 
-#include "core/cpu/cpu_backend.h"
 #include "core/error.h"
-#include "core/philox.h"
-#include "core/unet.h"
+#include "core/nn/cpu/cpu_backend.h"
+#include "core/nn/philox.h"
+#include "core/nn/unet.h"
 
 using namespace dq;
 

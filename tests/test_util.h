@@ -18,7 +18,7 @@ namespace dq::test {
 
 namespace fs = std::filesystem;
 
-// ||got - want|| / ||want|| (not demeaned; core/metrics.h has the QSM metrics).
+// ||got - want|| / ||want|| (not demeaned; core/qsm/metrics.h has the QSM metrics).
 inline double rel_l2(const std::vector<float>& got, const std::vector<float>& want) {
   double e = 0, s = 0;
   for (size_t i = 0; i < got.size(); ++i) {

@@ -5,11 +5,11 @@
 #include <random>
 #include <vector>
 
-#include "core/cpu/cpu_backend.h"
 #include "core/error.h"
-#include "core/phantom.h"
-#include "core/unet.h"
-#include "core/volume_ops.h"
+#include "core/nn/cpu/cpu_backend.h"
+#include "core/nn/unet.h"
+#include "core/qsm/phantom.h"
+#include "core/qsm/volume_ops.h"
 
 namespace {
 

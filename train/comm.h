@@ -1,6 +1,6 @@
 // The data-parallel communicator: one process per device, ranks 0 .. size-1.
 // The trainer splits each global batch over the ranks and averages the flat
-// gradient buffer (core/params.h) over them, so every rank applies the same
+// gradient buffer (core/nn/params.h) over them, so every rank applies the same
 // Adam step to the same weights.
 //
 // Implementations:
@@ -49,8 +49,8 @@
 #include <string>
 #include <vector>
 
-#include "core/backend.h"
-#include "core/tensor.h"
+#include "core/nn/backend.h"
+#include "core/nn/tensor.h"
 
 namespace dq {
 

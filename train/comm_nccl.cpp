@@ -13,8 +13,8 @@
 
 #include "core/error.h"
 #include "cuda/check.h"
-#include "cuda/cuda_backend.h"
 #include "cuda/device.h"
+#include "cuda/nn/cuda_backend.h"
 #include "train/comm.h"
 
 #define DQ_NCCL(call)                                                                  \

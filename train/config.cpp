@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "core/json_read.h"
+#include "core/io/json_read.h"
 #include "synth/recipe_json.h"
 
 namespace dq {

@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <string>
 
-#include "core/backend.h"
-#include "core/unet.h"
+#include "core/nn/backend.h"
+#include "core/nn/unet.h"
 #include "synth/recipe.h"
 
 namespace dq {
@@ -30,7 +30,7 @@ struct TrainConfig {
   int64_t decay_steps = 0;         // cosine: updates after the warm-up (>= 1)
   std::string device = "cpu";      // "cpu" | "gpu"
   std::string precision = "fp32";  // "fp32" | "tf32" | "bf16" | "fp16"
-  // Loss scaling (core/loss_scale.h): "auto" (dynamic for fp16, off
+  // Loss scaling (core/nn/loss_scale.h): "auto" (dynamic for fp16, off
   // otherwise) | "dynamic" | "static" (loss_scale_init, never changed) | "off".
   std::string loss_scale = "auto";
   float loss_scale_init = 65536.0f;           // initial (or static) scale

@@ -7,7 +7,7 @@
 #include <sstream>
 
 #include "core/error.h"
-#include "core/h5io.h"
+#include "core/io/h5io.h"
 #include "synth/stream.h"
 #include "synth/synth.h"
 

@@ -17,18 +17,18 @@
 #include <set>
 #include <vector>
 
-#include "core/checkpoint.h"
-#include "core/cpu/cpu_backend.h"
 #include "core/error.h"
-#include "core/loss_scale.h"
-#include "core/metrics.h"
-#include "core/nifti_io.h"
-#include "core/output_files.h"
+#include "core/io/nifti_io.h"
+#include "core/io/output_files.h"
+#include "core/nn/checkpoint.h"
+#include "core/nn/cpu/cpu_backend.h"
+#include "core/nn/loss_scale.h"
+#include "core/nn/philox.h"
 #include "core/parallel.h"
-#include "core/philox.h"
-#include "core/tkd.h"
+#include "core/qsm/metrics.h"
+#include "core/qsm/tkd.h"
 #include "cuda/check.h"
-#include "cuda/cuda_backend.h"
+#include "cuda/nn/cuda_backend.h"
 #include "synth/stream.h"  // kValidationVolumeBase, shared with the stream
 #include "synth/synth.h"
 #include "train/comm.h"
@@ -458,7 +458,7 @@ struct Trainer {
     if (scaler) st.loss_scale = scaler->state();
     save_checkpoint(path.string(), net, hp, &hm, &hv, step, config_json, st);
     // checkpoint.h5 always names the newest: a hard link made under a
-    // temporary name and renamed over the old one (core/output_files.h), so
+    // temporary name and renamed over the old one (core/io/output_files.h), so
     // readers never see a missing or partial file. A copy where links are
     // not supported.
     const fs::path latest = dir / "checkpoint.h5";

@@ -5,7 +5,7 @@
 // HDF5 checkpoints that a resumed run continues from bit for bit.
 //
 // What makes resume exact: every random draw is keyed by (seed, step, ...)
-// (core/philox.h), the data source is a function of the step, and the
+// (core/nn/philox.h), the data source is a function of the step, and the
 // checkpoint holds weights, both Adam moments, the step, the seed and the
 // loss scaler's state (whose skipped-step count sets Adam's step count). Step
 // s of a resumed run therefore sees the same batch, dropout masks and

@@ -1,4 +1,4 @@
-// The CUDA backend (cuda/cuda_backend.h) against the CPU backend: every op
+// The CUDA backend (cuda/nn/cuda_backend.h) against the CPU backend: every op
 // on the same random inputs, in every precision mode; the whole U-Net's
 // loss and parameter gradients; and 50 training steps from the same seed.
 // Errors are max |gpu - cpu| / max |cpu| over a tensor; the per-op bounds
@@ -16,11 +16,11 @@
 #include <string>
 #include <vector>
 
-#include "core/backend.h"
-#include "core/cpu/cpu_backend.h"
 #include "core/error.h"
-#include "core/unet.h"
-#include "cuda/cuda_backend.h"
+#include "core/nn/backend.h"
+#include "core/nn/cpu/cpu_backend.h"
+#include "core/nn/unet.h"
+#include "cuda/nn/cuda_backend.h"
 #include "tests/compare_util.h"
 
 using namespace dq;

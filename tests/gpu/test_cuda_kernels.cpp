@@ -1,4 +1,4 @@
-// The hand-written CUDA kernels (cuda/kernels.h) against the CPU backend,
+// The hand-written CUDA kernels (cuda/nn/kernels.h) against the CPU backend,
 // op by op, on the same random inputs; and the device memory helpers.
 // Copies, ReLU, dropout masks and max-pool must match exactly; arithmetic to
 // an fp32 relative error of 1e-5 (MSE and Adam 1e-6), measured as
@@ -14,12 +14,12 @@
 #include <utility>
 #include <vector>
 
-#include "core/backend.h"
-#include "core/cpu/cpu_backend.h"
 #include "core/error.h"
+#include "core/nn/backend.h"
+#include "core/nn/cpu/cpu_backend.h"
 #include "cuda/check.h"
-#include "cuda/kernels.h"
 #include "cuda/memory.h"
+#include "cuda/nn/kernels.h"
 #include "tests/compare_util.h"
 
 using namespace dq;

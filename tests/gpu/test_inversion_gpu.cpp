@@ -1,4 +1,4 @@
-// GPU inversions (cuda/inversion.h) against their CPU twins on the same
+// GPU inversions (cuda/qsm/inversion.h) against their CPU twins on the same
 // inputs: TKD, Tikhonov (both regularisers), TV-ADMM (iterates and
 // objective history) and the CG refinement, with and without padding and
 // masks. Error is max |gpu - cpu| / max |cpu|; the FFTs differ (cuFFT vs
@@ -8,12 +8,12 @@
 #include <cmath>
 #include <vector>
 
-#include "core/dipole.h"
-#include "core/inversion.h"
-#include "core/philox.h"
-#include "core/refine.h"
-#include "core/tkd.h"
-#include "cuda/inversion.h"
+#include "core/nn/philox.h"
+#include "core/qsm/dipole.h"
+#include "core/qsm/inversion.h"
+#include "core/qsm/refine.h"
+#include "core/qsm/tkd.h"
+#include "cuda/qsm/inversion.h"
 
 using namespace dq;
 

@@ -2,17 +2,17 @@
 // the same gradients (sizes around the kernel's grid-stride boundaries) give
 // bit-identical unscaled values (one fp32 multiply per element) and the
 // same verdict, with inf, -inf or NaN at the first, a middle and the last
-// element; and the policy (core/loss_scale.h) driven by the CUDA verdicts
+// element; and the policy (core/nn/loss_scale.h) driven by the CUDA verdicts
 // backs off and grows as on the CPU.
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
-#include "core/cpu/cpu_backend.h"
 #include "core/error.h"
-#include "core/loss_scale.h"
-#include "cuda/cuda_backend.h"
+#include "core/nn/cpu/cpu_backend.h"
+#include "core/nn/loss_scale.h"
+#include "cuda/nn/cuda_backend.h"
 #include "tests/compare_util.h"
 
 using namespace dq;

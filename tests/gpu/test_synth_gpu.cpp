@@ -1,5 +1,5 @@
 // The GPU generator against its CPU twin: the dipole kernel and the cuFFT
-// forward model against core/dipole (1e-5 relative), the one-kernel
+// forward model against core/qsm/dipole (1e-5 relative), the one-kernel
 // rasteriser against rasterise() (bit for bit), and whole patch sets and
 // streamed batches (chi bit for bit, field 1e-5 relative), with the
 // options beyond the paper switched on.
@@ -9,11 +9,11 @@
 #include <cstring>
 #include <vector>
 
-#include "core/dipole.h"
-#include "core/philox.h"
+#include "core/nn/philox.h"
+#include "core/qsm/dipole.h"
 #include "cuda/check.h"
-#include "cuda/dipole_gpu.h"
 #include "cuda/memory.h"
+#include "cuda/qsm/dipole_gpu.h"
 #include "synth/stream.h"
 #include "synth/synth_gpu.h"
 #include "tests/compare_util.h"
@@ -71,7 +71,7 @@ TEST_CASE("GPU dipole kernel equals the CPU kernel", "[gpu]") {
 
 TEST_CASE("GPU forward model equals the CPU one to 1e-5", "[gpu]") {
   // Odd and even x (23 and 24): on an even grid with B0 oblique the kernel's
-  // Nyquist planes must be Hermitian-symmetric (core/dipole.cpp), or cuFFT's
+  // Nyquist planes must be Hermitian-symmetric (core/qsm/dipole.cpp), or cuFFT's
   // C2R and FFTW's would read them differently.
   for (const Dims3 d : {Dims3{20, 18, 23}, Dims3{20, 18, 24}})
     for (int64_t pad : {0, 6}) {

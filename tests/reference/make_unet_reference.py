@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Writes unet_small.h5: a PyTorch reference for the DeepQSM U-Net of core/unet.h.
+"""Writes unet_small.h5: a PyTorch reference for the DeepQSM U-Net of core/nn/unet.h.
 
 The network is written out with torch.nn.functional (not nn.Module) so every
-op, its order and every parameter layout can be read next to core/unet.h.
+op, its order and every parameter layout can be read next to core/nn/unet.h.
 All values (parameters, input, target) are drawn in float64, rounded to
 float32 and then used in float64: the stored float32 inputs are exactly what
 the reference saw, and the only error left in the C++ comparison is the C++
@@ -40,7 +40,7 @@ def f32(t):
 
 
 def param_specs(head_kernel):
-    """(name, PyTorch shape, kind) in core/unet.h's flat-buffer order."""
+    """(name, PyTorch shape, kind) in core/nn/unet.h's flat-buffer order."""
     fs = [BASE * 2**i for i in range(DEPTH)]
     specs = []
     for i in range(DEPTH):

@@ -1,0 +1,24 @@
+// The two geometry types every room passes around: a grid's size in memory
+// order and a physical vector. Volumes are (D, H, W) = (z, y, x) with x
+// fastest (NIfTI's order, core/io/nifti_io.h); physical vectors (voxel size,
+// B0 direction) are (x, y, z).
+#pragma once
+#include <array>
+#include <cstdint>
+
+namespace dq {
+
+using Vec3 = std::array<double, 3>;  // (x, y, z)
+
+// A grid in memory order: nz slowest, nx fastest.
+struct Dims3 {
+  int64_t nz = 0, ny = 0, nx = 0;
+
+  int64_t numel() const { return nz * ny * nx; }
+  // Complex entries of the R2C half spectrum, (nz, ny, nx/2 + 1).
+  int64_t half_numel() const { return nz * ny * (nx / 2 + 1); }
+  Dims3 padded(int64_t pad) const { return {nz + 2 * pad, ny + 2 * pad, nx + 2 * pad}; }
+  bool operator==(const Dims3& o) const { return nz == o.nz && ny == o.ny && nx == o.nx; }
+};
+
+}  // namespace dq

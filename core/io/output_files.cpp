@@ -1,0 +1,173 @@
+#include "core/io/output_files.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+
+#include "core/error.h"
+
+namespace dq {
+
+// The temporaries of this process, newest first, for the signal handler. An
+// entry is published only once its name is set and is never freed or reused
+// (a handler on another thread may be reading it), so the list only grows: a
+// few dozen bytes per file written.
+struct detail::PendingEntry {
+  std::string tmp;
+  std::atomic<bool> live{true};
+  PendingEntry* next = nullptr;
+};
+
+namespace {
+
+using detail::PendingEntry;
+
+std::atomic<PendingEntry*> g_pending{nullptr};
+thread_local OutputGroup* t_group = nullptr;
+// Groups renaming their files now, and a stop signal that arrived meanwhile:
+// a commit half done would leave a mix of new and old outputs, so the signal
+// waits for it (renames are quick) and is raised again when it ends.
+std::atomic<int> g_committing{0};
+std::atomic<int> g_deferred_signal{0};
+
+// Async-signal-safe: reads the published list and calls unlink, signal and
+// raise only. The signal is blocked while this runs, so it is delivered
+// again, with its default action, when the handler returns.
+extern "C" void remove_temporaries_and_stop(int sig) {
+  if (g_committing.load(std::memory_order_acquire) > 0) {
+    g_deferred_signal.store(sig, std::memory_order_release);
+    return;
+  }
+  for (PendingEntry* e = g_pending.load(std::memory_order_acquire); e; e = e->next)
+    if (e->live.load(std::memory_order_acquire)) ::unlink(e->tmp.c_str());
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);
+}
+
+// While alive, stop signals wait (above); at the end, one that came is
+// raised again, through the handler, once the renames are done or undone.
+struct CommitWindow {
+  CommitWindow() { g_committing.fetch_add(1, std::memory_order_acq_rel); }
+  ~CommitWindow() {
+    if (g_committing.fetch_sub(1, std::memory_order_acq_rel) == 1)
+      if (const int sig = g_deferred_signal.exchange(0)) ::raise(sig);
+  }
+  CommitWindow(const CommitWindow&) = delete;
+  CommitWindow& operator=(const CommitWindow&) = delete;
+};
+
+// For each stop signal still at its default action (checked at every new
+// temporary, a few system calls): a handler someone else set (the trainer's
+// clean stop, an ignored SIGINT) is left alone, and once installed the
+// handler stays, stopping a process with nothing registered as before.
+// SIGXFSZ is a file outgrowing `ulimit -f`.
+void install_handler() {
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGXFSZ}) {
+    struct sigaction old {};
+    if (sigaction(sig, nullptr, &old) != 0 || old.sa_handler != SIG_DFL ||
+        (old.sa_flags & SA_SIGINFO))
+      continue;
+    struct sigaction sa {};
+    sa.sa_handler = remove_temporaries_and_stop;
+    sigemptyset(&sa.sa_mask);
+    sigaction(sig, &sa, nullptr);
+  }
+}
+
+void forget(PendingEntry* e) {
+  e->live.store(false, std::memory_order_release);
+}
+
+void remove_temporary(PendingEntry* e) {
+  std::error_code ec;
+  std::filesystem::remove(e->tmp, ec);
+  forget(e);
+}
+
+// Renames e's temporary onto path; on failure removes it and fails.
+void move_into_place(PendingEntry* e, const std::string& path) {
+  std::error_code ec;
+  std::filesystem::rename(e->tmp, path, ec);
+  if (ec) {
+    remove_temporary(e);
+    fail(path, ": could not move the finished file into place: ", ec.message());
+  }
+  forget(e);
+}
+
+}  // namespace
+
+struct OutputGroup::Held {
+  PendingEntry* entry;
+  std::string path;
+};
+
+PendingFile::PendingFile(std::string path, std::string tmp)
+    : path_(std::move(path)), tmp_(std::move(tmp)) {
+  install_handler();
+  auto* e = new PendingEntry;
+  e->tmp = tmp_;
+  e->next = g_pending.load(std::memory_order_relaxed);
+  while (!g_pending.compare_exchange_weak(e->next, e, std::memory_order_release,
+                                          std::memory_order_relaxed)) {
+  }
+  entry_ = e;
+}
+
+PendingFile::PendingFile(const std::string& path)
+    : PendingFile(path, path + ".tmp" + std::to_string(::getpid())) {}
+
+PendingFile::~PendingFile() {
+  if (entry_) remove_temporary(entry_);
+}
+
+void PendingFile::finish() {
+  DQ_CHECK(entry_, "PendingFile::finish() twice for ", path_);
+  if (t_group) {
+    t_group->held_.push_back({entry_, path_});  // may throw: the file is still ours then
+    entry_ = nullptr;
+    return;
+  }
+  PendingEntry* e = entry_;
+  entry_ = nullptr;
+  move_into_place(e, path_);
+}
+
+OutputGroup::OutputGroup() {
+  DQ_CHECK(!t_group, "OutputGroup inside another");
+  t_group = this;
+}
+
+OutputGroup::~OutputGroup() {
+  t_group = nullptr;
+  if (!committed_)
+    for (const Held& h : held_) remove_temporary(h.entry);
+}
+
+void OutputGroup::commit() {
+  DQ_CHECK(!committed_, "OutputGroup::commit() twice");
+  t_group = nullptr;
+  committed_ = true;
+  const CommitWindow window;
+  // A folder made at an output's name since the command checked it would
+  // stop the renames part-way; refused before any file is replaced.
+  for (const Held& h : held_) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(h.path, ec)) {
+      for (const Held& r : held_) remove_temporary(r.entry);
+      fail(h.path, ": is a folder now; none of this command's outputs were written");
+    }
+  }
+  for (size_t i = 0; i < held_.size(); ++i) {
+    try {
+      move_into_place(held_[i].entry, held_[i].path);
+    } catch (...) {
+      for (size_t j = i + 1; j < held_.size(); ++j) remove_temporary(held_[j].entry);
+      throw;
+    }
+  }
+}
+
+}  // namespace dq

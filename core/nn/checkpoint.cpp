@@ -1,0 +1,233 @@
+#include "core/nn/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/io/h5io.h"
+#include "core/io/output_files.h"
+
+namespace dq {
+
+namespace {
+constexpr const char* kFormat = "deepqsm-checkpoint";
+constexpr int64_t kVersion = 3;
+
+// FNV-1a 64. Byte-serial and slow (~1 GB/s), which is fine next to writing
+// the same bytes to disk; the paper's U-Net has 5.6M parameters.
+struct Fnv1a {
+  uint64_t h = 0xcbf29ce484222325ull;
+  void add(const void* data, size_t n) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < n; ++i) {
+      h ^= p[i];
+      h *= 0x100000001b3ull;
+    }
+  }
+  void add_u64(uint64_t v) {
+    unsigned char b[8];
+    for (int i = 0; i < 8; ++i) b[i] = static_cast<unsigned char>(v >> (8 * i));
+    add(b, 8);
+  }
+};
+
+std::string hex(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016" PRIx64, v);
+  return buf;
+}
+
+// The bytes of the floats as stored on little-endian hosts (every platform
+// we build for); the hash is then the same on every machine.
+void add_params(Fnv1a& f, const ParamLayout& layout, const Tensor& params) {
+  for (int i = 0; i < static_cast<int>(layout.params().size()); ++i) {
+    const Tensor v = layout.view(params, i);
+    f.add(v.raw(), v.nbytes());
+  }
+}
+
+// As the header defines it for `version` (2 or 3).
+uint64_t full_checksum(const ParamLayout& layout, const Tensor& params, const Tensor& m,
+                       const Tensor& v, int64_t step, const TrainingState& state, int64_t version) {
+  Fnv1a f;
+  add_params(f, layout, params);
+  f.add(m.raw(), m.nbytes());
+  f.add(v.raw(), v.nbytes());
+  f.add_u64(static_cast<uint64_t>(step));
+  f.add_u64(state.seed);
+  if (version >= 3) {
+    uint32_t bits = 0;
+    std::memcpy(&bits, &state.loss_scale.scale, sizeof bits);
+    f.add_u64(bits);
+    f.add_u64(static_cast<uint64_t>(state.loss_scale.clean_steps));
+    f.add_u64(static_cast<uint64_t>(state.loss_scale.skipped_steps));
+  }
+  return f.h;
+}
+
+// Pushes the temporary file's bytes to the disk before the rename makes it
+// the checkpoint, so a power loss cannot leave a renamed but empty file.
+void sync_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) fail(path, ": cannot reopen the checkpoint to sync it");
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) fail(path, ": fsync failed (", std::strerror(errno), ")");
+}
+
+CheckpointData read(const std::string& path, bool weights_only) {
+  H5File f(path, H5File::Mode::read);
+  if (!f.has_attr("/", "format") || f.attr_string("/", "format") != kFormat)
+    fail(path, ": not a deepqsm checkpoint (no format attribute '", kFormat, "')");
+  CheckpointData ck;
+  ck.version = f.attr_int("/", "version");
+  if (ck.version < 1 || ck.version > kVersion)
+    fail(path, ": checkpoint version ", ck.version,
+         " is not supported (this build reads versions 1 to ", kVersion,
+         "; a newer version needs a newer deepqsm)");
+  ck.model.depth = static_cast<int>(f.attr_int("/", "depth"));
+  ck.model.base_filters = static_cast<int>(f.attr_int("/", "base_filters"));
+  ck.model.dropout = static_cast<float>(f.attr_double("/", "dropout"));
+  ck.model.residual = f.attr_int("/", "residual") != 0;
+  ck.model.head_kernel = static_cast<int>(f.attr_int("/", "head_kernel"));
+  ck.step = f.attr_int("/", "step");
+  ck.config_json = f.attr_string("/", "config");
+  if (ck.version >= 2) {
+    const std::string seed = f.attr_string("/", "seed");
+    char* end = nullptr;
+    ck.state.seed = std::strtoull(seed.c_str(), &end, 10);
+    if (seed.empty() || *end != '\0') fail(path, ": attribute 'seed' is not a number: '", seed, "'");
+    ck.state.data_position = f.attr_int("/", "data_position");
+  }
+  if (ck.version >= 3) {
+    // Stored as a double; every float is exactly a double, so this is lossless.
+    ck.state.loss_scale.scale = static_cast<float>(f.attr_double("/", "loss_scale"));
+    ck.state.loss_scale.clean_steps = f.attr_int("/", "loss_scale_clean_steps");
+    ck.state.loss_scale.skipped_steps = f.attr_int("/", "skipped_steps");
+  }
+  UNet net(ck.model);
+  const ParamLayout& layout = net.layout();
+  ck.params = Tensor::zeros(Shape{layout.total()});
+  for (int i = 0; i < static_cast<int>(layout.params().size()); ++i) {
+    const ParamInfo& p = layout[i];
+    std::vector<int64_t> dims;
+    std::vector<float> data = f.read_floats("params/" + p.name, &dims);
+    if (dims != p.shape.dims)
+      fail(path, ": parameter ", p.name, " has shape ", Shape(dims).str(), ", the model needs ",
+           p.shape.str());
+    Tensor v = layout.view(ck.params, i);
+    std::copy(data.begin(), data.end(), v.f32());
+  }
+  if (ck.version >= 2) {
+    const std::string stored = f.attr_string("/", "checksum_params");
+    const std::string computed = hex(params_checksum(net, ck.params));
+    if (stored != computed)
+      fail(path, ": corrupt checkpoint: the parameters' checksum is ", computed, ", the file says ",
+           stored, " (the file was damaged after it was written)");
+  }
+  if (!weights_only && f.exists("adam")) {
+    for (auto [name, dst] : {std::pair{"adam/m", &ck.adam_m}, std::pair{"adam/v", &ck.adam_v}}) {
+      std::vector<float> data = f.read_floats(name);
+      if (static_cast<int64_t>(data.size()) != layout.total())
+        fail(path, ": ", name, " has ", data.size(), " values, the model needs ", layout.total());
+      *dst = Tensor::zeros(Shape{layout.total()});
+      std::copy(data.begin(), data.end(), dst->f32());
+    }
+    if (ck.version >= 2) {
+      const std::string stored = f.attr_string("/", "checksum");
+      const std::string computed = hex(
+          full_checksum(layout, ck.params, ck.adam_m, ck.adam_v, ck.step, ck.state, ck.version));
+      if (stored != computed)
+        fail(path, ": corrupt checkpoint: the checksum of parameters, Adam moments, step, seed ",
+             "and loss scale is ", computed, ", the file says ", stored,
+             " (the file was damaged after it was written)");
+    }
+  }
+  return ck;
+}
+
+}  // namespace
+
+uint64_t params_checksum(const UNet& net, const Tensor& params) {
+  DQ_CHECK(params.numel() == net.layout().total(), "checksum: parameter buffer does not match the model");
+  Fnv1a f;
+  add_params(f, net.layout(), params);
+  return f.h;
+}
+
+void save_checkpoint(const std::string& path, const UNet& net, const Tensor& params,
+                     const Tensor* adam_m, const Tensor* adam_v, int64_t step,
+                     const std::string& config_json, const TrainingState& state) {
+  const ParamLayout& layout = net.layout();
+  DQ_CHECK(params.numel() == layout.total(), "checkpoint: parameter buffer does not match the model");
+  const bool moments = adam_m && adam_v;
+  if (moments)
+    DQ_CHECK(adam_m->numel() == layout.total() && adam_v->numel() == layout.total(),
+             "checkpoint: Adam moments do not match the model");
+  // A failed write (full disk, a folder in the way of the rename) leaves
+  // neither a temporary file nor a half-written checkpoint behind.
+  PendingFile out(path);
+  const std::string& tmp = out.tmp();
+  {
+    H5File f(tmp, H5File::Mode::truncate);
+    const UNetConfig& m = net.config();
+    f.set_attr("/", "format", std::string(kFormat));
+    f.set_attr("/", "version", kVersion);
+    f.set_attr("/", "step", step);
+    f.set_attr("/", "config", config_json);
+    f.set_attr("/", "depth", static_cast<int64_t>(m.depth));
+    f.set_attr("/", "base_filters", static_cast<int64_t>(m.base_filters));
+    f.set_attr("/", "dropout", static_cast<double>(m.dropout));
+    f.set_attr("/", "residual", static_cast<int64_t>(m.residual));
+    f.set_attr("/", "head_kernel", static_cast<int64_t>(m.head_kernel));
+    // A decimal string: HDF5 attributes here are int64, and seeds use all 64 bits.
+    f.set_attr("/", "seed", std::to_string(state.seed));
+    f.set_attr("/", "data_position", state.data_position);
+    f.set_attr("/", "loss_scale", static_cast<double>(state.loss_scale.scale));
+    f.set_attr("/", "loss_scale_clean_steps", state.loss_scale.clean_steps);
+    f.set_attr("/", "skipped_steps", state.loss_scale.skipped_steps);
+    f.set_attr("/", "checksum_params", hex(params_checksum(net, params)));
+    f.create_group("params");
+    for (int i = 0; i < static_cast<int>(layout.params().size()); ++i) {
+      Tensor v = layout.view(params, i);
+      f.write_floats("params/" + layout[i].name, v.shape().dims, v.f32());
+    }
+    if (moments) {
+      f.create_group("adam");
+      f.write_floats("adam/m", {adam_m->numel()}, adam_m->f32());
+      f.write_floats("adam/v", {adam_v->numel()}, adam_v->f32());
+      f.set_attr("/", "checksum",
+                 hex(full_checksum(layout, params, *adam_m, *adam_v, step, state, kVersion)));
+    } else {
+      Tensor none = Tensor::zeros(Shape{0});
+      f.set_attr("/", "checksum",
+                 hex(full_checksum(layout, params, none, none, step, state, kVersion)));
+    }
+    f.flush();
+    f.close();
+    sync_file(tmp);
+  }
+  out.finish();
+}
+
+CheckpointData load_checkpoint(const std::string& path, bool weights_only) {
+  try {
+    return read(path, weights_only);
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    // Messages from the checks above already start with the path; HDF5-level
+    // failures (a truncated file) do too, but say nothing about what to do.
+    if (msg.find("corrupt checkpoint") != std::string::npos ||
+        msg.find("not a deepqsm checkpoint") != std::string::npos ||
+        msg.find("is not supported") != std::string::npos || msg.find("no such file") != std::string::npos)
+      throw;
+    fail(msg, "; cannot load this checkpoint (truncated or damaged file?)");
+  }
+}
+
+}  // namespace dq

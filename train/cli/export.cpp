@@ -1,0 +1,145 @@
+// `deepqsm export`: a training checkpoint (weights, Adam moments, training
+// state) reduced to the weights deepqsm-infer needs, a third of the size.
+// The model file is a checkpoint of the same format without the moments, so
+// it stays loadable by everything that loads checkpoints; it keeps the
+// step and the training config, so the recipe travels with the weights.
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/io/nifti_io.h"
+#include "core/nn/checkpoint.h"
+#include "core/nn/unet.h"
+#include "train/cli/commands.h"
+#include "train/trainer.h"
+
+namespace dq {
+
+namespace {
+
+struct ExportArgs {
+  std::vector<std::string> inputs;
+  std::string output;
+  int average = 1;
+};
+
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// The checkpoint files the arguments name: files as given; a run folder
+// gives its newest checkpoint, or its newest `average` ones.
+std::vector<std::string> sources(const ExportArgs& a) {
+  if (a.average < 1) fail("--average ", a.average, ": must be at least 1");
+  std::vector<std::string> files;
+  for (const std::string& in : a.inputs) {
+    if (!is_directory(in)) {
+      files.push_back(in);
+      continue;
+    }
+    std::vector<std::string> all = step_checkpoint_paths(in);
+    if (all.empty()) {
+      const std::string newest = newest_checkpoint(in);
+      if (newest.empty()) fail(in, " holds no checkpoint-<step>.h5 to export");
+      all.push_back(newest);
+    }
+    if (static_cast<int64_t>(all.size()) < a.average)
+      fail("--average ", a.average, ": ", in, " holds only ", all.size(), " checkpoint-<step>.h5 files");
+    files.insert(files.end(), all.end() - a.average, all.end());
+  }
+  if (a.average > 1 && std::none_of(a.inputs.begin(), a.inputs.end(), is_directory))
+    fail("--average needs a run folder; to average files, name them all");
+  return files;
+}
+
+int run_export(const ExportArgs& a) {
+  const std::vector<std::string> files = sources(a);
+  // Never over one of its own sources (a run's checkpoint, which would lose
+  // its optimiser state), nor into a missing folder.
+  check_output_file(a.output, "-o", files);
+  // The newest (highest step) source gives the step, config and state; the
+  // weights are the mean of all sources' weights (stochastic weight
+  // averaging when they are checkpoints along one run), summed in double.
+  CheckpointData ck = load_checkpoint(files.front(), /*weights_only=*/true);
+  std::string newest = files.front();
+  int64_t first_step = ck.step;
+  std::vector<double> sum(static_cast<size_t>(ck.params.numel()));
+  for (int64_t i = 0; i < ck.params.numel(); ++i) sum[static_cast<size_t>(i)] = ck.params.f32()[i];
+  for (size_t f = 1; f < files.size(); ++f) {
+    CheckpointData other = load_checkpoint(files[f], true);
+    if (!same_architecture(other.model, ck.model) || other.params.numel() != ck.params.numel())
+      fail(files[f], " holds a U-Net of ", describe_architecture(other.model), "; ",
+           files.front(), " one of ", describe_architecture(ck.model),
+           ": only one architecture can be averaged");
+    for (int64_t i = 0; i < other.params.numel(); ++i)
+      sum[static_cast<size_t>(i)] += other.params.f32()[i];
+    first_step = std::min(first_step, other.step);
+    if (other.step > ck.step) {
+      Tensor keep = std::move(ck.params);
+      ck = std::move(other);
+      ck.params = std::move(keep);
+      newest = files[f];
+    }
+  }
+  if (files.size() > 1) {
+    const double inv = 1.0 / static_cast<double>(files.size());
+    for (int64_t i = 0; i < ck.params.numel(); ++i)
+      ck.params.f32()[i] = static_cast<float>(sum[static_cast<size_t>(i)] * inv);
+  }
+  UNet net(ck.model);
+  save_checkpoint(a.output, net, ck.params, nullptr, nullptr, ck.step, ck.config_json, ck.state);
+  // Read back what was written: a model that does not load is worse than none.
+  CheckpointData back = load_checkpoint(a.output, true);
+  if (params_checksum(net, back.params) != params_checksum(net, ck.params))
+    fail(a.output, ": the written weights do not read back identically");
+  if (files.size() == 1) {
+    std::printf("exported %s (step %lld, U-Net depth %d, base %d, %lld parameters) to %s\n",
+                newest.c_str(), static_cast<long long>(ck.step), ck.model.depth,
+                ck.model.base_filters, static_cast<long long>(net.layout().total()),
+                a.output.c_str());
+  } else {
+    std::printf(
+        "exported the mean weights of %zu checkpoints (steps %lld to %lld; U-Net depth %d, base "
+        "%d, %lld parameters) to %s, stamped with step %lld\n",
+        files.size(), static_cast<long long>(first_step), static_cast<long long>(ck.step),
+        ck.model.depth, ck.model.base_filters, static_cast<long long>(net.layout().total()),
+        a.output.c_str(), static_cast<long long>(ck.step));
+  }
+  return 0;
+}
+
+}  // namespace
+
+Command add_export_command(CLI::App& app) {
+  auto a = std::make_shared<ExportArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "export", "Strip a training checkpoint to the weights deepqsm-infer loads (--model).");
+  cmd->add_option("checkpoint", a->inputs,
+                  "a checkpoint-<step>.h5 or a run folder (its newest checkpoint); several "
+                  "files are averaged")
+      ->required();
+  cmd->add_option("-o,--out", a->output, "the model file to write (HDF5; written atomically)")
+      ->required();
+  cmd->add_option("--average", a->average,
+                  "with a run folder: average the weights of its newest K checkpoints "
+                  "(stochastic weight averaging; keep_checkpoints must have kept them)")
+      ->default_val(1);
+  cmd->footer(
+      "Averaging the weights of checkpoints along one run (stochastic weight averaging,\n"
+      "Izmailov et al. 2018) gives a model in a flatter region of the loss than any one\n"
+      "of them, which often generalises better; the model keeps the newest step's config.\n"
+      "\n"
+      "Examples:\n"
+      "  deepqsm export runs/deepqsm-paper -o models/deepqsm-paper.h5\n"
+      "  deepqsm export runs/deepqsm-paper --average 8 -o models/deepqsm-paper-swa.h5\n"
+      "  deepqsm-infer field.nii.gz -o chi.nii.gz --model models/deepqsm-paper.h5");
+  return {cmd, [a]() { return run_export(*a); }};
+}
+
+}  // namespace dq
