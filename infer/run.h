@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string>
 
-#include "core/qsm/dipole.h"
+#include "core/dims.h"
 #include "core/qsm/refine.h"
 
 namespace dq {
