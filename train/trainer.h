@@ -13,7 +13,7 @@
 // engine of each layer must also be the same: with train.autotune (timing
 // picks it) the two runs agree to rounding, without it bit for bit.
 //
-// Output directory (train.out_dir or --out):
+// Output directory (train.out_dir or --out; its checkpoints: train/checkpoints.h):
 //   checkpoint-<step, 8 digits>.h5   the newest train.keep_checkpoints of them
 //   checkpoint.h5                    hard link to the newest (what infer loads)
 //   log.jsonl                        one JSON object per line (train.log_file)
@@ -23,12 +23,16 @@
 // after the step in progress with a checkpoint of that step, so --resume
 // loses nothing; a second signal of the same kind ends it at once. Every
 // rank stops at the same step: the stop request travels in the gradient
-// all-reduce.
+// all-reduce (train/stop_signals.h).
+//
+// Where it lives: the loop and its stages in train/trainer.cpp, the metrics
+// of validation in train/validation.h, the run folder in train/checkpoints.h.
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "train/checkpoints.h"
 #include "train/config.h"
 
 namespace dq {
@@ -56,11 +60,5 @@ struct TrainResult {
 };
 
 TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt);
-
-// The newest checkpoint in `dir` (highest step among checkpoint-*.h5, else
-// checkpoint.h5), or "" when there is none.
-std::string newest_checkpoint(const std::string& dir);
-// The checkpoint-<step>.h5 files in `dir`, oldest step first.
-std::vector<std::string> step_checkpoint_paths(const std::string& dir);
 
 }  // namespace dq
