@@ -102,27 +102,27 @@ bool named_like_a_volume(const std::string& name) {
   return false;
 }
 
-int run_synth(const std::string& config, int64_t volumes, const std::string& out,
-              const std::string& volumes_out, const std::string& preview,
-              const std::string& seed_arg, const std::string& device, bool quiet) {
-  const SynthInput in = load_synth_input(config);
-  const Recipe& r = in.recipe;
-  uint64_t seed = in.seed;
-  if (!seed_arg.empty()) {
-    size_t used = 0;
-    try {
-      seed = std::stoull(seed_arg, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != seed_arg.size() || seed_arg[0] == '-')
-      fail("--seed: expected an integer in 0 .. 2^64 - 1, got '", seed_arg, "'");
+// --seed's text as a seed, or `fallback` when it is empty.
+uint64_t parse_seed(const std::string& seed_arg, uint64_t fallback) {
+  if (seed_arg.empty()) return fallback;
+  size_t used = 0;
+  uint64_t seed = 0;
+  try {
+    seed = std::stoull(seed_arg, &used);
+  } catch (const std::exception&) {
+    used = 0;
   }
+  if (used != seed_arg.size() || seed_arg[0] == '-')
+    fail("--seed: expected an integer in 0 .. 2^64 - 1, got '", seed_arg, "'");
+  return seed;
+}
 
-  // Outputs: --volumes-out must not be a file, and neither it nor its
-  // chi_/field_/mask_NNNN.nii.gz files may be --out or --preview (they would
-  // overwrite each other). Outputs elsewhere are checked before that folder
-  // is made, so a typo leaves nothing behind; those inside it, after.
+// Outputs: --volumes-out must not be a file, and neither it nor its
+// chi_/field_/mask_NNNN.nii.gz files may be --out or --preview (they would
+// overwrite each other). Outputs elsewhere are checked before that folder
+// is made, so a typo leaves nothing behind; those inside it, after.
+void check_synth_outputs(const std::string& config, const std::string& out,
+                         const std::string& volumes_out, const std::string& preview) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const auto norm = [&ec](const fs::path& p) {
@@ -148,6 +148,41 @@ int run_synth(const std::string& config, int64_t volumes, const std::string& out
       if (!p.empty() && in_folder(p) == inside)
         check_output_file(p, flag, {config, p == out ? preview : out});
   }
+}
+
+// Volume v's chi, field and (with regions) mask in --volumes-out, and for
+// volume 0 the --preview PNG.
+void write_volume_files(const Recipe& r, uint64_t seed, int64_t v, const std::vector<float>& chi,
+                        const std::vector<float>& field, const std::string& volumes_out,
+                        const std::string& preview) {
+  const int64_t n = r.volume_size;
+  const Dims3 dims{n, n, n};
+  if (!volumes_out.empty()) {
+    write_nifti_new(volume_name(volumes_out, "chi", v), chi.data(), n, n, n, r.voxel_mm);
+    write_nifti_new(volume_name(volumes_out, "field", v), field.data(), n, n, n, r.voxel_mm);
+    if (r.region_prob > 0) {
+      // The volume's region (all ones when its coin said whole volume), so
+      // the volume can be scored like an in-vivo map, inside its mask.
+      std::vector<float> mask(static_cast<size_t>(dims.numel()), 1.0f);
+      apply_region(draw_region(r, seed, v), n, mask.data());
+      write_nifti_new(volume_name(volumes_out, "mask", v), mask.data(), n, n, n, r.voxel_mm);
+    }
+  }
+  if (v == 0 && !preview.empty()) {
+    const auto wc = robust_window(chi.data(), dims.numel());
+    const auto wf = robust_window(field.data(), dims.numel());
+    write_slices_png(preview, {{"chi (ppm)", chi.data(), dims, wc.first, wc.second},
+                               {"field (ppm)", field.data(), dims, wf.first, wf.second}});
+  }
+}
+
+int run_synth(const std::string& config, int64_t volumes, const std::string& out,
+              const std::string& volumes_out, const std::string& preview,
+              const std::string& seed_arg, const std::string& device, bool quiet) {
+  const SynthInput in = load_synth_input(config);
+  const Recipe& r = in.recipe;
+  const uint64_t seed = parse_seed(seed_arg, in.seed);
+  check_synth_outputs(config, out, volumes_out, preview);
 
   const int64_t n = r.volume_size, P = r.patch_size, per = r.patches_per_volume;
   const Dims3 dims{n, n, n};
@@ -193,23 +228,7 @@ int run_synth(const std::string& config, int64_t volumes, const std::string& out
       vol_field = std::move(sv.field);
     }
     writer.write_volume(v, field.data(), chi.data(), corners.data(), b0);
-    if (!volumes_out.empty()) {
-      write_nifti_new(volume_name(volumes_out, "chi", v), vol_chi.data(), n, n, n, r.voxel_mm);
-      write_nifti_new(volume_name(volumes_out, "field", v), vol_field.data(), n, n, n, r.voxel_mm);
-      if (r.region_prob > 0) {
-        // The volume's region (all ones when its coin said whole volume), so
-        // the volume can be scored like an in-vivo map, inside its mask.
-        std::vector<float> mask(static_cast<size_t>(dims.numel()), 1.0f);
-        apply_region(draw_region(r, seed, v), n, mask.data());
-        write_nifti_new(volume_name(volumes_out, "mask", v), mask.data(), n, n, n, r.voxel_mm);
-      }
-    }
-    if (v == 0 && !preview.empty()) {
-      const auto wc = robust_window(vol_chi.data(), dims.numel());
-      const auto wf = robust_window(vol_field.data(), dims.numel());
-      write_slices_png(preview, {{"chi (ppm)", vol_chi.data(), dims, wc.first, wc.second},
-                                 {"field (ppm)", vol_field.data(), dims, wf.first, wf.second}});
-    }
+    write_volume_files(r, seed, v, vol_chi, vol_field, volumes_out, preview);
     const auto now = std::chrono::steady_clock::now();
     const double s = std::chrono::duration<double>(now - t0).count();
     const bool last = v + 1 == volumes;
