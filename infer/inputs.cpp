@@ -135,10 +135,9 @@ void convert_units(InferInputs& in, const InferOptions& opt) {
   if (in.unit == FieldUnit::ppm)
     std::printf("units:  ppm (as given)\n");
   else
-    std::printf("units:  %s -> ppm, x %.6g (B0 %.4g T%s)\n", opt.units.c_str(), in.to_ppm,
-                opt.b0_tesla,
-                in.unit == FieldUnit::rad ? (", TE " + std::to_string(opt.te_s) + " s").c_str()
-                                          : "");
+    std::printf(
+        "units:  %s -> ppm, x %.6g (B0 %.4g T%s)\n", opt.units.c_str(), in.to_ppm, opt.b0_tesla,
+        in.unit == FieldUnit::rad ? (", TE " + std::to_string(opt.te_s) + " s").c_str() : "");
 }
 
 }  // namespace dq

@@ -213,8 +213,8 @@ Prediction predict(const InferInputs& in, const WorkGeometry& geo, const InferOp
     return predict_mirrored(f, d, opt.flips, predict_one);
   };
   const auto t0 = std::chrono::steady_clock::now();
-  out.chi = predict_multiscale(work_field(in, geo), geo.work.dims, opt.scales, opt.scale_sigma,
-                               mirrored);
+  out.chi =
+      predict_multiscale(work_field(in, geo), geo.work.dims, opt.scales, opt.scale_sigma, mirrored);
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // The network is done: its buffers, weights and the backend's memory go
   // back before the refinement allocates its FFT grids (on the GPU, the

@@ -1,11 +1,12 @@
 // deepqsm-infer's refinement stage: the network's chi pulled towards data
 // consistency (core/qsm/refine.h; ADMM with TV, or CG on the GPU or CPU).
+#include "core/qsm/refine.h"
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "core/qsm/refine.h"
 #include "cuda/qsm/inversion.h"
 #include "infer/stages.h"
 

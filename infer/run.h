@@ -21,7 +21,7 @@ struct InferOptions {
   int64_t halo = -1;            // -1 = from the network's receptive field
   double max_anisotropy = 1.1;  // largest/smallest voxel side above which we resample
   double max_tilt_deg = 0.5;    // B0 tilts up to this are treated as along z
-  int scales = 2;               // network passes at 1, 1/2, ... of the resolution (core/qsm/ensemble.h)
+  int scales = 2;  // network passes at 1, 1/2, ... of the resolution (core/qsm/ensemble.h)
   double scale_sigma = 16.0;    // blend between scales: Gaussian sigma, voxels of the finer grid
   int flips = 1;    // mirrored passes averaged per scale: 1, 2, 4 or 8 (core/qsm/ensemble.h)
   int refine = 40;  // data-consistency iterations after the net (ADMM or CG; 0 = off)

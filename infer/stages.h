@@ -36,11 +36,11 @@ void check_options(const InferOptions& opt);
 struct InferInputs {
   std::string model_path;
   CheckpointData model;
-  Volume field;                // the values as read; ppm after convert_units
+  Volume field;  // the values as read; ppm after convert_units
   FieldUnit unit = FieldUnit::ppm;
-  double to_ppm = 1.0;         // field_ppm = to_ppm * field as read
-  std::vector<uint8_t> mask;   // (nz, ny, nx), 1 inside; all 1 without --mask
-  MaskedField masked;          // NaN voxels dropped from the mask, voxels left inside
+  double to_ppm = 1.0;        // field_ppm = to_ppm * field as read
+  std::vector<uint8_t> mask;  // (nz, ny, nx), 1 inside; all 1 without --mask
+  MaskedField masked;         // NaN voxels dropped from the mask, voxels left inside
 };
 InferInputs read_inputs(const InferOptions& opt);
 
@@ -54,8 +54,8 @@ struct WorkGeometry {
   Grid input, work;
   Mat3 R{1, 0, 0, 0, 1, 0, 0, 0, 1};  // input axes -> work axes (R b = z)
   bool resampled = false;
-  std::vector<float> field;    // on the work grid; empty when not resampled
-  std::vector<uint8_t> mask;   // on the work grid; empty when not resampled
+  std::vector<float> field;   // on the work grid; empty when not resampled
+  std::vector<uint8_t> mask;  // on the work grid; empty when not resampled
 };
 WorkGeometry fix_geometry(const InferInputs& in, const InferOptions& opt);
 // The field the network sees: resampled, or the input's own.

@@ -11,7 +11,9 @@ namespace {
 // Set by the handler, read once per step.
 volatile sig_atomic_t g_stop_signal = 0;
 
-extern "C" void record_stop_signal(int sig) { g_stop_signal = sig; }
+extern "C" void record_stop_signal(int sig) {
+  g_stop_signal = sig;
+}
 
 }  // namespace
 

@@ -146,7 +146,7 @@ struct Trainer {
   std::unique_ptr<TensorBoardWriter> tb;
   std::string out_dir;
   const std::string config_json;
-  bool lead = true;            // rank 0: validates, logs, writes checkpoints
+  bool lead = true;  // rank 0: validates, logs, writes checkpoints
   bool tty = false;
   bool all_ranks_fail = false;  // a failure every rank reaches together (no abort needed)
 
@@ -196,8 +196,8 @@ struct Trainer {
     st.seed = cfg.seed;
     st.data_position = source->position(step - 1);
     if (scaler) st.loss_scale = scaler->state();
-    const std::string path = write_run_checkpoint(out_dir, cfg.keep_checkpoints, net, hp, hm, hv,
-                                                  step, config_json, st);
+    const std::string path =
+        write_run_checkpoint(out_dir, cfg.keep_checkpoints, net, hp, hm, hv, step, config_json, st);
     log_json({{"step", step}, {"event", "checkpoint"}, {"path", path}});
     return (fs::path(out_dir) / "checkpoint.h5").string();
   }
@@ -347,19 +347,20 @@ void prepare_data(Trainer& t, TrainResult& res, int64_t start, int64_t steps) {
   if (start < steps) t.source->prepare(start);
   if (!t.lead) return;
   t.val_set = generate_patches(cfg.data, cfg.seed, kValidationVolumeBase, cfg.val_volumes);
-  const Tensor tkd = tkd_patches(t.val_set.field, cfg.data.voxel_mm, cfg.data.b0_dir,
-                                 kTkdThreshold, cfg.data.dipole_k0);
+  const Tensor tkd = tkd_patches(t.val_set.field, cfg.data.voxel_mm, cfg.data.b0_dir, kTkdThreshold,
+                                 cfg.data.dipole_k0);
   const PatchMetrics tm = patch_metrics(tkd.f32(), t.val_set.chi, cfg.data);
   res.tkd_val_mse = tm.mse;
   std::vector<float> zeros(static_cast<size_t>(tkd.numel()), 0.0f);
   res.zero_val_mse = mse(zeros.data(), t.val_set.chi.f32(), tkd.numel());
   const double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  t.say(line_of("data: %s; %lld held-out %lld^3 patches; ready in %.1f s. Held-out TKD "
-                "(t = 0.19): MSE %.3e ppm^2, NRMSE %.1f %%, HFEN %.1f %%, XSIM %.3f; chi = 0: "
-                "MSE %.3e",
-                t.source->describe().c_str(), static_cast<long long>(t.val_set.field.dim(0)),
-                static_cast<long long>(cfg.data.patch_size), gen_s, tm.mse, tm.nrmse, tm.hfen,
-                tm.xsim, res.zero_val_mse));
+  t.say(
+      line_of("data: %s; %lld held-out %lld^3 patches; ready in %.1f s. Held-out TKD "
+              "(t = 0.19): MSE %.3e ppm^2, NRMSE %.1f %%, HFEN %.1f %%, XSIM %.3f; chi = 0: "
+              "MSE %.3e",
+              t.source->describe().c_str(), static_cast<long long>(t.val_set.field.dim(0)),
+              static_cast<long long>(cfg.data.patch_size), gen_s, tm.mse, tm.nrmse, tm.hfen,
+              tm.xsim, res.zero_val_mse));
   t.log_json({{"step", start},
               {"event", "baseline"},
               {"tkd_val_mse", tm.mse},
@@ -378,12 +379,12 @@ void report_setup(const Trainer& t) {
   std::string device = t.be->name();
   if (t.be->device() == Device::cpu)
     device += ", " + std::to_string(cpu_threads()) + (cpu_threads() == 1 ? " thread" : " threads");
-  t.say(line_of("model: U-Net depth %d, base %d filters, %lld parameters; %s; %s; global batch "
-                "%lld (%lld per rank)",
-                cfg.model.depth, cfg.model.base_filters,
-                static_cast<long long>(t.net.layout().count()), device.c_str(),
-                t.comm->name().c_str(), static_cast<long long>(cfg.batch),
-                static_cast<long long>(cfg.batch / world)));
+  t.say(line_of(
+      "model: U-Net depth %d, base %d filters, %lld parameters; %s; %s; global batch "
+      "%lld (%lld per rank)",
+      cfg.model.depth, cfg.model.base_filters, static_cast<long long>(t.net.layout().count()),
+      device.c_str(), t.comm->name().c_str(), static_cast<long long>(cfg.batch),
+      static_cast<long long>(cfg.batch / world)));
   if (world > 1) {
     t.say(cfg.allreduce_overlap
               ? "gradient all-reduce: overlapped with the backward pass, " +
@@ -499,10 +500,11 @@ bool unscale_gradients(Trainer& t, int64_t done) {
               {"loss_scale", used},
               {"next_loss_scale", t.scaler->scale()},
               {"skipped_steps", t.scaler->skipped_steps()}});
-  t.say(line_of("step %lld: non-finite gradients at loss scale %g; step skipped, loss "
-                "scale now %g",
-                static_cast<long long>(done), static_cast<double>(used),
-                static_cast<double>(t.scaler->scale())));
+  t.say(
+      line_of("step %lld: non-finite gradients at loss scale %g; step skipped, loss "
+              "scale now %g",
+              static_cast<long long>(done), static_cast<double>(used),
+              static_cast<double>(t.scaler->scale())));
   t.tb_scalars(done, {{"train/loss_scale", t.scaler->scale()}});
   return false;
 }
@@ -584,8 +586,11 @@ void report_step(Trainer& t, const Progress& p, int64_t done, const StepOutcome&
   } else {
     t.say(line);
   }
-  json entry = {
-      {"step", done}, {"loss", s.loss}, {"lr", s.lr}, {"samples_per_s", sps}, {"elapsed_s", elapsed}};
+  json entry = {{"step", done},
+                {"loss", s.loss},
+                {"lr", s.lr},
+                {"samples_per_s", sps},
+                {"elapsed_s", elapsed}};
   std::vector<std::pair<std::string, double>> scalars = {
       {"train/loss", s.loss}, {"train/lr", s.lr}, {"train/samples_per_s", sps}};
   if (t.scaler) {
@@ -605,9 +610,10 @@ void validate_and_report(Trainer& t, TrainResult& res, int64_t done) {
   res.val_nrmse = pm.nrmse;
   res.val_hfen = pm.hfen;
   res.val_xsim = pm.xsim;
-  t.say(line_of("validation at step %lld: MSE %.4e ppm^2 (TKD %.4e), NRMSE %.1f %%, HFEN "
-                "%.1f %%, XSIM %.3f",
-                static_cast<long long>(done), pm.mse, res.tkd_val_mse, pm.nrmse, pm.hfen, pm.xsim));
+  t.say(
+      line_of("validation at step %lld: MSE %.4e ppm^2 (TKD %.4e), NRMSE %.1f %%, HFEN "
+              "%.1f %%, XSIM %.3f",
+              static_cast<long long>(done), pm.mse, res.tkd_val_mse, pm.nrmse, pm.hfen, pm.xsim));
   t.log_json({{"step", done},
               {"val_mse", pm.mse},
               {"val_nrmse", pm.nrmse},
@@ -623,18 +629,18 @@ void validate_and_report(Trainer& t, TrainResult& res, int64_t done) {
   double rmse = 0;
   const Metrics rm =
       validate_reference(*t.be, t.ref_net, t.cfg.model, t.params, *t.reference, &rmse);
-  t.say(line_of("reference at step %lld: MSE %.4e ppm^2, NRMSE %.1f %%, HFEN %.1f %%, "
-                "XSIM %.3f",
-                static_cast<long long>(done), rmse, rm.nrmse, rm.hfen, rm.xsim));
+  t.say(
+      line_of("reference at step %lld: MSE %.4e ppm^2, NRMSE %.1f %%, HFEN %.1f %%, "
+              "XSIM %.3f",
+              static_cast<long long>(done), rmse, rm.nrmse, rm.hfen, rm.xsim));
   t.log_json({{"step", done},
               {"ref_mse", rmse},
               {"ref_nrmse", rm.nrmse},
               {"ref_hfen", rm.hfen},
               {"ref_xsim", rm.xsim}});
-  t.tb_scalars(done, {{"ref/mse", rmse},
-                      {"ref/nrmse", rm.nrmse},
-                      {"ref/hfen", rm.hfen},
-                      {"ref/xsim", rm.xsim}});
+  t.tb_scalars(
+      done,
+      {{"ref/mse", rmse}, {"ref/nrmse", rm.nrmse}, {"ref/hfen", rm.hfen}, {"ref/xsim", rm.xsim}});
 }
 
 // A stop request after step `done`: says how to continue.
@@ -643,10 +649,11 @@ void report_stop(Trainer& t, TrainResult& res, int64_t done, int64_t steps) {
   res.stop_signal = signal != 0 ? signal : SIGTERM;
   t.log_json({{"step", done}, {"event", "stopped by signal"}, {"signal", res.stop_signal}});
   if (t.tty) std::printf("\n");
-  t.say(line_of("stopped by %s after step %lld of %lld; checkpoint written, continue with "
-                "--resume",
-                res.stop_signal == SIGINT ? "SIGINT" : "SIGTERM", static_cast<long long>(done),
-                static_cast<long long>(steps)));
+  t.say(
+      line_of("stopped by %s after step %lld of %lld; checkpoint written, continue with "
+              "--resume",
+              res.stop_signal == SIGINT ? "SIGINT" : "SIGTERM", static_cast<long long>(done),
+              static_cast<long long>(steps)));
 }
 
 // Issue 8's peak device memory, and whether the arena sized at start held it

@@ -1,7 +1,8 @@
 // Classical dipole inversions, our baselines: closed-form Tikhonov and
-// total-variation (TV) inversion by ADMM, on the CPU with FFTW (core/qsm/dipole.h's
-// PaddedFilter and Fft3). TKD is in core/qsm/tkd.h. cuda/qsm/inversion.h runs the same algorithms on
-// the GPU with the same numbers. Conventions (axes, units, D(k), padding) are
+// total-variation (TV) inversion by ADMM, on the CPU with FFTW
+// (core/qsm/dipole.h's PaddedFilter and Fft3). TKD is in core/qsm/tkd.h.
+// cuda/qsm/inversion.h runs the same algorithms on the GPU with the same
+// numbers. Conventions (axes, units, D(k), padding) are
 // those of core/qsm/dipole.h: field and chi are (nz, ny, nx) volumes in ppm,
 // voxel_mm and b0_dir are (x, y, z), and `pad` zero voxels per side are
 // added before the FFTs and cropped after.
