@@ -1,6 +1,7 @@
 // DQ_HD marks a function that the CPU code and the CUDA kernels share, so
-// that both twins evaluate one formula in one order (philox.h, dipole.h):
-// __host__ __device__ under nvcc, a plain inline function elsewhere.
+// that both twins evaluate one formula in one order (core/nn/philox.h,
+// core/qsm/dipole.h): __host__ __device__ under nvcc, a plain inline
+// function elsewhere.
 #pragma once
 
 #if defined(__CUDACC__)

@@ -1,6 +1,7 @@
 // deepqsm-infer: the lean binary QSM users run. A local field map in, a
-// susceptibility map out (both NIfTI). Options here; the pipeline is in
-// infer/run.cpp. Every failure is one line on stderr and exit status 1.
+// susceptibility map out (both NIfTI). Options here; the pipeline is
+// run_inference (infer/run.cpp), its stages are infer/stages.h. Every
+// failure is one line on stderr and exit status 1.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>

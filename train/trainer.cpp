@@ -117,7 +117,7 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
-// printf into a line of the log (at most 511 characters, as before).
+// printf into a piece of a line of the log (at most 511 characters).
 __attribute__((format(printf, 1, 2))) std::string line_of(const char* format, ...) {
   char line[512];
   va_list args;
