@@ -21,4 +21,10 @@ struct Dims3 {
   bool operator==(const Dims3& o) const { return nz == o.nz && ny == o.ny && nx == o.nx; }
 };
 
+// n rounded up to a multiple of m (n >= 0, m > 0): a side padded to the
+// network's side multiple.
+inline int64_t round_up(int64_t n, int64_t m) {
+  return (n + m - 1) / m * m;
+}
+
 }  // namespace dq

@@ -23,10 +23,6 @@ namespace dq {
 
 namespace {
 
-int64_t round_up(int64_t n, int64_t m) {
-  return (n + m - 1) / m * m;
-}
-
 // Voxels on each side that can influence an output voxel: every 3x3x3
 // convolution at level l widens it by 2^l (two per level on the way down,
 // two at the bottleneck, two per level on the way up), pooling adds up to
@@ -94,12 +90,13 @@ std::unique_ptr<Backend> choose_backend(const InferOptions& opt, bool* gpu) {
 // volume or tile, plan() picks whole or tiled for a grid and runs it.
 struct NetworkPasses {
   const InferOptions& opt;
-  const UNetConfig& model;
   bool gpu;
   Backend& be;
   UNet& net;
   Tensor& params;
-  int64_t mult;
+
+  const UNetConfig& model() const { return net.config(); }
+  int64_t mult() const { return net.side_multiple(); }
 
   void pass(const Dims3& td, const std::vector<float>& in, std::vector<float>& out) const {
     const Shape s{1, td.nz, td.ny, td.nx, 1};
@@ -116,7 +113,7 @@ struct NetworkPasses {
   // the memory (the GPU's own there: what the driver still has plus what
   // the backend's pool holds unused), the largest tile that does; 0 = whole.
   int64_t tile_side(const Dims3& padded) const {
-    const double need = static_cast<double>(padded.numel()) * bytes_per_voxel(model);
+    const double need = static_cast<double>(padded.numel()) * bytes_per_voxel(model());
     double avail = available_memory_bytes();
     if (gpu) {
       const DevicePoolStats pool = cuda_pool_stats(be);
@@ -124,7 +121,8 @@ struct NetworkPasses {
     }
     if (opt.tile != 0 || !(need > 0.5 * avail)) return opt.tile;
     const int64_t tile = std::max<int64_t>(
-        mult, static_cast<int64_t>(std::cbrt(0.5 * avail / bytes_per_voxel(model))) / mult * mult);
+        mult(),
+        static_cast<int64_t>(std::cbrt(0.5 * avail / bytes_per_voxel(model()))) / mult() * mult());
     std::printf(
         "memory: a whole-volume pass needs ~%.1f GiB, %.1f GiB of %s memory available: "
         "tiling\n",
@@ -137,13 +135,13 @@ struct NetworkPasses {
   // largest halo it can hold.
   int64_t halo_for(int64_t tile) const {
     if (opt.halo >= 0) return opt.halo;
-    const int64_t halo = round_up(receptive_radius(model), mult);
-    const int64_t fit = (tile - mult) / 2 / mult * mult;
+    const int64_t halo = round_up(receptive_radius(model()), mult());
+    const int64_t fit = (tile - mult()) / 2 / mult() * mult();
     if (halo <= fit) return halo;
     std::printf(
         "note:   halo %lld < receptive radius %lld for tile %lld: results may differ "
         "slightly near tile borders (use a larger --tile)\n",
-        static_cast<long long>(fit), static_cast<long long>(receptive_radius(model)),
+        static_cast<long long>(fit), static_cast<long long>(receptive_radius(model())),
         static_cast<long long>(tile));
     return fit;
   }
@@ -151,27 +149,27 @@ struct NetworkPasses {
   // One network pass over a grid of any size: padded to the side multiple,
   // whole or in tiles. Called once per scale and flip; reports its plan.
   std::vector<float> run(const std::vector<float>& f, const Dims3& d) const {
-    const PadPlan plan = pad_plan(d, mult);
+    const PadPlan plan = pad_plan(d, mult());
     const int64_t tile = tile_side(plan.out);
     const std::vector<float> padded = pad_volume(f.data(), plan);
     std::vector<float> out(padded.size(), 0.0f);
     const VolumeFn run_net = [this](const Dims3& td, const std::vector<float>& in,
                                     std::vector<float>& o) { pass(td, in, o); };
     if (tile > 0) {
-      if (tile % mult != 0)
-        fail("--tile ", tile, " must be a multiple of ", mult, " for this model");
+      if (tile % mult() != 0)
+        fail("--tile ", tile, " must be a multiple of ", mult(), " for this model");
       const int64_t halo = halo_for(tile);
       // Tiles cover the padded grid, so they sit on the whole pass's pooling grid.
-      const std::vector<Tile> tiles = make_tiles(plan.out, tile, halo, mult);
+      const std::vector<Tile> tiles = make_tiles(plan.out, tile, halo, mult());
       std::printf("pad:    %s -> %s (multiple of %lld)\n", dims_str(d).c_str(),
-                  dims_str(plan.out).c_str(), static_cast<long long>(mult));
+                  dims_str(plan.out).c_str(), static_cast<long long>(mult()));
       std::printf("tiles:  %zu tiles of %lld^3 with a %lld-voxel halo (receptive radius %lld)\n",
                   tiles.size(), static_cast<long long>(tile), static_cast<long long>(halo),
-                  static_cast<long long>(receptive_radius(model)));
+                  static_cast<long long>(receptive_radius(model())));
       run_tiled(padded.data(), plan.out, tiles, run_net, out.data());
     } else {
       std::printf("pad:    %s -> %s (multiple of %lld), one pass\n", dims_str(d).c_str(),
-                  dims_str(plan.out).c_str(), static_cast<long long>(mult));
+                  dims_str(plan.out).c_str(), static_cast<long long>(mult()));
       run_net(plan.out, padded, out);
     }
     return crop_volume(out.data(), plan);
@@ -204,7 +202,7 @@ Prediction predict(const InferInputs& in, const WorkGeometry& geo, const InferOp
   std::printf("device: %s; CPU threads: %d\n", be->name().c_str(), cpu_threads());
   Tensor params = be->alloc(ck.params.shape());
   be->upload(ck.params, params);
-  const NetworkPasses passes{opt, ck.model, out.gpu, *be, net, params, net.side_multiple()};
+  const NetworkPasses passes{opt, out.gpu, *be, net, params};
   const PredictFn predict_one = [&](const std::vector<float>& f, const Dims3& d) {
     return passes.run(f, d);
   };

@@ -97,10 +97,9 @@ ReferencePair load_reference(const TrainConfig& cfg, int64_t multiple) {
     for (size_t i = 0; i < m.data.size(); ++i) r.mask[i] = m.data[i] > 0.5f;
   }
   check_reference(cfg, r);
-  auto up = [&](int64_t n) { return (n + multiple - 1) / multiple * multiple; };
-  r.pd = up(r.field.nz);
-  r.ph = up(r.field.ny);
-  r.pw = up(r.field.nx);
+  r.pd = round_up(r.field.nz, multiple);
+  r.ph = round_up(r.field.ny, multiple);
+  r.pw = round_up(r.field.nx, multiple);
   return r;
 }
 

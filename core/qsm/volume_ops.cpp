@@ -10,10 +10,6 @@ namespace dq {
 
 namespace {
 
-int64_t round_up(int64_t n, int64_t m) {
-  return (n + m - 1) / m * m;
-}
-
 size_t at(const Dims3& d, int64_t z, int64_t y, int64_t x) {
   return static_cast<size_t>((z * d.ny + y) * d.nx + x);
 }
