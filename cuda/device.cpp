@@ -2,6 +2,10 @@
 
 #include <sstream>
 
+#if !defined(DEEPQSM_EMU)
+#include <cudnn.h>
+#endif
+
 #include "cuda/check.h"
 
 namespace dq {
@@ -16,6 +20,14 @@ int cuda_device_count() {
   return n;
 }
 
+const char* cuda_no_device_reason() {
+#if defined(DEEPQSM_GPU_OFF)
+  return "this deepqsm was built without CUDA (DEEPQSM_GPU=off)";
+#else
+  return "no CUDA device is available";
+#endif
+}
+
 size_t cuda_free_bytes() {
   size_t free = 0, total = 0;
   DQ_CUDA(cudaMemGetInfo(&free, &total));
@@ -25,15 +37,20 @@ size_t cuda_free_bytes() {
 std::string cuda_device_summary(int device) {
   cudaDeviceProp prop{};
   DQ_CUDA(cudaGetDeviceProperties(&prop, device));
+  std::ostringstream os;
+  os << prop.name << " (sm_" << prop.major << prop.minor << ", "
+     << prop.totalGlobalMem / (1024 * 1024) << " MiB)";
+#if defined(DEEPQSM_EMU)
+  os << ", no driver, runtime or cuDNN: the emulator (DEEPQSM_GPU=emu)";
+#else
   int drv = 0, rt = 0;
   DQ_CUDA(cudaDriverGetVersion(&drv));
   DQ_CUDA(cudaRuntimeGetVersion(&rt));
   size_t cudnn = cudnnGetVersion();
-  std::ostringstream os;
-  os << prop.name << " (sm_" << prop.major << prop.minor << ", "
-     << prop.totalGlobalMem / (1024 * 1024) << " MiB), driver " << drv / 1000 << "."
-     << (drv % 1000) / 10 << ", runtime " << rt / 1000 << "." << (rt % 1000) / 10 << ", cuDNN "
-     << cudnn / 10000 << "." << (cudnn % 10000) / 100 << "." << cudnn % 100;
+  os << ", driver " << drv / 1000 << "." << (drv % 1000) / 10 << ", runtime " << rt / 1000 << "."
+     << (rt % 1000) / 10 << ", cuDNN " << cudnn / 10000 << "." << (cudnn % 10000) / 100 << "."
+     << cudnn % 100;
+#endif
   return os.str();
 }
 

@@ -90,9 +90,9 @@ void rasterise_gpu(const Recipe& r, const std::vector<SynthShape>& shapes, float
   const std::array<float, 3> v = raster_voxel_mm(r);
   const int64_t total = n * n * n;
   const int64_t blocks = (total + detail::kThreads - 1) / detail::kThreads;
-  rasterise_k<<<static_cast<unsigned>(blocks), detail::kThreads, 0, s>>>(
-      static_cast<const GpuShape*>(scratch.data()), static_cast<int>(table.size()), n, v[0], v[1],
-      v[2], r.additive ? 1 : 0, chi);
+  DQ_LAUNCH(rasterise_k, static_cast<unsigned>(blocks), detail::kThreads, 0, s)
+  (static_cast<const GpuShape*>(scratch.data()), static_cast<int>(table.size()), n, v[0], v[1],
+   v[2], r.additive ? 1 : 0, chi);
   DQ_CUDA(cudaGetLastError());
 }
 

@@ -42,7 +42,7 @@ __global__ void region_k(float* vol, int64_t n, SynthRegion g) {
 
 void apply_region_gpu(const SynthRegion& g, int64_t n, float* vol, cudaStream_t s) {
   if (!g.active) return;
-  region_k<<<detail::grid_for(n * n * n), detail::kThreads, 0, s>>>(vol, n, g);
+  DQ_LAUNCH(region_k, detail::grid_for(n * n * n), detail::kThreads, 0, s)(vol, n, g);
   DQ_CUDA(cudaGetLastError());
 }
 
@@ -90,8 +90,8 @@ Vec3 GpuSynth::generate(uint64_t seed, int64_t volume) {
   const double noise_std = volume_noise_std(r_, seed, volume);
   if (noise_std != 0) {
     const uint64_t kn = key_for(synth_volume_key(seed, volume), kSynthNoise);
-    noise_k<<<detail::grid_for(total), detail::kThreads, 0, stream_>>>(
-        static_cast<float*>(field_.data()), total, kn, noise_std);
+    DQ_LAUNCH(noise_k, detail::grid_for(total), detail::kThreads, 0, stream_)
+    (static_cast<float*>(field_.data()), total, kn, noise_std);
     DQ_CUDA(cudaGetLastError());
   }
   apply_region_gpu(region, n, static_cast<float*>(field_.data()), stream_);
@@ -117,10 +117,10 @@ void GpuSynth::cut_patches(uint64_t seed, int64_t volume, int count, float* fiel
   DQ_CUDA(cudaStreamSynchronize(stream_));
   const int64_t P = r_.patch_size, total = P * P * P * count;
   const auto* c = static_cast<const int64_t*>(corners_.data());
-  gather_patches_k<<<detail::grid_for(total), detail::kThreads, 0, stream_>>>(
-      field(), r_.volume_size, c, count, P, field_out);
-  gather_patches_k<<<detail::grid_for(total), detail::kThreads, 0, stream_>>>(chi(), r_.volume_size,
-                                                                              c, count, P, chi_out);
+  DQ_LAUNCH(gather_patches_k, detail::grid_for(total), detail::kThreads, 0, stream_)
+  (field(), r_.volume_size, c, count, P, field_out);
+  DQ_LAUNCH(gather_patches_k, detail::grid_for(total), detail::kThreads, 0, stream_)
+  (chi(), r_.volume_size, c, count, P, chi_out);
   DQ_CUDA(cudaGetLastError());
 }
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "cuda/check.h"
+#include "cuda/launch.h"
 #include "cuda/nn/kernels.h"
 
 namespace dq {
@@ -82,7 +83,8 @@ void cuda_adam_step(float* params, const float* grads, float* m, float* v, int64
   a.bc2_sqrt = static_cast<float>(std::sqrt(bc2));
   a.eps = cfg.eps;
   bool vec = aligned16(params) && aligned16(grads) && aligned16(m) && aligned16(v);
-  adam_kernel<<<grid_for(vec ? (n + 3) / 4 : n), kThreads, 0, s>>>(a, params, grads, m, v, n, vec);
+  DQ_LAUNCH(adam_kernel, grid_for(vec ? (n + 3) / 4 : n), kThreads, 0, s)
+  (a, params, grads, m, v, n, vec);
   DQ_CUDA(cudaGetLastError());
 }
 

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "cuda/check.h"
+#include "cuda/launch.h"
 #include "cuda/nn/bias.h"
 #include "cuda/nn/kernels.h"
 
@@ -132,7 +133,7 @@ void cuda_bias_act(float* y, const float* b, int64_t m, int64_t c, bool relu, cu
   DQ_CHECK(m >= 0 && c > 0, "bias/ReLU epilogue of shape (", m, ", ", c, ")");
   const int64_t n = m * c;
   if (n == 0 || (!b && !relu)) return;
-  bias_act_kernel<<<grid_for(n), kThreads, 0, s>>>(y, b, n, c, relu);
+  DQ_LAUNCH(bias_act_kernel, grid_for(n), kThreads, 0, s)(y, b, n, c, relu);
   DQ_CUDA(cudaGetLastError());
 }
 
@@ -140,9 +141,10 @@ void cuda_cast_from_f32(const float* x, void* y, DType to, int64_t n, cudaStream
   check_half(to, "cuda_cast_from_f32");
   if (n <= 0) return;
   if (to == DType::f16)
-    cast_from_f32_kernel<<<grid_for(n), kThreads, 0, s>>>(x, static_cast<__half*>(y), n);
+    DQ_LAUNCH(cast_from_f32_kernel, grid_for(n), kThreads, 0, s)(x, static_cast<__half*>(y), n);
   else
-    cast_from_f32_kernel<<<grid_for(n), kThreads, 0, s>>>(x, static_cast<__nv_bfloat16*>(y), n);
+    DQ_LAUNCH(cast_from_f32_kernel, grid_for(n), kThreads, 0, s)
+    (x, static_cast<__nv_bfloat16*>(y), n);
   DQ_CUDA(cudaGetLastError());
 }
 
@@ -153,11 +155,11 @@ void cuda_cast_to_f32_bias_act(const void* x, DType from, float* y, const float*
   const int64_t n = m * c;
   if (n == 0) return;
   if (from == DType::f16)
-    cast_to_f32_kernel<<<grid_for(n), kThreads, 0, s>>>(static_cast<const __half*>(x), y, b, n, c,
-                                                        relu);
+    DQ_LAUNCH(cast_to_f32_kernel, grid_for(n), kThreads, 0, s)
+    (static_cast<const __half*>(x), y, b, n, c, relu);
   else
-    cast_to_f32_kernel<<<grid_for(n), kThreads, 0, s>>>(static_cast<const __nv_bfloat16*>(x), y, b,
-                                                        n, c, relu);
+    DQ_LAUNCH(cast_to_f32_kernel, grid_for(n), kThreads, 0, s)
+    (static_cast<const __nv_bfloat16*>(x), y, b, n, c, relu);
   DQ_CUDA(cudaGetLastError());
 }
 
@@ -173,10 +175,10 @@ void cuda_bias_grad(const float* dy, float* db, int64_t m, int64_t c, double* pa
     return;
   }
   RowBlocks rb = row_blocks(m);
-  bias_grad_partial_kernel<<<static_cast<unsigned>(rb.blocks), kThreads, 0, s>>>(dy, m, c, rb.rows,
-                                                                                 partials);
+  DQ_LAUNCH(bias_grad_partial_kernel, static_cast<unsigned>(rb.blocks), kThreads, 0, s)
+  (dy, m, c, rb.rows, partials);
   DQ_CUDA(cudaGetLastError());
-  bias_grad_final_kernel<<<grid_for(c), kThreads, 0, s>>>(partials, rb.blocks, c, db);
+  DQ_LAUNCH(bias_grad_final_kernel, grid_for(c), kThreads, 0, s)(partials, rb.blocks, c, db);
   DQ_CUDA(cudaGetLastError());
 }
 

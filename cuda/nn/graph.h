@@ -74,3 +74,11 @@ class Descriptor {
 int64_t get_int64(const Descriptor& d, cudnnBackendAttributeName_t name, const char* what);
 
 }  // namespace dq::cudnn
+
+// cuDNN's check: throws dq::Error with file:line and status_text.
+#define DQ_CUDNN(call)                                                                    \
+  do {                                                                                    \
+    cudnnStatus_t s_ = (call);                                                            \
+    if (s_ != CUDNN_STATUS_SUCCESS)                                                       \
+      ::dq::fail(__FILE__, ":", __LINE__, ": ", #call, ": ", ::dq::cudnn::status_text(s_)); \
+  } while (0)

@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "cuda/check.h"
+#include "cuda/launch.h"
 #include "cuda/nn/kernels.h"
 
 namespace dq {
@@ -70,9 +71,10 @@ void cuda_mse_loss(const float* pred, const float* target, float* dpred, int64_t
   int blocks = static_cast<int>(want < kMseMaxBlocks ? want : kMseMaxBlocks);
   // The same fp32 factor as the CPU backend, so dpred matches it bit for bit.
   float grad_scale = 2.0f / static_cast<float>(n);
-  mse_partial_kernel<<<blocks, kThreads, 0, s>>>(pred, target, dpred, n, grad_scale, partials);
+  DQ_LAUNCH(mse_partial_kernel, blocks, kThreads, 0, s)
+  (pred, target, dpred, n, grad_scale, partials);
   DQ_CUDA(cudaGetLastError());
-  mse_final_kernel<<<1, kThreads, 0, s>>>(partials, blocks, n, loss);
+  DQ_LAUNCH(mse_final_kernel, 1, kThreads, 0, s)(partials, blocks, n, loss);
   DQ_CUDA(cudaGetLastError());
 }
 

@@ -1,5 +1,6 @@
 // The unscale-and-check kernel (cuda/nn/loss_scale.h).
 #include "cuda/check.h"
+#include "cuda/launch.h"
 #include "cuda/nn/kernels.h"
 #include "cuda/nn/loss_scale.h"
 
@@ -27,7 +28,7 @@ __global__ void unscale_check_kernel(float* g, int64_t n, float inv_scale, int* 
 
 void cuda_unscale_check(float* grads, int64_t n, float inv_scale, int* flag, cudaStream_t s) {
   if (n <= 0) return;
-  unscale_check_kernel<<<grid_for(n), kThreads, 0, s>>>(grads, n, inv_scale, flag);
+  DQ_LAUNCH(unscale_check_kernel, grid_for(n), kThreads, 0, s)(grads, n, inv_scale, flag);
   DQ_CUDA(cudaGetLastError());
 }
 

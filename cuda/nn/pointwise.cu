@@ -7,6 +7,7 @@
 
 #include "core/nn/philox.h"
 #include "cuda/check.h"
+#include "cuda/launch.h"
 #include "cuda/nn/kernels.h"
 
 namespace dq {
@@ -148,7 +149,7 @@ __global__ void split_kernel(const T* __restrict__ out, T* __restrict__ a, T* __
 void cuda_fill(float* x, float value, int64_t n, cudaStream_t s) {
   if (n <= 0) return;
   bool vec = aligned16(x);
-  map0_kernel<<<grid_for_vec(n, vec), kThreads, 0, s>>>(FillOp{value}, x, n, vec);
+  DQ_LAUNCH(map0_kernel, grid_for_vec(n, vec), kThreads, 0, s)(FillOp{value}, x, n, vec);
   DQ_CUDA(cudaGetLastError());
 }
 
@@ -162,28 +163,28 @@ void cuda_copy(const float* x, float* y, int64_t n, cudaStream_t s) {
 void cuda_axpy(float a, const float* x, float* y, int64_t n, cudaStream_t s) {
   if (n <= 0) return;
   bool vec = aligned16(x) && aligned16(y);
-  map2_kernel<<<grid_for_vec(n, vec), kThreads, 0, s>>>(AxpyOp{a}, x, y, y, n, vec);
+  DQ_LAUNCH(map2_kernel, grid_for_vec(n, vec), kThreads, 0, s)(AxpyOp{a}, x, y, y, n, vec);
   DQ_CUDA(cudaGetLastError());
 }
 
 void cuda_scale(float* x, float a, int64_t n, cudaStream_t s) {
   if (n <= 0) return;
   bool vec = aligned16(x);
-  map1_kernel<<<grid_for_vec(n, vec), kThreads, 0, s>>>(ScaleOp{a}, x, x, n, vec);
+  DQ_LAUNCH(map1_kernel, grid_for_vec(n, vec), kThreads, 0, s)(ScaleOp{a}, x, x, n, vec);
   DQ_CUDA(cudaGetLastError());
 }
 
 void cuda_relu_forward(const float* x, float* y, int64_t n, cudaStream_t s) {
   if (n <= 0) return;
   bool vec = aligned16(x) && aligned16(y);
-  map1_kernel<<<grid_for_vec(n, vec), kThreads, 0, s>>>(ReluOp{}, x, y, n, vec);
+  DQ_LAUNCH(map1_kernel, grid_for_vec(n, vec), kThreads, 0, s)(ReluOp{}, x, y, n, vec);
   DQ_CUDA(cudaGetLastError());
 }
 
 void cuda_relu_backward(const float* y, const float* dy, float* dx, int64_t n, cudaStream_t s) {
   if (n <= 0) return;
   bool vec = aligned16(y) && aligned16(dy) && aligned16(dx);
-  map2_kernel<<<grid_for_vec(n, vec), kThreads, 0, s>>>(ReluBackwardOp{}, y, dy, dx, n, vec);
+  DQ_LAUNCH(map2_kernel, grid_for_vec(n, vec), kThreads, 0, s)(ReluBackwardOp{}, y, dy, dx, n, vec);
   DQ_CUDA(cudaGetLastError());
 }
 
@@ -192,7 +193,8 @@ void cuda_dropout_forward(const float* x, float* y, int64_t n, float p, uint64_t
   DQ_CHECK(p >= 0.0f && p < 1.0f, "dropout probability must be in [0, 1), got ", p);
   if (n <= 0) return;
   if (p == 0.0f) return cuda_copy(x, y, n, s);  // every u >= 0: the identity, skip the hashing
-  dropout_kernel<<<grid_for(n), kThreads, 0, s>>>(x, y, n, p, 1.0f / (1.0f - p), key, offset);
+  DQ_LAUNCH(dropout_kernel, grid_for(n), kThreads, 0, s)
+  (x, y, n, p, 1.0f / (1.0f - p), key, offset);
   DQ_CUDA(cudaGetLastError());
 }
 
@@ -208,11 +210,11 @@ void cuda_concat_channels(const float* a, const float* b, float* out, int64_t m,
   int64_t total = m * (ca + cb);
   if (total == 0) return;
   if (ca % 4 == 0 && cb % 4 == 0 && aligned16(a) && aligned16(b) && aligned16(out)) {
-    concat_kernel<<<grid_for(total / 4), kThreads, 0, s>>>(
-        reinterpret_cast<const float4*>(a), reinterpret_cast<const float4*>(b),
-        reinterpret_cast<float4*>(out), total / 4, ca / 4, cb / 4);
+    DQ_LAUNCH(concat_kernel, grid_for(total / 4), kThreads, 0, s)
+    (reinterpret_cast<const float4*>(a), reinterpret_cast<const float4*>(b),
+     reinterpret_cast<float4*>(out), total / 4, ca / 4, cb / 4);
   } else {
-    concat_kernel<<<grid_for(total), kThreads, 0, s>>>(a, b, out, total, ca, cb);
+    DQ_LAUNCH(concat_kernel, grid_for(total), kThreads, 0, s)(a, b, out, total, ca, cb);
   }
   DQ_CUDA(cudaGetLastError());
 }
@@ -223,11 +225,11 @@ void cuda_split_channels(const float* out, float* a, float* b, int64_t m, int64_
   int64_t total = m * (ca + cb);
   if (total == 0) return;
   if (ca % 4 == 0 && cb % 4 == 0 && aligned16(a) && aligned16(b) && aligned16(out)) {
-    split_kernel<<<grid_for(total / 4), kThreads, 0, s>>>(
-        reinterpret_cast<const float4*>(out), reinterpret_cast<float4*>(a),
-        reinterpret_cast<float4*>(b), total / 4, ca / 4, cb / 4);
+    DQ_LAUNCH(split_kernel, grid_for(total / 4), kThreads, 0, s)
+    (reinterpret_cast<const float4*>(out), reinterpret_cast<float4*>(a),
+     reinterpret_cast<float4*>(b), total / 4, ca / 4, cb / 4);
   } else {
-    split_kernel<<<grid_for(total), kThreads, 0, s>>>(out, a, b, total, ca, cb);
+    DQ_LAUNCH(split_kernel, grid_for(total), kThreads, 0, s)(out, a, b, total, ca, cb);
   }
   DQ_CUDA(cudaGetLastError());
 }

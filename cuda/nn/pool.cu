@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cuda/check.h"
+#include "cuda/launch.h"
 #include "cuda/nn/kernels.h"
 
 namespace dq {
@@ -91,7 +92,7 @@ void cuda_maxpool_forward(const float* x, float* y, int64_t n, int64_t d, int64_
   check_dims(n, d, h, w, c);
   int64_t total = n * (d / 2) * (h / 2) * (w / 2) * c;
   if (total == 0) return;
-  maxpool_forward_kernel<<<grid_for(total), kThreads, 0, s>>>(x, y, total, d, h, w, c);
+  DQ_LAUNCH(maxpool_forward_kernel, grid_for(total), kThreads, 0, s)(x, y, total, d, h, w, c);
   DQ_CUDA(cudaGetLastError());
 }
 
@@ -100,7 +101,7 @@ void cuda_maxpool_backward(const float* x, const float* dy, float* dx, int64_t n
   check_dims(n, d, h, w, c);
   int64_t total = n * (d / 2) * (h / 2) * (w / 2) * c;
   if (total == 0) return;
-  maxpool_backward_kernel<<<grid_for(total), kThreads, 0, s>>>(x, dy, dx, total, d, h, w, c);
+  DQ_LAUNCH(maxpool_backward_kernel, grid_for(total), kThreads, 0, s)(x, dy, dx, total, d, h, w, c);
   DQ_CUDA(cudaGetLastError());
 }
 

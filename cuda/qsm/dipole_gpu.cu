@@ -58,8 +58,8 @@ void cuda_dipole_kernel(const Dims3& dims, const Vec3& voxel_mm, const Vec3& b0_
                         double k0_value, float* out, cudaStream_t s) {
   const DipoleSpec spec = dipole_spec(dims, voxel_mm, b0_dir, k0_value);
   const int64_t nxh = dims.nx / 2 + 1;
-  dipole_kernel_k<<<detail::grid_for(dims.nz * dims.ny * nxh), detail::kThreads, 0, s>>>(
-      spec, nxh, out);
+  DQ_LAUNCH(dipole_kernel_k, detail::grid_for(dims.nz * dims.ny * nxh), detail::kThreads, 0, s)
+  (spec, nxh, out);
   DQ_CUDA(cudaGetLastError());
 }
 
@@ -110,17 +110,17 @@ void CudaDipole::forward(const float* chi, float* field) {
   DQ_CHECK(have_kernel_, "CudaDipole::forward before set_kernel");
   auto* buf = static_cast<float*>(real_.data());
   auto* spec = static_cast<cufftComplex*>(spectrum_.data());
-  pad_k<<<detail::grid_for(grid_.numel()), detail::kThreads, 0, stream_>>>(chi, dims_.nz, dims_.ny,
-                                                                           dims_.nx, pad_, buf);
+  DQ_LAUNCH(pad_k, detail::grid_for(grid_.numel()), detail::kThreads, 0, stream_)
+  (chi, dims_.nz, dims_.ny, dims_.nx, pad_, buf);
   DQ_CUDA(cudaGetLastError());
   DQ_CUFFT(cufftExecR2C(r2c_, buf, spec));
-  filter_k<<<detail::grid_for(grid_.half_numel()), detail::kThreads, 0, stream_>>>(
-      spec, kernel(), grid_.half_numel());
+  DQ_LAUNCH(filter_k, detail::grid_for(grid_.half_numel()), detail::kThreads, 0, stream_)
+  (spec, kernel(), grid_.half_numel());
   DQ_CUDA(cudaGetLastError());
   DQ_CUFFT(cufftExecC2R(c2r_, spec, buf));
   const float scale = 1.0f / static_cast<float>(grid_.numel());
-  crop_k<<<detail::grid_for(dims_.numel()), detail::kThreads, 0, stream_>>>(
-      buf, dims_.nz, dims_.ny, dims_.nx, pad_, scale, field);
+  DQ_LAUNCH(crop_k, detail::grid_for(dims_.numel()), detail::kThreads, 0, stream_)
+  (buf, dims_.nz, dims_.ny, dims_.nx, pad_, scale, field);
   DQ_CUDA(cudaGetLastError());
 }
 

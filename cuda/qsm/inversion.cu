@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/qsm/tkd.h"
 #include "cuda/check.h"
+#include "cuda/launch.h"
 #include "cuda/memory.h"
 #include "cuda/nn/kernels.h"
 #include "cuda/qsm/inversion.h"
@@ -185,7 +186,8 @@ class Reducer {
   template <Reduce R>
   double run(const float* a, const float* b, int64_t n) {
     const unsigned blocks = std::min<unsigned>(grid_for(n), kReduceBlocks);
-    reduce_k<R><<<blocks, kThreads>>>(a, b, n, static_cast<double*>(partials_.data()));
+    DQ_LAUNCH(reduce_k<R>, blocks, kThreads, 0, nullptr)
+    (a, b, n, static_cast<double*>(partials_.data()));
     check_launch();
     DQ_CUDA(cudaMemcpy(host_.data(), partials_.data(), sizeof(double) * blocks,
                        cudaMemcpyDeviceToHost));
@@ -254,14 +256,16 @@ class GpuFft {
   // out = crop(IFFT(filter . FFT(pad(in)))); in and out are (dims), device.
   void filter(const float* d_filter, const float* in, const Dims3& dims, int64_t pad, float* out) {
     DQ_CHECK(dims.padded(pad) == g_, "FFT planned for another grid");
-    pad_k<<<grid_for(g_.numel()), kThreads>>>(in, dims.nz, dims.ny, dims.nx, pad, real());
+    DQ_LAUNCH(pad_k, grid_for(g_.numel()), kThreads, 0, nullptr)
+    (in, dims.nz, dims.ny, dims.nx, pad, real());
     check_launch();
     forward();
-    filter_k<<<grid_for(g_.half_numel()), kThreads>>>(spectrum(), d_filter, g_.half_numel());
+    DQ_LAUNCH(filter_k, grid_for(g_.half_numel()), kThreads, 0, nullptr)
+    (spectrum(), d_filter, g_.half_numel());
     check_launch();
     inverse_unscaled();
-    crop_k<<<grid_for(dims.numel()), kThreads>>>(real(), dims.nz, dims.ny, dims.nx, pad, scale(),
-                                                 out);
+    DQ_LAUNCH(crop_k, grid_for(dims.numel()), kThreads, 0, nullptr)
+    (real(), dims.nz, dims.ny, dims.nx, pad, scale(), out);
     check_launch();
   }
 
@@ -345,37 +349,42 @@ int cuda_tv_admm(const float* field, const uint8_t* mask, const Dims3& dims, con
   }
   {
     DeviceBuffer f = upload(field, sizeof(float) * static_cast<size_t>(dims.numel()));
-    pad_k<<<grid_for(n), kThreads>>>(fptr(f), dims.nz, dims.ny, dims.nx, pad, fptr(fp));
+    DQ_LAUNCH(pad_k, grid_for(n), kThreads, 0, nullptr)
+    (fptr(f), dims.nz, dims.ny, dims.nx, pad, fptr(fp));
     check_launch();
   }
   DQ_CUDA(cudaMemcpy(fft.real(), fptr(fp), fbytes, cudaMemcpyDeviceToDevice));
   auto* dfhp = static_cast<cufftComplex*>(dfh.data());
   fft.forward_into(dfhp);
-  filter_k<<<grid_for(nh), kThreads>>>(dfhp, fptr(dk), nh);
+  DQ_LAUNCH(filter_k, grid_for(nh), kThreads, 0, nullptr)(dfhp, fptr(dk), nh);
   check_launch();
 
   if (objective) objective->clear();
   int it = 0;
   while (it < opt.iterations) {
     ++it;
-    tv_div_k<<<grid_for(n), kThreads>>>(fptr(z[0]), fptr(z[1]), fptr(z[2]), fptr(u[0]), fptr(u[1]),
-                                        fptr(u[2]), grid, ih[0], ih[1], ih[2], fft.real());
+    DQ_LAUNCH(tv_div_k, grid_for(n), kThreads, 0, nullptr)
+    (fptr(z[0]), fptr(z[1]), fptr(z[2]), fptr(u[0]), fptr(u[1]), fptr(u[2]), grid, ih[0], ih[1],
+     ih[2], fft.real());
     check_launch();
     fft.forward();
-    tv_rhs_k<<<grid_for(nh), kThreads>>>(fft.spectrum(), dfhp, fptr(idn), rho, nh);
+    DQ_LAUNCH(tv_rhs_k, grid_for(nh), kThreads, 0, nullptr)
+    (fft.spectrum(), dfhp, fptr(idn), rho, nh);
     check_launch();
     fft.inverse_unscaled();
     std::swap(x, x_prev);
-    crop_k<<<grid_for(n), kThreads>>>(fft.real(), g.nz, g.ny, g.nx, 0, fft.scale(), fptr(x));
+    DQ_LAUNCH(crop_k, grid_for(n), kThreads, 0, nullptr)
+    (fft.real(), g.nz, g.ny, g.nx, 0, fft.scale(), fptr(x));
     check_launch();
-    tv_shrink_k<<<grid_for(n), kThreads>>>(fptr(x), fptr(z[0]), fptr(z[1]), fptr(z[2]), fptr(u[0]),
-                                           fptr(u[1]), fptr(u[2]), grid, ih[0], ih[1], ih[2],
-                                           thresh);
+    DQ_LAUNCH(tv_shrink_k, grid_for(n), kThreads, 0, nullptr)
+    (fptr(x), fptr(z[0]), fptr(z[1]), fptr(z[2]), fptr(u[0]), fptr(u[1]), fptr(u[2]), grid, ih[0],
+     ih[1], ih[2], thresh);
     check_launch();
     if (objective) {
       fft.filter(fptr(dk), fptr(x), g, 0, fptr(tmp));
       const double data = red.run<Reduce::sqdiff>(fptr(tmp), fptr(fp), n);
-      tv_abs_k<<<grid_for(n), kThreads>>>(fptr(x), grid, ih[0], ih[1], ih[2], fptr(tmp));
+      DQ_LAUNCH(tv_abs_k, grid_for(n), kThreads, 0, nullptr)
+      (fptr(x), grid, ih[0], ih[1], ih[2], fptr(tmp));
       check_launch();
       const double tv = red.run<Reduce::sum>(fptr(tmp), nullptr, n);
       objective->push_back(0.5 * data + opt.lambda * tv);
@@ -385,8 +394,8 @@ int cuda_tv_admm(const float* field, const uint8_t* mask, const Dims3& dims, con
     if (it > 1 && xn > 0.0 && std::sqrt(dn / xn) < opt.tolerance) break;
   }
   DeviceBuffer out(sizeof(float) * static_cast<size_t>(dims.numel()));
-  crop_k<<<grid_for(dims.numel()), kThreads>>>(fptr(x), dims.nz, dims.ny, dims.nx, pad, 1.0f,
-                                               fptr(out));
+  DQ_LAUNCH(crop_k, grid_for(dims.numel()), kThreads, 0, nullptr)
+  (fptr(x), dims.nz, dims.ny, dims.nx, pad, 1.0f, fptr(out));
   check_launch();
   download(fptr(out), dims.numel(), chi);
   apply_mask_host(mask, dims.numel(), chi);
@@ -414,12 +423,13 @@ void cuda_refine_chi(const float* field, const float* chi_net, const uint8_t* ma
   auto apply = [&](const float* in, float* out) { fft.filter(fptr(dk), in, dims, opt.pad, out); };
   auto masked = [&](float* v) {
     if (!mp) return;
-    mask_k<<<grid_for(n), kThreads>>>(v, mp, n);
+    DQ_LAUNCH(mask_k, grid_for(n), kThreads, 0, nullptr)(v, mp, n);
     check_launch();
   };
   auto objective_now = [&]() {
     apply(fptr(x), fptr(tmp));
-    masked_diff_k<<<grid_for(n), kThreads>>>(fptr(tmp), fptr(f), mp, fptr(tmp), n);
+    DQ_LAUNCH(masked_diff_k, grid_for(n), kThreads, 0, nullptr)
+    (fptr(tmp), fptr(f), mp, fptr(tmp), n);
     check_launch();
     const double data = red.run<Reduce::dot>(fptr(tmp), fptr(tmp), n);
     return data + opt.lambda * red.run<Reduce::sqdiff>(fptr(x), fptr(net), n);
@@ -428,7 +438,7 @@ void cuda_refine_chi(const float* field, const float* chi_net, const uint8_t* ma
   cuda_copy(fptr(net), fptr(x), n, nullptr);
   // r = D M (f - D chi_net)
   apply(fptr(x), fptr(tmp));
-  masked_diff_k<<<grid_for(n), kThreads>>>(fptr(f), fptr(tmp), mp, fptr(tmp), n);
+  DQ_LAUNCH(masked_diff_k, grid_for(n), kThreads, 0, nullptr)(fptr(f), fptr(tmp), mp, fptr(tmp), n);
   check_launch();
   apply(fptr(tmp), fptr(r));
   cuda_copy(fptr(r), fptr(p), n, nullptr);

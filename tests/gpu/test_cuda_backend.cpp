@@ -139,7 +139,7 @@ UNetConfig small_unet() {
 
 }  // namespace
 
-TEST_CASE("cuda backend convolutions match the CPU backend in every precision", "[gpu][ops]") {
+TEST_CASE("cuda backend convolutions match the CPU backend in every precision", "[gpu][ops][cudnn]") {
   auto cpu = make_cpu_backend();
   for (const Mode& m : kModes) {
     auto gpu = gpu_backend(m.precision);
@@ -157,7 +157,7 @@ TEST_CASE("cuda backend convolutions match the CPU backend in every precision", 
   }
 }
 
-TEST_CASE("cuda backend: fused and unfused bias + ReLU agree", "[gpu][ops]") {
+TEST_CASE("cuda backend: fused and unfused bias + ReLU agree", "[gpu][ops][cudnn]") {
   auto fused = gpu_backend("fp32", true), plain = gpu_backend("fp32", false);
   for (const Layer& L : kLayers) {
     CAPTURE(L.n, L.d, L.h, L.w, L.ci, L.co, L.k);
@@ -181,7 +181,7 @@ TEST_CASE("cuda backend: fused and unfused bias + ReLU agree", "[gpu][ops]") {
 }
 
 TEST_CASE("cuda backend pointwise, pooling, loss and Adam ops match the CPU backend",
-          "[gpu][ops]") {
+          "[gpu][ops][cudnn]") {
   auto cpu = make_cpu_backend();
   auto gpu = gpu_backend("fp32");
   const Shape s{2, 4, 6, 8, 3}, half{2, 2, 3, 4, 3};
@@ -266,7 +266,7 @@ TEST_CASE("cuda backend pointwise, pooling, loss and Adam ops match the CPU back
   CHECK_THROWS_AS(gpu_backend("fp8"), Error);
 }
 
-TEST_CASE("cuda backend: the U-Net's loss and parameter gradients match the CPU backend", "[gpu]") {
+TEST_CASE("cuda backend: the U-Net's loss and parameter gradients match the CPU backend", "[gpu][cudnn]") {
   auto cpu = make_cpu_backend();
   const Shape in{2, 16, 16, 16, 1};
   Tensor x = random_tensor(in, 11), target = random_tensor(in, 12, -0.2f, 0.2f);
@@ -305,7 +305,7 @@ TEST_CASE("cuda backend: the U-Net's loss and parameter gradients match the CPU 
   }
 }
 
-TEST_CASE("cuda backend: 50 fp32 training steps track the CPU backend", "[gpu]") {
+TEST_CASE("cuda backend: 50 fp32 training steps track the CPU backend", "[gpu][cudnn]") {
   auto cpu = make_cpu_backend();
   auto gpu = gpu_backend("fp32");
   const Shape in{2, 16, 16, 16, 1};

@@ -34,9 +34,6 @@ bool bitwise_equal(const Tensor& a, const Tensor& b) {
 float* dev(Tensor& t) {
   return static_cast<float*>(t.raw());
 }
-const float* dev(const Tensor& t) {
-  return static_cast<const float*>(t.raw());
-}
 
 // A device copy of `host` that starts one float past a 16-byte boundary, so
 // the kernels must take their unaligned (scalar) path.

@@ -28,7 +28,7 @@ Tensor copy_of(const Tensor& t) {
 
 }  // namespace
 
-TEST_CASE("cuda unscale_and_check matches the CPU backend bit for bit", "[gpu][ops]") {
+TEST_CASE("cuda unscale_and_check matches the CPU backend bit for bit", "[gpu][ops][cudnn]") {
   auto cpu = make_cpu_backend();
   CudaBackendOptions opt;
   opt.precision = "fp16";
@@ -72,7 +72,7 @@ TEST_CASE("cuda unscale_and_check matches the CPU backend bit for bit", "[gpu][o
   CHECK_THROWS_AS(gpu->unscale_and_check(half, 1.0f), Error);
 }
 
-TEST_CASE("the loss-scale policy driven by cuda verdicts backs off and grows", "[gpu][ops]") {
+TEST_CASE("the loss-scale policy driven by cuda verdicts backs off and grows", "[gpu][ops][cudnn]") {
   auto gpu = make_cuda_backend();
   LossScaleConfig cfg;
   cfg.initial_scale = 1024.0f;

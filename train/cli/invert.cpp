@@ -64,7 +64,7 @@ int run_invert(const InvertArgs& a) {
   }
   const uint8_t* mp = mask.empty() ? nullptr : mask.data();
   const bool gpu = a.device == "gpu";
-  if (gpu && cuda_device_count() == 0) fail("--device gpu: no CUDA device is available");
+  if (gpu && cuda_device_count() == 0) fail("--device gpu: ", cuda_no_device_reason());
   const Vec3 b0{a.b0_dir[0], a.b0_dir[1], a.b0_dir[2]};
   std::vector<float> chi(field.size());
 

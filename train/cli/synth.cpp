@@ -191,7 +191,7 @@ int run_synth(const std::string& config, int64_t volumes, const std::string& out
   std::vector<float> vol_chi, vol_field;  // full volumes on the GPU path, when needed
   std::unique_ptr<GpuSynth> gpu;
   if (device == "gpu") {
-    if (cuda_device_count() == 0) fail("--device gpu: no CUDA device is available");
+    if (cuda_device_count() == 0) fail("--device gpu: ", cuda_no_device_reason());
     gpu = std::make_unique<GpuSynth>(r, nullptr);
   }
   const bool want_volume = !volumes_out.empty() || !preview.empty();

@@ -83,7 +83,7 @@ int run_train(const TrainArgs& a) {
     const int have = cuda_device_count();
     if (have < a.gpus)
       fail("--gpus ", a.gpus, ": this node has ", have, " usable CUDA device",
-           have == 1 ? "" : "s");
+           have == 1 ? "" : "s", have == 0 ? std::string(" (") + cuda_no_device_reason() + ")" : "");
     return spawn_local_ranks(a.gpus);
   }
   const TrainResult res = run_training(cfg, opt);
