@@ -4,8 +4,8 @@
 # least once by the emulated GPU tests, whose launches the emulator appends to
 # LOG (DEEPQSM_EMU_LAUNCH_LOG). The list of kernels is read from the source.
 set -euo pipefail
+log=$(realpath -m "${1:?usage: check-emu-launches.sh LAUNCH_LOG}")
 cd "$(dirname "$0")/.."
-log=${1:?usage: check-emu-launches.sh LAUNCH_LOG}
 if [ ! -s "$log" ]; then
   echo "check-emu-launches: $log is missing or empty: no emulated test recorded a launch" >&2
   exit 1
