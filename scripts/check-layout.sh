@@ -44,6 +44,7 @@ forbid -r core/nn 'core/qsm/|cuda/|synth/|train/|infer/' "the network engine kno
 forbid -r core/qsm 'cuda/|synth/|train/|infer/' "the physics runs on the CPU, below the generator and the commands"
 forbid -r core "$cuda_headers" "core/ never includes a CUDA header"
 forbid cuda 'cuda/(nn|qsm)/|synth/|train/|infer/' "cuda/'s own files (memory, devices, launch) sit below its rooms"
+forbid -r cuda/emu 'core/|cuda/(nn|qsm|check|device|memory|launch)|synth/|train/|infer/' "the CUDA emulator stands in for the toolkit and knows no project code"
 forbid -r cuda/nn 'cuda/qsm/|synth/|train/|infer/' "the CUDA backend knows no GPU physics"
 forbid -r cuda/qsm 'synth/|train/|infer/' "the GPU physics sits below the generator and the commands"
 forbid -r synth 'train/|infer/' "the generator sits below the commands"

@@ -9,3 +9,8 @@ bash scripts/setup.sh
 # machine GPU checks run on.
 CUDA_ARCHS=${CUDA_ARCHS:-90} bash scripts/build.sh
 ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j"$(nproc)"
+# The GPU code run on the CPU emulator (DEEPQSM_GPU=emu, ctest -L emu), and
+# the build without CUDA (DEEPQSM_GPU=off, toolkit hidden, then the tests):
+# each in its own build folder (build-emu, build-off).
+bash scripts/test-emu.sh
+bash scripts/test-off.sh

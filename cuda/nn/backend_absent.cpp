@@ -12,8 +12,9 @@ namespace dq {
 namespace {
 [[noreturn]] void absent(const char* what) {
 #if defined(DEEPQSM_GPU_OFF)
-  fail(what, ": this deepqsm was built without CUDA (DEEPQSM_GPU=off); the CPU backend "
-             "(--device cpu) works, the CUDA backend needs a DEEPQSM_GPU=cuda build");
+  fail(what, ": this deepqsm was built without CUDA (DEEPQSM_GPU=off), so no CUDA device is "
+             "usable; the CPU backend (--device cpu) works, the CUDA backend needs a "
+             "DEEPQSM_GPU=cuda build");
 #else
   fail(what, ": the CUDA backend needs cuDNN, which the emulated build (DEEPQSM_GPU=emu) "
              "does not have; its kernels run in the emu tests, the backend needs "
