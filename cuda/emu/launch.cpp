@@ -18,6 +18,15 @@
 
 #include "cuda/emu/internal.h"
 
+// Under AddressSanitizer the fiber switches are announced, so it tracks
+// which stack is live (scripts/test-emu-sanitize.sh).
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define DQ_EMU_ASAN 1
+#else
+#define DQ_EMU_ASAN 0
+#endif
+
 thread_local uint3 threadIdx;
 thread_local uint3 blockIdx;
 thread_local dim3 blockDim;
@@ -26,7 +35,7 @@ thread_local dim3 gridDim;
 namespace dq_emu {
 namespace {
 
-constexpr size_t kStackBytes = 64 * 1024;
+constexpr size_t kStackBytes = (DQ_EMU_ASAN ? 256 : 64) * 1024;
 
 // The launch record: kernel name -> launches, and per launch site whether
 // its threads ever reached a barrier.
@@ -93,6 +102,8 @@ struct Block {
   void (*thread)(void*) = nullptr;
   void* ctx = nullptr;
   std::string error;  // set by a fiber that threw
+  const void* home_bottom = nullptr;  // the scheduler's stack, for AddressSanitizer
+  size_t home_size = 0;
 };
 thread_local Block* t_block = nullptr;
 thread_local bool t_plain = false;  // running threads as plain calls
@@ -101,6 +112,9 @@ thread_local std::string t_plain_barrier;  // a barrier reached in plain mode
 
 void fiber_main() {
   Block& b = *t_block;
+#if DQ_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &b.home_bottom, &b.home_size);
+#endif
   try {
     b.thread(b.ctx);
   } catch (const std::exception& e) {
@@ -109,6 +123,9 @@ void fiber_main() {
     b.error = "an exception";
   }
   b.fibers[b.current].done = true;
+#if DQ_EMU_ASAN
+  __sanitizer_start_switch_fiber(nullptr, b.home_bottom, b.home_size);  // this fiber ends
+#endif
   // uc_link returns to b.home.
 }
 
@@ -140,7 +157,14 @@ void run_block_fibers(Block& b, unsigned threads, const dim3& block) {
       f.barrier_file = nullptr;
       threadIdx = thread_coords(i, block);
       b.current = static_cast<int>(i);
+#if DQ_EMU_ASAN
+      void* fake = nullptr;
+      __sanitizer_start_switch_fiber(&fake, f.stack.get(), kStackBytes);
+#endif
       swapcontext(&b.home, &f.ctx);
+#if DQ_EMU_ASAN
+      __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
       if (!b.error.empty())
         throw LaunchFailure{"thread " + std::to_string(i) + " threw: " + b.error};
     }
@@ -189,7 +213,14 @@ void syncthreads(const char* file, int line) {
   Fiber& f = b.fibers[b.current];
   f.barrier_file = file;
   f.barrier_line = line;
+#if DQ_EMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, b.home_bottom, b.home_size);
+#endif
   swapcontext(&f.ctx, &b.home);
+#if DQ_EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake, &b.home_bottom, &b.home_size);
+#endif
 }
 
 bool check_config(const LaunchConfig& c) {

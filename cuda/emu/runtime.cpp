@@ -67,7 +67,12 @@ Where where_locked(Registry& r, uintptr_t p, size_t bytes) {
 void set_error(cudaError_t e, const std::string& detail) {
   t_last = e;
   t_detail = detail;
-  std::fprintf(stderr, "deepqsm emu: %s (%s)\n", detail.c_str(), cudaGetErrorName(e));
+#if defined(DEEPQSM_GPU_OFF)
+  const char* who = "deepqsm";
+#else
+  const char* who = "deepqsm emu";
+#endif
+  std::fprintf(stderr, "%s: %s (%s)\n", who, detail.c_str(), cudaGetErrorName(e));
 }
 const char* last_detail() {
   return t_detail.c_str();
