@@ -25,5 +25,5 @@ else
 fi
 
 if [ ! -x /usr/local/cuda/bin/nvcc ] && ! command -v nvcc >/dev/null 2>&1; then
-  echo "setup: warning: no CUDA toolkit found (expected /usr/local/cuda); the build needs it" >&2
+  echo "setup: warning: no CUDA toolkit found (expected /usr/local/cuda); building without CUDA (DEEPQSM_GPU=off)" >&2
 fi
