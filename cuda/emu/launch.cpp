@@ -286,7 +286,7 @@ void run_grid(const LaunchConfig& c, void (*thread)(void*), void* ctx) {
   }
   const unsigned threads = c.block.x * c.block.y * c.block.z;
   thread_local Block block;
-  Block* outer = t_block;  // a launch from inside a kernel is not supported; keep state sane
+  Block* outer = t_block;  // restored after; launches from a kernel are not emulated
   t_block = &block;
   block.thread = thread;
   block.ctx = ctx;
