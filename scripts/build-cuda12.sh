@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# deepqsm against CUDA 12.x, the last CUDA that targets the V100 (sm_70).
+#
+#   scripts/build-cuda12.sh                 full build with a CUDA 12.x toolkit
+#   scripts/build-cuda12.sh --headers-only  what CI can check without one
+#
+# Full build: nvcc 12.x from $CUDA12_HOME (a cluster's `module load cuda/12.x`
+# sets it, or NVIDIA's runfile in /usr/local/cuda-12.x), every source built
+# for $CUDA_ARCHS (default "70;80;90") into build-cuda12/ and linked. cuDNN 9
+# and NCCL for CUDA 12 come from $CUDNN_PATH / $NCCL_HOME or the toolkit,
+# else from PyPI (nvidia-cudnn-cu12, nvidia-nccl-cu12: ~900 MB of wheels)
+# into $DEEPQSM_CUDA12 (default ~/.cache/deepqsm/cuda12), outside the
+# repository.
+#
+# --headers-only: PyPI has no CUDA 12 nvcc (nvidia-cuda-nvcc-cu12 12.1 to
+# 12.9 ship only ptxas and libnvvm; Debian 12 packages CUDA 11.8), so CI
+# cannot compile the kernels for sm_70. It checks the rest: the CUDA 12.9
+# runtime headers (nvidia-cuda-runtime-cu12 and nvidia-cuda-cccl-cu12 wheels,
+# 3.8 MB) into $DEEPQSM_CUDA12, and every host source that includes a CUDA
+# header compiled (g++ -fsyntax-only, the main build's own flags from
+# build/compile_commands.json) against them instead of CUDA 13's, with the
+# cuDNN 9, NCCL and cuFFT headers of /usr/local/cuda (version-independent C
+# APIs; cuFFT's is the same in 12 and 13). That catches a use of an API that
+# CUDA 13 added or changed. Needs a finished main build (scripts/build.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cache=${DEEPQSM_CUDA12:-$HOME/.cache/deepqsm/cuda12}
+pyenv=${DEEPQSM_PYENV:-$HOME/.cache/deepqsm/pyenv}
+
+# wheels DIR PKG==VER...: downloads and unpacks the wheels into DIR (once).
+wheels() {
+  local dir=$1
+  shift
+  if [ -e "$dir/.done" ] && [ "$(cat "$dir/.done")" = "$*" ]; then return 0; fi
+  local pip=(python3 -m pip)
+  [ -x "$pyenv/bin/pip" ] && pip=("$pyenv/bin/pip")
+  rm -rf "$dir" && mkdir -p "$dir/whl"
+  "${pip[@]}" download -q --disable-pip-version-check --no-deps -d "$dir/whl" "$@"
+  echo "build-cuda12: downloaded $(du -sh "$dir/whl" | cut -f1) of wheels ($*)"
+  for w in "$dir"/whl/*.whl; do python3 -m zipfile -e "$w" "$dir"; done
+  rm -rf "$dir/whl"
+  echo "$*" > "$dir/.done"
+}
+
+if [ "${1:-}" = "--headers-only" ]; then
+  build=${BUILD_DIR:-build}
+  [ -f "$build/compile_commands.json" ] ||
+    { echo "build-cuda12: $build/compile_commands.json missing; run scripts/build.sh first" >&2; exit 1; }
+  hdr=$cache/headers
+  wheels "$hdr" nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-cccl-cu12==12.9.27
+  # One include folder: CUDA 12.9's runtime and CCCL, plus only the cuDNN,
+  # NCCL and cuFFT headers of the installed toolkit (none of its runtime).
+  inc=$hdr/include
+  rm -rf "$inc" && mkdir -p "$inc"
+  cp -r "$hdr"/nvidia/cuda_runtime/include/. "$hdr"/nvidia/cuda_cccl/include/. "$inc"/
+  cuda13=${CUDA_HOME:-/usr/local/cuda}/include
+  for h in "$cuda13"/cudnn*.h "$cuda13"/nccl*.h "$cuda13"/cufft*.h; do ln -sf "$h" "$inc"/; done
+  grep -q 'define CUDART_VERSION  *12' "$inc/cuda_runtime_api.h" ||
+    { echo "build-cuda12: $inc holds no CUDA 12 runtime header" >&2; exit 1; }
+  python3 - "$build/compile_commands.json" "$inc" "$cuda13" <<'PY'
+import concurrent.futures, json, os, re, shlex, subprocess, sys
+db, inc, cuda13 = sys.argv[1:]
+cuda_hdr = re.compile(r'#\s*include\s*[<"](cuda[_/.]|cufft|cudnn|nccl|synth/synth_gpu)')
+jobs = []
+for e in json.load(open(db)):
+    src = e["file"]
+    if not src.endswith(".cpp"):
+        continue
+    text = open(src, errors="replace").read()
+    if not cuda_hdr.search(text):
+        continue
+    args = shlex.split(e["command"])
+    out, i = [], 0
+    while i < len(args):  # the same flags, CUDA 13's include folder swapped for CUDA 12's
+        a = args[i]
+        if a == "-o":
+            i += 2
+            continue
+        if a in ("-isystem", "-I") and os.path.realpath(args[i + 1]) == os.path.realpath(cuda13):
+            out += [a, inc]
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    jobs.append((src, out + ["-fsyntax-only"], e["directory"]))
+
+
+def check(job):
+    src, cmd, cwd = job
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    return src, r.returncode, r.stderr
+
+
+checked = failed = 0
+with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+    for src, rc, err in pool.map(check, jobs):
+        checked += 1
+        if rc != 0:
+            failed += 1
+            print(f"build-cuda12: {os.path.relpath(src)} does not compile against CUDA 12:\n{err}")
+print(f"build-cuda12: {checked} host sources that include CUDA headers checked against CUDA 12.9's "
+      f"runtime headers, {failed} failed")
+sys.exit(1 if failed or checked == 0 else 0)
+PY
+  exit 0
+fi
+
+# ------------------------------------------------------------- full build
+nvcc=""
+for c in ${CUDA12_HOME:+"$CUDA12_HOME/bin/nvcc"} $(command -v nvcc || true) /usr/local/cuda-12*/bin/nvcc; do
+  if [ -x "$c" ] && "$c" --version | grep -q 'release 12\.'; then nvcc=$c; break; fi
+done
+if [ -z "$nvcc" ]; then
+  echo "build-cuda12: no CUDA 12.x nvcc (set CUDA12_HOME; PyPI and Debian 12 have none)." >&2
+  echo "build-cuda12: without one, '$0 --headers-only' checks the host sources against CUDA 12's headers." >&2
+  exit 1
+fi
+root=$(cd "$(dirname "$nvcc")/.." && pwd)
+echo "build-cuda12: $("$nvcc" --version | grep release) in $root"
+if [ -z "${CUDNN_PATH:-}" ] && [ ! -e "$root/include/cudnn.h" ]; then
+  libs=$cache/libs
+  wheels "$libs" nvidia-cudnn-cu12==9.10.2.21 nvidia-nccl-cu12==2.27.3
+  # The wheels hold versioned libraries only; the linker wants the plain names.
+  ln -sf libcudnn.so.9 "$libs/nvidia/cudnn/lib/libcudnn.so"
+  ln -sf libnccl.so.2 "$libs/nvidia/nccl/lib/libnccl.so"
+  export CUDNN_PATH=$libs/nvidia/cudnn NCCL_HOME=$libs/nvidia/nccl
+fi
+build=${BUILD_DIR:-build-cuda12}
+args=(-S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$nvcc"
+      -DCUDAToolkit_ROOT="$root" "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHS:-70;80;90}")
+[ "${CI:-}" = "true" ] && args+=(-DDEEPQSM_WERROR=ON)
+cmake "${args[@]}" >/dev/null
+cmake --build "$build" -j"$(nproc)"
+echo "build-cuda12: built for sm_${CUDA_ARCHS:-70;80;90} into $build"
