@@ -3,17 +3,23 @@
 // PyTorch's naming and packaging (torch.onnx.export's node and value names,
 // weights behind Identity or in Constant nodes, typed instead of raw data,
 // initializers listed as inputs) maps to the same weights; any other graph
-// is refused in one line naming its first node that does not fit. That the
-// graph computes what UNet::forward computes is checked in ONNX Runtime by
-// tests/onnx/check_onnxruntime.py (ctest onnx_runtime).
+// is refused in one line naming its first node that does not fit; and the
+// files PyTorch itself exported from the reference U-Net
+// (tests/reference/make_unet_onnx.py) import to the reference's weights and
+// output. That our graph computes what UNet::forward computes is checked in
+// ONNX Runtime by tests/onnx/check_onnxruntime.py (ctest onnx_runtime).
 #include <onnx/onnx_pb.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <map>
 
 #include "core/error.h"
+#include "core/io/h5io.h"
+#include "core/nn/cpu/cpu_backend.h"
 #include "core/onnx/unet_onnx.h"
 #include "tests/test_util.h"
 
@@ -227,5 +233,46 @@ TEST_CASE("ONNX import names the first node it cannot map", "[onnx]") {
   SECTION("a file that is not ONNX") {
     std::ofstream(bad) << "not a model";
     REQUIRE(import_error(bad).find("not an ONNX model") != std::string::npos);
+  }
+}
+
+TEST_CASE("ONNX files written by torch.onnx.export import to the reference U-Net", "[onnx][reference]") {
+  const std::string dir = std::string(DEEPQSM_SOURCE_DIR) + "/tests/reference/";
+  const H5File ref(dir + "unet_small.h5", H5File::Mode::read);
+  std::vector<int64_t> xdims;
+  const std::vector<float> x = ref.read_floats("x", &xdims);
+  const Shape xs(xdims);
+  for (const auto& c : {std::make_pair(std::string("unet_small_torch.onnx"), std::string("")),
+                        std::make_pair(std::string("unet_small_plain_torch.onnx"), std::string("plain/"))}) {
+    INFO(c.first);
+    const OnnxUNet m = read_unet_onnx(dir + c.first);
+    const std::string obj = c.second.empty() ? "/" : "plain";
+    REQUIRE(m.model.depth == ref.attr_int(obj, "depth"));
+    REQUIRE(m.model.base_filters == ref.attr_int(obj, "base_filters"));
+    REQUIRE(m.model.head_kernel == ref.attr_int(obj, "head_kernel"));
+    REQUIRE(m.model.residual == (ref.attr_int(obj, "residual") != 0));
+    UNet net(m.model);
+    for (const ParamInfo& p : net.layout().params()) {
+      INFO(p.name);
+      const std::vector<float> want = ref.read_floats(c.second + "params/" + p.name);
+      REQUIRE(std::memcmp(m.params.f32() + p.offset, want.data(), want.size() * 4) == 0);
+    }
+    // The imported weights reproduce PyTorch's output (float64) to 1e-4.
+    auto be = make_cpu_backend();
+    Tensor params = be->alloc(Shape{net.layout().total()}), xt = be->alloc(xs), y = be->alloc(xs);
+    be->upload(m.params, params);
+    Tensor xh = Tensor::zeros(xs);
+    std::copy(x.begin(), x.end(), xh.f32());
+    be->upload(xh, xt);
+    net.forward(*be, params, xt, y, /*train=*/false);
+    Tensor yh = Tensor::zeros(xs);
+    be->download(y, yh);
+    const std::vector<float> want = ref.read_floats(c.second + "y");
+    double worst = 0, scale = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      worst = std::max(worst, std::fabs(static_cast<double>(yh.f32()[i]) - want[i]));
+      scale = std::max(scale, std::fabs(static_cast<double>(want[i])));
+    }
+    CHECK(worst / scale < 1e-4);
   }
 }
