@@ -90,8 +90,8 @@ void torch_style(onnx::ModelProto& m) {
   int k = 0;
   rename["field"] = "input.1";
   for (onnx::TensorProto& t : *g->mutable_initializer()) {
-    rename[t.name()] = "onnx::" + std::string(t.dims_size() == 1 ? "Conv_" : "Conv_w") +
-                       std::to_string(100 + k++);
+    rename[t.name()] =
+        "onnx::" + std::string(t.dims_size() == 1 ? "Conv_" : "Conv_w") + std::to_string(100 + k++);
     // Biases as float_data instead of raw bytes.
     if (t.dims_size() == 1) {
       std::vector<float> v(t.raw_data().size() / 4);
@@ -236,14 +236,16 @@ TEST_CASE("ONNX import names the first node it cannot map", "[onnx]") {
   }
 }
 
-TEST_CASE("ONNX files written by torch.onnx.export import to the reference U-Net", "[onnx][reference]") {
+TEST_CASE("ONNX files written by torch.onnx.export import to the reference U-Net",
+          "[onnx][reference]") {
   const std::string dir = std::string(DEEPQSM_SOURCE_DIR) + "/tests/reference/";
   const H5File ref(dir + "unet_small.h5", H5File::Mode::read);
   std::vector<int64_t> xdims;
   const std::vector<float> x = ref.read_floats("x", &xdims);
   const Shape xs(xdims);
-  for (const auto& c : {std::make_pair(std::string("unet_small_torch.onnx"), std::string("")),
-                        std::make_pair(std::string("unet_small_plain_torch.onnx"), std::string("plain/"))}) {
+  for (const auto& c :
+       {std::make_pair(std::string("unet_small_torch.onnx"), std::string("")),
+        std::make_pair(std::string("unet_small_plain_torch.onnx"), std::string("plain/"))}) {
     INFO(c.first);
     const OnnxUNet m = read_unet_onnx(dir + c.first);
     const std::string obj = c.second.empty() ? "/" : "plain";

@@ -1,204 +1,23 @@
-#include "core/onnx/unet_onnx.h"
-
-#include <onnx/checker.h>
+// Reading a U-Net of our architecture from an ONNX graph (core/onnx/unet_onnx.h):
+// the nodes are walked in order and matched to the layers of core/nn/unet.h.
 #include <onnx/onnx_pb.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <map>
 #include <sstream>
 
 #include "core/error.h"
-#include "core/io/output_files.h"
+#include "core/onnx/unet_onnx.h"
 
 namespace dq {
 
 namespace {
 
+// raw_data is little-endian IEEE float32; the tensors are copied as host floats.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "ONNX tensors need a little-endian host");
 static_assert(sizeof(float) == 4, "ONNX float tensors are 4-byte IEEE");
-
-bool little_endian() {
-  const uint32_t one = 1;
-  unsigned char first = 0;
-  std::memcpy(&first, &one, 1);
-  return first == 1;
-}
-
-// ------------------------------------------------------------------ export
-
-struct GraphBuilder {
-  onnx::GraphProto* g;
-  int nodes = 0;
-
-  void initializer(const std::string& name, const std::vector<int64_t>& dims,
-                   const std::vector<float>& data) {
-    onnx::TensorProto* t = g->add_initializer();
-    t->set_name(name);
-    t->set_data_type(onnx::TensorProto::FLOAT);
-    for (int64_t d : dims) t->add_dims(d);
-    t->set_raw_data(std::string(reinterpret_cast<const char*>(data.data()), data.size() * 4));
-  }
-  onnx::NodeProto* node(const std::string& op, const std::string& name,
-                        const std::vector<std::string>& inputs, const std::string& output) {
-    onnx::NodeProto* n = g->add_node();
-    n->set_op_type(op);
-    n->set_name(name);
-    for (const std::string& in : inputs) n->add_input(in);
-    n->add_output(output);
-    ++nodes;
-    return n;
-  }
-  static void ints(onnx::NodeProto* n, const std::string& name, int64_t value, int count) {
-    onnx::AttributeProto* a = n->add_attribute();
-    a->set_name(name);
-    a->set_type(onnx::AttributeProto::INTS);
-    for (int i = 0; i < count; ++i) a->add_ints(value);
-  }
-};
-
-// Our conv weight (Co, k, k, k, Ci) -> ONNX's (Co, Ci, k, k, k).
-std::vector<float> conv_to_onnx(const Tensor& w) {
-  const Shape& s = w.shape();
-  const int64_t co = s[0], k = s[1], ci = s[4], k3 = k * k * k;
-  std::vector<float> out(static_cast<size_t>(w.numel()));
-  const float* p = w.f32();
-  for (int64_t o = 0; o < co; ++o)
-    for (int64_t t = 0; t < k3; ++t)
-      for (int64_t i = 0; i < ci; ++i)
-        out[static_cast<size_t>((o * ci + i) * k3 + t)] = p[(o * k3 + t) * ci + i];
-  return out;
-}
-
-// Our transposed-conv weight (Ci, 2, 2, 2, Co) -> ONNX's (Ci, Co, 2, 2, 2).
-std::vector<float> deconv_to_onnx(const Tensor& w) {
-  const Shape& s = w.shape();
-  const int64_t ci = s[0], co = s[4], k3 = 8;
-  std::vector<float> out(static_cast<size_t>(w.numel()));
-  const float* p = w.f32();
-  for (int64_t i = 0; i < ci; ++i)
-    for (int64_t t = 0; t < k3; ++t)
-      for (int64_t o = 0; o < co; ++o)
-        out[static_cast<size_t>((i * co + o) * k3 + t)] = p[(i * k3 + t) * co + o];
-  return out;
-}
-
-std::vector<float> copy_of(const Tensor& b) {
-  return std::vector<float>(b.f32(), b.f32() + b.numel());
-}
-
-void volume_value(onnx::ValueInfoProto* v, const std::string& name) {
-  v->set_name(name);
-  onnx::TypeProto_Tensor* t = v->mutable_type()->mutable_tensor_type();
-  t->set_elem_type(onnx::TensorProto::FLOAT);
-  onnx::TensorShapeProto* s = t->mutable_shape();
-  s->add_dim()->set_dim_value(1);
-  s->add_dim()->set_dim_value(1);
-  for (const char* d : {"D", "H", "W"}) s->add_dim()->set_dim_param(d);
-}
-
-}  // namespace
-
-void write_unet_onnx(const std::string& path, const UNetConfig& model, const Tensor& params,
-                     const OnnxMetadata& metadata) {
-  if (!little_endian()) fail(path, ": ONNX export needs a little-endian host");
-  UNet net(model);
-  const ParamLayout& layout = net.layout();
-  DQ_CHECK(params.numel() == layout.total(), "ONNX export: parameter buffer has the wrong size");
-  auto P = [&](const std::string& name) { return layout.view(params, layout.find(name)); };
-
-  onnx::ModelProto m;
-  m.set_ir_version(onnx::IR_VERSION);
-  m.set_producer_name("deepqsm");
-  m.set_model_version(1);
-  m.set_doc_string("DeepQSM U-Net: local field (ppm) -> susceptibility (ppm), " +
-                   describe_architecture(model));
-  onnx::OperatorSetIdProto* opset = m.add_opset_import();
-  opset->set_domain("");
-  opset->set_version(kOnnxOpset);
-  for (const auto& kv : metadata) {
-    onnx::StringStringEntryProto* e = m.add_metadata_props();
-    e->set_key(kv.first);
-    e->set_value(kv.second);
-  }
-  GraphBuilder b{m.mutable_graph()};
-  b.g->set_name("deepqsm_unet");
-  volume_value(b.g->add_input(), "field");
-
-  // A conv of ours: Conv (+ Relu); returns the output's value name.
-  auto conv = [&](const std::string& name, const std::string& in, bool relu) {
-    Tensor w = P(name + ".w"), bias = P(name + ".b");
-    const int64_t k = w.shape()[1];
-    b.initializer(name + ".w", {w.shape()[0], w.shape()[4], k, k, k}, conv_to_onnx(w));
-    b.initializer(name + ".b", {bias.shape()[0]}, copy_of(bias));
-    onnx::NodeProto* n = b.node("Conv", name, {in, name + ".w", name + ".b"}, name + ".conv");
-    GraphBuilder::ints(n, "kernel_shape", k, 3);
-    GraphBuilder::ints(n, "pads", k / 2, 6);
-    GraphBuilder::ints(n, "strides", 1, 3);
-    if (!relu) return name + ".conv";
-    b.node("Relu", name + ".relu", {name + ".conv"}, name + ".relu");
-    return name + ".relu";
-  };
-
-  const int L = model.depth;
-  std::vector<std::string> skips(static_cast<size_t>(L));
-  std::string cur = "field";
-  for (int i = 0; i < L; ++i) {
-    const std::string e = "enc" + std::to_string(i);
-    cur = conv(e + ".conv0", cur, true);
-    cur = conv(e + ".conv1", cur, true);
-    skips[static_cast<size_t>(i)] = cur;
-    if (i == L - 1) break;
-    onnx::NodeProto* pool = b.node("MaxPool", e + ".pool", {cur}, e + ".pool");
-    GraphBuilder::ints(pool, "kernel_shape", 2, 3);
-    GraphBuilder::ints(pool, "strides", 2, 3);
-    cur = e + ".pool";
-  }
-  for (int i = L - 2; i >= 0; --i) {
-    const std::string u = "up" + std::to_string(i), d = "dec" + std::to_string(i);
-    Tensor w = P(u + ".w"), bias = P(u + ".b");
-    b.initializer(u + ".w", {w.shape()[0], w.shape()[4], 2, 2, 2}, deconv_to_onnx(w));
-    b.initializer(u + ".b", {bias.shape()[0]}, copy_of(bias));
-    onnx::NodeProto* up = b.node("ConvTranspose", u, {cur, u + ".w", u + ".b"}, u + ".deconv");
-    GraphBuilder::ints(up, "kernel_shape", 2, 3);
-    GraphBuilder::ints(up, "strides", 2, 3);
-    b.node("Relu", u + ".relu", {u + ".deconv"}, u + ".relu");
-    onnx::NodeProto* cat =
-        b.node("Concat", d + ".cat", {u + ".relu", skips[static_cast<size_t>(i)]}, d + ".cat");
-    onnx::AttributeProto* axis = cat->add_attribute();
-    axis->set_name("axis");
-    axis->set_type(onnx::AttributeProto::INT);
-    axis->set_i(1);
-    cur = conv(d + ".conv0", d + ".cat", true);
-    cur = conv(d + ".conv1", cur, true);
-  }
-  cur = conv("head", cur, false);
-  if (model.residual) {
-    b.node("Add", "residual", {cur, "field"}, "residual");
-    cur = "residual";
-  }
-  b.node("Identity", "output", {cur}, "chi");
-  volume_value(b.g->add_output(), "chi");
-
-  try {
-    onnx::checker::check_model(m);
-  } catch (const std::exception& ex) {
-    fail(path, ": the exported graph fails onnx::checker: ", ex.what());
-  }
-  std::string bytes;
-  if (!m.SerializeToString(&bytes)) fail(path, ": could not serialise the ONNX model");
-  PendingFile out(path);
-  {
-    std::ofstream f(out.tmp(), std::ios::binary | std::ios::trunc);
-    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    f.close();
-    if (!f) fail(path, ": could not write ", bytes.size(), " bytes");
-  }
-  out.finish();
-}
-
-// ------------------------------------------------------------------ import
-
-namespace {
 
 // One layer with weights, in the order met (which is the flat buffer's).
 struct Layer {
@@ -216,8 +35,8 @@ class Importer {
 
  private:
   [[noreturn]] void refuse(const onnx::NodeProto& n, const std::string& why) const {
-    fail(path_, ": node '", node_name(n), "' (", n.op_type(), ") cannot be mapped to deepqsm's U-Net: ",
-         why);
+    fail(path_, ": node '", node_name(n), "' (", n.op_type(),
+         ") cannot be mapped to deepqsm's U-Net: ", why);
   }
   std::string node_name(const onnx::NodeProto& n) const {
     return n.name().empty() ? "#" + std::to_string(index_) : n.name();
@@ -260,7 +79,6 @@ std::vector<float> Importer::floats(const onnx::NodeProto& n, const onnx::Tensor
   for (int64_t d : t.dims()) numel *= d;
   std::vector<float> out(static_cast<size_t>(numel));
   if (t.has_raw_data()) {
-    if (!little_endian()) fail(path_, ": ONNX import needs a little-endian host");
     if (static_cast<int64_t>(t.raw_data().size()) != numel * 4)
       refuse(n, "weight '" + t.name() + "' holds " + std::to_string(t.raw_data().size()) +
                     " bytes for " + std::to_string(numel) + " floats");
@@ -301,10 +119,14 @@ void Importer::conv(const onnx::NodeProto& n, const std::string& param) {
     refuse(n, "kernel is not 1x1x1 or 3x3x3");
   for (const auto& a : attrs(n)) {
     const std::string& name = a.first;
-    if (name == "kernel_shape") check_ints(n, a.second, k, 3, "kernel_shape");
-    else if (name == "pads") check_ints(n, a.second, k / 2, 6, "pads");
-    else if (name == "strides") check_ints(n, a.second, 1, 3, "strides");
-    else if (name == "dilations") check_ints(n, a.second, 1, 3, "dilations");
+    if (name == "kernel_shape")
+      check_ints(n, a.second, k, 3, "kernel_shape");
+    else if (name == "pads")
+      check_ints(n, a.second, k / 2, 6, "pads");
+    else if (name == "strides")
+      check_ints(n, a.second, 1, 3, "strides");
+    else if (name == "dilations")
+      check_ints(n, a.second, 1, 3, "dilations");
     else if (name == "group") {
       if (a.second->i() != 1) refuse(n, "grouped convolution");
     } else if (name == "auto_pad") {
@@ -322,13 +144,15 @@ void Importer::conv(const onnx::NodeProto& n, const std::string& param) {
   for (int64_t o = 0; o < co; ++o)
     for (int64_t i = 0; i < ci; ++i)
       for (int64_t t = 0; t < k3; ++t)
-        ours[static_cast<size_t>((o * k3 + t) * ci + i)] = l.w[static_cast<size_t>((o * ci + i) * k3 + t)];
+        ours[static_cast<size_t>((o * k3 + t) * ci + i)] =
+            l.w[static_cast<size_t>((o * ci + i) * k3 + t)];
   l.w = std::move(ours);
   if (n.input_size() > 2 && !n.input(2).empty()) {
     const onnx::TensorProto* bias = constant(n.input(2));
     if (!bias) refuse(n, "its bias is not a constant");
     l.b = floats(n, *bias);
-    if (static_cast<int64_t>(l.b.size()) != co) refuse(n, "bias size differs from its output channels");
+    if (static_cast<int64_t>(l.b.size()) != co)
+      refuse(n, "bias size differs from its output channels");
   } else {
     l.b.assign(static_cast<size_t>(co), 0.0f);
   }
@@ -344,15 +168,21 @@ void Importer::deconv(const onnx::NodeProto& n, const std::string& param) {
   if (w->dims(2) != 2 || w->dims(3) != 2 || w->dims(4) != 2) refuse(n, "kernel is not 2x2x2");
   for (const auto& a : attrs(n)) {
     const std::string& name = a.first;
-    if (name == "kernel_shape") check_ints(n, a.second, 2, 3, "kernel_shape");
-    else if (name == "strides") check_ints(n, a.second, 2, 3, "strides");
-    else if (name == "pads") check_ints(n, a.second, 0, 6, "pads");
-    else if (name == "output_padding") check_ints(n, a.second, 0, 3, "output_padding");
-    else if (name == "dilations") check_ints(n, a.second, 1, 3, "dilations");
+    if (name == "kernel_shape")
+      check_ints(n, a.second, 2, 3, "kernel_shape");
+    else if (name == "strides")
+      check_ints(n, a.second, 2, 3, "strides");
+    else if (name == "pads")
+      check_ints(n, a.second, 0, 6, "pads");
+    else if (name == "output_padding")
+      check_ints(n, a.second, 0, 3, "output_padding");
+    else if (name == "dilations")
+      check_ints(n, a.second, 1, 3, "dilations");
     else if (name == "group") {
       if (a.second->i() != 1) refuse(n, "grouped transposed convolution");
     } else if (name == "auto_pad") {
-      if (a.second->s() != "NOTSET" && a.second->s() != "VALID") refuse(n, "auto_pad " + a.second->s());
+      if (a.second->s() != "NOTSET" && a.second->s() != "VALID")
+        refuse(n, "auto_pad " + a.second->s());
     } else {
       refuse(n, "attribute " + name + " is not one deepqsm maps");
     }
@@ -363,13 +193,15 @@ void Importer::deconv(const onnx::NodeProto& n, const std::string& param) {
   for (int64_t i = 0; i < ci; ++i)
     for (int64_t o = 0; o < co; ++o)
       for (int64_t t = 0; t < 8; ++t)
-        ours[static_cast<size_t>((i * 8 + t) * co + o)] = l.w[static_cast<size_t>((i * co + o) * 8 + t)];
+        ours[static_cast<size_t>((i * 8 + t) * co + o)] =
+            l.w[static_cast<size_t>((i * co + o) * 8 + t)];
   l.w = std::move(ours);
   if (n.input_size() > 2 && !n.input(2).empty()) {
     const onnx::TensorProto* bias = constant(n.input(2));
     if (!bias) refuse(n, "its bias is not a constant");
     l.b = floats(n, *bias);
-    if (static_cast<int64_t>(l.b.size()) != co) refuse(n, "bias size differs from its output channels");
+    if (static_cast<int64_t>(l.b.size()) != co)
+      refuse(n, "bias size differs from its output channels");
   } else {
     l.b.assign(static_cast<size_t>(co), 0.0f);
   }
@@ -382,7 +214,8 @@ OnnxUNet Importer::run() {
   std::string input;
   for (const onnx::ValueInfoProto& v : g_.input()) {
     if (consts_.count(v.name())) continue;  // older exporters list initializers as inputs
-    if (!input.empty()) fail(path_, ": the graph has more than one input ('", input, "', '", v.name(), "')");
+    if (!input.empty())
+      fail(path_, ": the graph has more than one input ('", input, "', '", v.name(), "')");
     input = v.name();
   }
   if (input.empty()) fail(path_, ": the graph has no input");
@@ -390,14 +223,26 @@ OnnxUNet Importer::run() {
   for (const onnx::ValueInfoProto& v : g_.input()) {
     if (v.name() != input) continue;
     const onnx::TypeProto_Tensor& t = v.type().tensor_type();
-    if (t.elem_type() != onnx::TensorProto::FLOAT) fail(path_, ": input '", input, "' is not float32");
+    if (t.elem_type() != onnx::TensorProto::FLOAT)
+      fail(path_, ": input '", input, "' is not float32");
     if (t.has_shape() && (t.shape().dim_size() != 5 ||
                           (t.shape().dim(1).has_dim_value() && t.shape().dim(1).dim_value() != 1)))
       fail(path_, ": input '", input, "' is not [N, 1, D, H, W]");
   }
 
   // Phases of the walk; `level` is the U-Net level the next layer belongs to.
-  enum Phase { enc_conv, enc_relu, after_enc, up_relu, cat, dec_conv, dec_relu, after_dec, after_head, done };
+  enum Phase {
+    enc_conv,
+    enc_relu,
+    after_enc,
+    up_relu,
+    cat,
+    dec_conv,
+    dec_relu,
+    after_dec,
+    after_head,
+    done
+  };
   Phase phase = enc_conv;
   int level = 0, conv_in_level = 0, depth = 0;
   bool residual = false;
@@ -406,7 +251,10 @@ OnnxUNet Importer::run() {
   for (index_ = 0; index_ < g_.node_size(); ++index_) {
     const onnx::NodeProto& n = g_.node(index_);
     const std::string& op = n.op_type();
-    if (!n.domain().empty() && n.domain() != "ai.onnx") refuse(n, "operator of domain " + n.domain());
+    if (!n.domain().empty() && n.domain() != "ai.onnx")
+      refuse(n, "operator of domain " + n.domain());
+    if (n.output_size() < 1) refuse(n, "a node without outputs");
+    if (op != "Constant" && n.input_size() < 1) refuse(n, "a node without inputs");
     if (op == "Constant") {
       auto a = attrs(n);
       if (!a.count("value") || n.output_size() != 1) refuse(n, "a constant that is not a tensor");
@@ -447,12 +295,17 @@ OnnxUNet Importer::run() {
           expect_input(n, cur_);
           for (const auto& a : attrs(n)) {
             const std::string& name = a.first;
-            if (name == "kernel_shape") check_ints(n, a.second, 2, 3, "kernel_shape");
-            else if (name == "strides") check_ints(n, a.second, 2, 3, "strides");
-            else if (name == "pads") check_ints(n, a.second, 0, 6, "pads");
-            else if (name == "dilations") check_ints(n, a.second, 1, 3, "dilations");
+            if (name == "kernel_shape")
+              check_ints(n, a.second, 2, 3, "kernel_shape");
+            else if (name == "strides")
+              check_ints(n, a.second, 2, 3, "strides");
+            else if (name == "pads")
+              check_ints(n, a.second, 0, 6, "pads");
+            else if (name == "dilations")
+              check_ints(n, a.second, 1, 3, "dilations");
             else if (name == "auto_pad") {
-              if (a.second->s() != "NOTSET" && a.second->s() != "VALID") refuse(n, "auto_pad " + a.second->s());
+              if (a.second->s() != "NOTSET" && a.second->s() != "VALID")
+                refuse(n, "auto_pad " + a.second->s());
             } else if (name == "ceil_mode" || name == "storage_order") {
               // No effect: every side is even where we pool, and the indices are unused.
             } else {
@@ -466,7 +319,8 @@ OnnxUNet Importer::run() {
           phase = enc_conv;
           break;
         }
-        if (op != "ConvTranspose") refuse(n, "expected MaxPool or, after the bottleneck, ConvTranspose");
+        if (op != "ConvTranspose")
+          refuse(n, "expected MaxPool or, after the bottleneck, ConvTranspose");
         if (level == 0) refuse(n, "a U-Net needs at least one pooling before upsampling");
         depth = level + 1;
         --level;
@@ -523,20 +377,19 @@ OnnxUNet Importer::run() {
         break;
       case after_head:
         if (op != "Add") refuse(n, "expected nothing after the head but the residual Add");
-        if (n.input_size() != 2 ||
-            !((act(n.input(0)) == cur_ && act(n.input(1)) == input) ||
-              (act(n.input(1)) == cur_ && act(n.input(0)) == input)))
+        if (n.input_size() != 2 || !((act(n.input(0)) == cur_ && act(n.input(1)) == input) ||
+                                     (act(n.input(1)) == cur_ && act(n.input(0)) == input)))
           refuse(n, "the Add is not head output + input field");
         residual = true;
         cur_ = n.output(0);
         phase = done;
         break;
-      case done:
-        refuse(n, "nothing follows the residual Add in deepqsm's U-Net");
+      case done: refuse(n, "nothing follows the residual Add in deepqsm's U-Net");
     }
   }
   if (phase != after_head && phase != done)
-    fail(path_, ": the graph ends before the U-Net's head (", layers_.size(), " layers with weights found)");
+    fail(path_, ": the graph ends before the U-Net's head (", layers_.size(),
+         " layers with weights found)");
   if (act(g_.output(0).name()) != cur_)
     fail(path_, ": the graph's output '", g_.output(0).name(), "' is not the U-Net's last layer");
 
@@ -546,7 +399,8 @@ OnnxUNet Importer::run() {
   out.model.dropout = 0.0f;
   out.model.residual = residual;
   out.model.head_kernel = static_cast<int>(layers_.back().w_shape[1]);
-  if (depth < 2 || depth > 7) fail(path_, ": a U-Net of depth ", depth, " (deepqsm supports 2 to 7)");
+  if (depth < 2 || depth > 7)
+    fail(path_, ": a U-Net of depth ", depth, " (deepqsm supports 2 to 7)");
   UNet net(out.model);
   const ParamLayout& layout = net.layout();
   out.params = Tensor::zeros(Shape{layout.total()});
@@ -554,8 +408,9 @@ OnnxUNet Importer::run() {
     const int wi = layout.find(l.param + ".w"), bi = layout.find(l.param + ".b");
     DQ_CHECK(wi >= 0 && bi >= 0, "ONNX import: no parameter ", l.param);
     if (layout[wi].shape != l.w_shape)
-      fail(path_, ": node '", l.node, "' has weights of shape ", l.w_shape.str(), " (ours) where a U-Net of ",
-           describe_architecture(out.model), " has ", layout[wi].shape.str(), " for ", l.param);
+      fail(path_, ": node '", l.node, "' has weights of shape ", l.w_shape.str(),
+           " (ours) where a U-Net of ", describe_architecture(out.model), " has ",
+           layout[wi].shape.str(), " for ", l.param);
     std::copy(l.w.begin(), l.w.end(), out.params.f32() + layout[wi].offset);
     std::copy(l.b.begin(), l.b.end(), out.params.f32() + layout[bi].offset);
   }
