@@ -36,8 +36,9 @@ deepqsm_job() {
 
   _dq_time_up=0
   _dq_pid=
-  trap '_dq_time_up=1; [ -n "$_dq_pid" ] && kill -TERM "$_dq_pid" 2>/dev/null' USR1
-  trap '[ -n "$_dq_pid" ] && kill -TERM "$_dq_pid" 2>/dev/null' TERM
+  # (|| true: under set -e a failing kill, the run having just ended, would end the job.)
+  trap '_dq_time_up=1; [ -z "$_dq_pid" ] || kill -TERM "$_dq_pid" 2>/dev/null || true' USR1
+  trap '[ -z "$_dq_pid" ] || kill -TERM "$_dq_pid" 2>/dev/null || true' TERM
   ${launcher[@]+"${launcher[@]}"} "$bin" train --config "$config" --out "$out" \
     ${resume[@]+"${resume[@]}"} "$@" &
   _dq_pid=$!

@@ -83,9 +83,9 @@ OnnxMetadata onnx_metadata(const CheckpointData& ck, const UNet& net) {
   const nlohmann::json cfg = nlohmann::json::parse(ck.config_json, nullptr, false);
   const nlohmann::json data =
       cfg.is_object() && cfg.contains("data") ? cfg["data"] : nlohmann::json::object();
-  std::string k0 = "0.333333";
+  std::string k0 = nlohmann::json(1.0 / 3.0).dump();  // every config's default
   if (data.is_object() && data.contains("dipole_k0") && data["dipole_k0"].is_number())
-    k0 = std::to_string(data["dipole_k0"].get<double>());
+    k0 = data["dipole_k0"].dump();
   return {{"deepqsm.recipe", ck.config_json},
           {"deepqsm.architecture", describe_architecture(ck.model)},
           {"deepqsm.step", std::to_string(ck.step)},
@@ -135,30 +135,31 @@ int run_export(const ExportArgs& a) {
       ck.params.f32()[i] = static_cast<float>(sum[static_cast<size_t>(i)] * inv);
   }
   UNet net(ck.model);
+  if (!a.output.empty()) {
+    save_checkpoint(a.output, net, ck.params, nullptr, nullptr, ck.step, ck.config_json, ck.state);
+    // Read back what was written: a model that does not load is worse than none.
+    CheckpointData back = load_checkpoint(a.output, true);
+    if (params_checksum(net, back.params) != params_checksum(net, ck.params))
+      fail(a.output, ": the written weights do not read back identically");
+    if (files.size() == 1) {
+      std::printf("exported %s (step %lld, U-Net depth %d, base %d, %lld parameters) to %s\n",
+                  newest.c_str(), static_cast<long long>(ck.step), ck.model.depth,
+                  ck.model.base_filters, static_cast<long long>(net.layout().total()),
+                  a.output.c_str());
+    } else {
+      std::printf(
+          "exported the mean weights of %zu checkpoints (steps %lld to %lld; U-Net depth %d, base "
+          "%d, %lld parameters) to %s, stamped with step %lld\n",
+          files.size(), static_cast<long long>(first_step), static_cast<long long>(ck.step),
+          ck.model.depth, ck.model.base_filters, static_cast<long long>(net.layout().total()),
+          a.output.c_str(), static_cast<long long>(ck.step));
+    }
+  }
   if (!a.onnx.empty()) {
     write_unet_onnx(a.onnx, ck.model, ck.params, onnx_metadata(ck, net));
     std::printf("wrote %s (ONNX opset %d, input 'field' and output 'chi' float32 [1, 1, D, H, W] "
                 "in ppm, sides multiples of %lld)\n",
                 a.onnx.c_str(), kOnnxOpset, static_cast<long long>(net.side_multiple()));
-    if (a.output.empty()) return 0;
-  }
-  save_checkpoint(a.output, net, ck.params, nullptr, nullptr, ck.step, ck.config_json, ck.state);
-  // Read back what was written: a model that does not load is worse than none.
-  CheckpointData back = load_checkpoint(a.output, true);
-  if (params_checksum(net, back.params) != params_checksum(net, ck.params))
-    fail(a.output, ": the written weights do not read back identically");
-  if (files.size() == 1) {
-    std::printf("exported %s (step %lld, U-Net depth %d, base %d, %lld parameters) to %s\n",
-                newest.c_str(), static_cast<long long>(ck.step), ck.model.depth,
-                ck.model.base_filters, static_cast<long long>(net.layout().total()),
-                a.output.c_str());
-  } else {
-    std::printf(
-        "exported the mean weights of %zu checkpoints (steps %lld to %lld; U-Net depth %d, base "
-        "%d, %lld parameters) to %s, stamped with step %lld\n",
-        files.size(), static_cast<long long>(first_step), static_cast<long long>(ck.step),
-        ck.model.depth, ck.model.base_filters, static_cast<long long>(net.layout().total()),
-        a.output.c_str(), static_cast<long long>(ck.step));
   }
   return 0;
 }
