@@ -122,13 +122,21 @@ if [ -z "$nvcc" ]; then
 fi
 root=$(cd "$(dirname "$nvcc")/.." && pwd)
 echo "build-cuda12: $("$nvcc" --version | grep release) in $root"
-if [ -z "${CUDNN_PATH:-}" ] && [ ! -e "$root/include/cudnn.h" ]; then
-  libs=$cache/libs
-  wheels "$libs" nvidia-cudnn-cu12==9.10.2.21 nvidia-nccl-cu12==2.27.3
+need=()
+[ -z "${CUDNN_PATH:-}" ] && [ ! -e "$root/include/cudnn.h" ] && need+=(nvidia-cudnn-cu12==9.10.2.21)
+[ -z "${NCCL_HOME:-}" ] && [ ! -e "$root/include/nccl.h" ] && need+=(nvidia-nccl-cu12==2.27.3)
+if [ ${#need[@]} -gt 0 ]; then
+  libs=$cache/libs-$(echo "${need[*]}" | tr -c 'a-z0-9.\n' '-')
+  wheels "$libs" "${need[@]}" || { echo "build-cuda12: could not fetch ${need[*]}" >&2; exit 1; }
   # The wheels hold versioned libraries only; the linker wants the plain names.
-  ln -sf libcudnn.so.9 "$libs/nvidia/cudnn/lib/libcudnn.so"
-  ln -sf libnccl.so.2 "$libs/nvidia/nccl/lib/libnccl.so"
-  export CUDNN_PATH=$libs/nvidia/cudnn NCCL_HOME=$libs/nvidia/nccl
+  if [ -d "$libs/nvidia/cudnn" ]; then
+    ln -sf libcudnn.so.9 "$libs/nvidia/cudnn/lib/libcudnn.so"
+    export CUDNN_PATH=$libs/nvidia/cudnn
+  fi
+  if [ -d "$libs/nvidia/nccl" ]; then
+    ln -sf libnccl.so.2 "$libs/nvidia/nccl/lib/libnccl.so"
+    export NCCL_HOME=$libs/nvidia/nccl
+  fi
 fi
 build=${BUILD_DIR:-build-cuda12}
 args=(-S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$nvcc"
