@@ -2,7 +2,7 @@
 # deepqsm against CUDA 12.x, the last CUDA that targets the V100 (sm_70).
 #
 #   scripts/build-cuda12.sh                 full build with a CUDA 12.x toolkit
-#   scripts/build-cuda12.sh --headers-only  what CI can check without one
+#   scripts/build-cuda12.sh --check         what CI can check without one
 #
 # Full build: nvcc 12.x from $CUDA12_HOME (a cluster's `module load cuda/12.x`
 # sets it, or NVIDIA's runfile in /usr/local/cuda-12.x), every source built
@@ -12,16 +12,26 @@
 # into $DEEPQSM_CUDA12 (default ~/.cache/deepqsm/cuda12), outside the
 # repository.
 #
-# --headers-only: PyPI has no CUDA 12 nvcc (nvidia-cuda-nvcc-cu12 12.1 to
-# 12.9 ship only ptxas and libnvvm; Debian 12 packages CUDA 11.8), so CI
-# cannot compile the kernels for sm_70. It checks the rest: the CUDA 12.9
-# runtime headers (nvidia-cuda-runtime-cu12 and nvidia-cuda-cccl-cu12 wheels,
-# 3.8 MB) into $DEEPQSM_CUDA12, and every host source that includes a CUDA
-# header compiled (g++ -fsyntax-only, the main build's own flags from
-# build/compile_commands.json) against them instead of CUDA 13's, with the
-# cuDNN 9, NCCL and cuFFT headers of /usr/local/cuda (version-independent C
-# APIs; cuFFT's is the same in 12 and 13). That catches a use of an API that
-# CUDA 13 added or changed. Needs a finished main build (scripts/build.sh).
+# --check: PyPI has no CUDA 12 nvcc (nvidia-cuda-nvcc-cu12 12.1 to 12.9 ship
+# only ptxas, libdevice and the crt headers; Debian 12 packages CUDA 11.8), so
+# CI checks what it can without one, in two parts:
+#  1. every host source that includes a CUDA header compiled (g++
+#     -fsyntax-only, the main build's own flags from
+#     build/compile_commands.json) against CUDA 12.9's runtime and CCCL
+#     headers (nvidia-cuda-runtime-cu12, nvidia-cuda-cccl-cu12: 3.8 MB of
+#     wheels) instead of CUDA 13's, with the cuDNN 9, NCCL and cuFFT headers of
+#     /usr/local/cuda (version-independent C APIs; cuFFT's is the same in 12
+#     and 13): catches an API that CUDA 13 added or changed;
+#  2. every kernel source (*.cu) compiled for sm_70 by Debian's clang-16 as
+#     the CUDA compiler, against those CUDA 12.9 headers, with CUDA 12.9's
+#     libdevice and its ptxas assembling the V100 machine code
+#     (nvidia-cuda-nvcc-cu12: 40 MB): catches a kernel that uses what sm_70
+#     lacks (bf16 arithmetic, newer atomics, ...) or that ptxas 12 refuses.
+#     Both the device side (PTX -> ptxas -> sm_70 cubin) and the host side
+#     are compiled. What it cannot prove: nvcc 12's own front end and code
+#     generation; a cluster's `scripts/build-cuda12.sh` with a real nvcc 12
+#     is that.
+# All of it goes into $DEEPQSM_CUDA12 (default ~/.cache/deepqsm/cuda12).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=${DEEPQSM_CUDA12:-$HOME/.cache/deepqsm/cuda12}
@@ -44,7 +54,7 @@ wheels() {
   echo "$*" > "$dir/.done"
 }
 
-if [ "${1:-}" = "--headers-only" ]; then
+if [ "${1:-}" = "--check" ]; then
   build=${BUILD_DIR:-build}
   [ -f "$build/compile_commands.json" ] ||
     { echo "build-cuda12: $build/compile_commands.json missing; run scripts/build.sh first" >&2; exit 1; }
@@ -107,6 +117,43 @@ print(f"build-cuda12: {checked} host sources that include CUDA headers checked a
       f"runtime headers, {failed} failed")
 sys.exit(1 if failed or checked == 0 else 0)
 PY
+  # 2. The kernels for sm_70, compiled by clang-16 with CUDA 12.9's headers,
+  # libdevice and ptxas (a toolkit folder as clang's --cuda-path expects it).
+  clang=$(command -v clang++-16 || true)
+  if [ -z "$clang" ]; then
+    echo "build-cuda12: no clang++-16 (scripts/setup.sh installs it) to compile the kernels for sm_70" >&2
+    [ "${CI:-}" = "true" ] && exit 1
+    echo "build-cuda12: SKIPPED the sm_70 kernel compile" >&2
+    exit 0
+  fi
+  nvcc12=$cache/nvcc
+  wheels "$nvcc12" nvidia-cuda-nvcc-cu12==12.9.86 ||
+    { echo "build-cuda12: could not fetch nvidia-cuda-nvcc-cu12 (ptxas, libdevice)" >&2; exit 1; }
+  tk=$cache/toolkit
+  rm -rf "$tk" && mkdir -p "$tk/bin"
+  cp "$nvcc12/nvidia/cuda_nvcc/bin/ptxas" "$tk/bin/" && chmod +x "$tk/bin/ptxas"
+  cp -r "$nvcc12/nvidia/cuda_nvcc/nvvm" "$tk/"
+  cp -r "$inc" "$tk/include" && cp -r "$nvcc12/nvidia/cuda_nvcc/include/." "$tk/include/"
+  "$tk/bin/ptxas" --version | grep -q 'release 12\.' ||
+    { echo "build-cuda12: $tk/bin/ptxas is not CUDA 12's" >&2; exit 1; }
+  mapfile -t kernels < <(git ls-files '*.cu')
+  [ ${#kernels[@]} -gt 0 ] || { echo "build-cuda12: no .cu sources found" >&2; exit 1; }
+  failed=0
+  out=$(mktemp -d)
+  trap 'rm -rf "$out"' EXIT
+  for src in "${kernels[@]}"; do
+    for side in --cuda-device-only --cuda-host-only; do
+      if ! "$clang" -x cuda --cuda-path="$tk" --cuda-gpu-arch=sm_70 "$side" -std=c++17 -O2 \
+          -Wno-unknown-cuda-version -I. -I/usr/include/hdf5/serial -DNDEBUG \
+          -c "$src" -o "$out/k.o"; then
+        echo "build-cuda12: $src ($side) does not compile for sm_70 with CUDA 12.9" >&2
+        failed=$((failed + 1))
+      fi
+    done
+  done
+  echo "build-cuda12: ${#kernels[@]} kernel sources compiled for sm_70 (clang-16, CUDA 12.9" \
+    "headers, libdevice and ptxas $("$tk/bin/ptxas" --version | grep -o 'V12[0-9.]*')), $failed failed"
+  [ "$failed" -eq 0 ]
   exit 0
 fi
 
@@ -117,7 +164,7 @@ for c in ${CUDA12_HOME:+"$CUDA12_HOME/bin/nvcc"} $(command -v nvcc || true) /usr
 done
 if [ -z "$nvcc" ]; then
   echo "build-cuda12: no CUDA 12.x nvcc (set CUDA12_HOME; PyPI and Debian 12 have none)." >&2
-  echo "build-cuda12: without one, '$0 --headers-only' checks the host sources against CUDA 12's headers." >&2
+  echo "build-cuda12: without one, '$0 --check' checks the sources against CUDA 12's headers and ptxas." >&2
   exit 1
 fi
 root=$(cd "$(dirname "$nvcc")/.." && pwd)

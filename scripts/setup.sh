@@ -11,6 +11,8 @@ pkgs=(build-essential cmake pkg-config
 # ONNX export/import (core/onnx/): the ONNX library's protobuf classes and
 # checker; python3-venv for the test tooling below.
 pkgs+=(libonnx-dev libprotobuf-dev python3 python3-venv)
+# clang-16: the CUDA compiler for the sm_70 (V100) check in scripts/build-cuda12.sh --check.
+pkgs+=(clang-16)
 
 missing=()
 for p in "${pkgs[@]}"; do
