@@ -42,6 +42,9 @@ forbid core 'core/(nn|qsm|io)/|cuda/|synth/|train/|infer/' "the floor includes n
 forbid -r core/io 'core/(nn|qsm)/|cuda/|synth/|train/|infer/' "file formats depend on the floor only"
 forbid -r core/nn 'core/qsm/|cuda/|synth/|train/|infer/' "the network engine knows no physics"
 forbid -r core/qsm 'cuda/|synth/|train/|infer/' "the physics runs on the CPU, below the generator and the commands"
+forbid -r core/onnx 'core/qsm/|cuda/|synth/|train/|infer/' "ONNX export/import sits on the network engine, below the commands"
+forbid -r core/nn 'core/onnx/' "the network engine knows nothing of ONNX"
+forbid -r core/qsm 'core/onnx/' "the physics runs no ONNX graph"
 forbid -r core "$cuda_headers" "core/ never includes a CUDA header"
 forbid cuda 'cuda/(nn|qsm)/|synth/|train/|infer/' "cuda/'s own files (memory, devices, launch) sit below its rooms"
 forbid -r cuda/emu 'core/|cuda/(nn|qsm|check|device|memory|launch)|synth/|train/|infer/' "the CUDA emulator stands in for the toolkit and knows no project code"
@@ -58,6 +61,11 @@ forbid core/nn 'fftw3|dnnl|oneapi/|png\.h|nifti|znzlib|zlib\.h|hdf5' "FFTW is co
 forbid -r core/nn/cpu 'fftw3|png\.h|nifti|znzlib|zlib\.h|hdf5' "FFTW is core/qsm's, file formats core/io's"
 forbid core 'fftw3|dnnl|oneapi/|png\.h|nifti|znzlib|zlib\.h|hdf5' "the floor wraps no library"
 forbid -r core 'mpi\.h|nccl' "MPI and NCCL are the trainer's (train/comm_*.cpp)"
+forbid -r core/nn 'onnx/|google/protobuf' "ONNX and protobuf are core/onnx's"
+forbid -r core/io 'onnx/|core/onnx/|google/protobuf' "ONNX and protobuf are core/onnx's"
+forbid -r core/qsm 'onnx/|google/protobuf' "ONNX and protobuf are core/onnx's"
+forbid -r infer 'core/onnx/|onnx/|google/protobuf' "deepqsm-infer links no ONNX or protobuf"
+forbid -r core/onnx 'fftw3|dnnl|oneapi/|png\.h|nifti|znzlib|zlib\.h|hdf5' "core/onnx wraps ONNX only"
 
 # Relative includes would slip past every rule above.
 relative=$(includes -r core; includes -r cuda; includes -r synth; includes -r train; includes -r infer)

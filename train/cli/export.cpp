@@ -3,11 +3,15 @@
 // The model file is a checkpoint of the same format without the moments, so
 // it stays loadable by everything that loads checkpoints; it keeps the
 // step and the training config, so the recipe travels with the weights.
+// With --onnx the same weights also go out as an ONNX graph (core/onnx/) for
+// the QSM tools that run networks through ONNX Runtime.
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -15,6 +19,7 @@
 #include "core/io/nifti_io.h"
 #include "core/nn/checkpoint.h"
 #include "core/nn/unet.h"
+#include "core/onnx/unet_onnx.h"
 #include "train/cli/commands.h"
 #include "train/trainer.h"
 
@@ -25,6 +30,7 @@ namespace {
 struct ExportArgs {
   std::vector<std::string> inputs;
   std::string output;
+  std::string onnx;
   int average = 1;
 };
 
@@ -58,11 +64,47 @@ std::vector<std::string> sources(const ExportArgs& a) {
   return files;
 }
 
+// "x y z" of a data.<key> triple of the training config, or the fallback.
+std::string config_triple(const nlohmann::json& data, const char* key, const char* fallback) {
+  const auto it = data.is_object() ? data.find(key) : data.end();
+  if (it == data.end() || !it->is_array() || it->size() != 3) return fallback;
+  std::ostringstream s;
+  for (size_t i = 0; i < 3; ++i) {
+    if (!(*it)[i].is_number()) return fallback;
+    s << (i ? " " : "") << (*it)[i].get<double>();
+  }
+  return s.str();
+}
+
+// What a pipeline needs to feed the ONNX graph correctly, as metadata_props
+// (docs/onnx.md): the recipe (the whole training config), the B0 direction
+// and voxel size of the training data, the side multiple and D(k = 0).
+OnnxMetadata onnx_metadata(const CheckpointData& ck, const UNet& net) {
+  const nlohmann::json cfg = nlohmann::json::parse(ck.config_json, nullptr, false);
+  const nlohmann::json data =
+      cfg.is_object() && cfg.contains("data") ? cfg["data"] : nlohmann::json::object();
+  std::string k0 = nlohmann::json(1.0 / 3.0).dump();  // every config's default
+  if (data.is_object() && data.contains("dipole_k0") && data["dipole_k0"].is_number())
+    k0 = data["dipole_k0"].dump();
+  return {{"deepqsm.recipe", ck.config_json},
+          {"deepqsm.architecture", describe_architecture(ck.model)},
+          {"deepqsm.step", std::to_string(ck.step)},
+          {"deepqsm.units", "ppm"},
+          {"deepqsm.axes", "[1, 1, D, H, W] = [1, 1, z, y, x] of the NIfTI volume (x fastest)"},
+          {"deepqsm.b0_direction", config_triple(data, "b0_dir", "0 0 1")},
+          {"deepqsm.voxel_size_mm", config_triple(data, "voxel_mm", "1 1 1")},
+          {"deepqsm.side_multiple", std::to_string(net.side_multiple())},
+          {"deepqsm.dipole_k0", k0}};
+}
+
 int run_export(const ExportArgs& a) {
   const std::vector<std::string> files = sources(a);
+  if (a.output.empty() && a.onnx.empty()) fail("export: give -o MODEL.h5, --onnx MODEL.onnx or both");
+  if (!a.output.empty() && a.output == a.onnx) fail("-o and --onnx name the same file ", a.output);
   // Never over one of its own sources (a run's checkpoint, which would lose
   // its optimiser state), nor into a missing folder.
-  check_output_file(a.output, "-o", files);
+  if (!a.output.empty()) check_output_file(a.output, "-o", files);
+  if (!a.onnx.empty()) check_output_file(a.onnx, "--onnx", files);
   // The newest (highest step) source gives the step, config and state; the
   // weights are the mean of all sources' weights (stochastic weight
   // averaging when they are checkpoints along one run), summed in double.
@@ -93,23 +135,31 @@ int run_export(const ExportArgs& a) {
       ck.params.f32()[i] = static_cast<float>(sum[static_cast<size_t>(i)] * inv);
   }
   UNet net(ck.model);
-  save_checkpoint(a.output, net, ck.params, nullptr, nullptr, ck.step, ck.config_json, ck.state);
-  // Read back what was written: a model that does not load is worse than none.
-  CheckpointData back = load_checkpoint(a.output, true);
-  if (params_checksum(net, back.params) != params_checksum(net, ck.params))
-    fail(a.output, ": the written weights do not read back identically");
-  if (files.size() == 1) {
-    std::printf("exported %s (step %lld, U-Net depth %d, base %d, %lld parameters) to %s\n",
-                newest.c_str(), static_cast<long long>(ck.step), ck.model.depth,
-                ck.model.base_filters, static_cast<long long>(net.layout().total()),
-                a.output.c_str());
-  } else {
-    std::printf(
-        "exported the mean weights of %zu checkpoints (steps %lld to %lld; U-Net depth %d, base "
-        "%d, %lld parameters) to %s, stamped with step %lld\n",
-        files.size(), static_cast<long long>(first_step), static_cast<long long>(ck.step),
-        ck.model.depth, ck.model.base_filters, static_cast<long long>(net.layout().total()),
-        a.output.c_str(), static_cast<long long>(ck.step));
+  if (!a.output.empty()) {
+    save_checkpoint(a.output, net, ck.params, nullptr, nullptr, ck.step, ck.config_json, ck.state);
+    // Read back what was written: a model that does not load is worse than none.
+    CheckpointData back = load_checkpoint(a.output, true);
+    if (params_checksum(net, back.params) != params_checksum(net, ck.params))
+      fail(a.output, ": the written weights do not read back identically");
+    if (files.size() == 1) {
+      std::printf("exported %s (step %lld, U-Net depth %d, base %d, %lld parameters) to %s\n",
+                  newest.c_str(), static_cast<long long>(ck.step), ck.model.depth,
+                  ck.model.base_filters, static_cast<long long>(net.layout().total()),
+                  a.output.c_str());
+    } else {
+      std::printf(
+          "exported the mean weights of %zu checkpoints (steps %lld to %lld; U-Net depth %d, base "
+          "%d, %lld parameters) to %s, stamped with step %lld\n",
+          files.size(), static_cast<long long>(first_step), static_cast<long long>(ck.step),
+          ck.model.depth, ck.model.base_filters, static_cast<long long>(net.layout().total()),
+          a.output.c_str(), static_cast<long long>(ck.step));
+    }
+  }
+  if (!a.onnx.empty()) {
+    write_unet_onnx(a.onnx, ck.model, ck.params, onnx_metadata(ck, net));
+    std::printf("wrote %s (ONNX opset %d, input 'field' and output 'chi' float32 [1, 1, D, H, W] "
+                "in ppm, sides multiples of %lld)\n",
+                a.onnx.c_str(), kOnnxOpset, static_cast<long long>(net.side_multiple()));
   }
   return 0;
 }
@@ -119,13 +169,16 @@ int run_export(const ExportArgs& a) {
 Command add_export_command(CLI::App& app) {
   auto a = std::make_shared<ExportArgs>();
   CLI::App* cmd = app.add_subcommand(
-      "export", "Strip a training checkpoint to the weights deepqsm-infer loads (--model).");
+      "export",
+      "Strip a training checkpoint to the weights deepqsm-infer loads (--model), or write it as "
+      "ONNX.");
   cmd->add_option("checkpoint", a->inputs,
                   "a checkpoint-<step>.h5 or a run folder (its newest checkpoint); several "
                   "files are averaged")
       ->required();
-  cmd->add_option("-o,--out", a->output, "the model file to write (HDF5; written atomically)")
-      ->required();
+  cmd->add_option("-o,--out", a->output, "the model file to write (HDF5; written atomically)");
+  cmd->add_option("--onnx", a->onnx,
+                  "also (or only) write the network as an ONNX graph (opset 17; docs/onnx.md)");
   cmd->add_option("--average", a->average,
                   "with a run folder: average the weights of its newest K checkpoints "
                   "(stochastic weight averaging; keep_checkpoints must have kept them)")
@@ -138,7 +191,8 @@ Command add_export_command(CLI::App& app) {
       "Examples:\n"
       "  deepqsm export runs/deepqsm-paper -o models/deepqsm-paper.h5\n"
       "  deepqsm export runs/deepqsm-paper --average 8 -o models/deepqsm-paper-swa.h5\n"
-      "  deepqsm-infer field.nii.gz -o chi.nii.gz --model models/deepqsm-paper.h5");
+      "  deepqsm-infer field.nii.gz -o chi.nii.gz --model models/deepqsm-paper.h5\n"
+      "  deepqsm export models/deepqsm-default.h5 --onnx deepqsm.onnx");
   return {cmd, [a]() { return run_export(*a); }};
 }
 
