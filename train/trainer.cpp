@@ -190,8 +190,18 @@ struct Trainer {
     if (lead_sum != mine)
       fail("rank ", comm->rank(), " holds different weights than rank 0 at step ", step,
            " (data-parallel ranks diverged)");
-    if (!lead) return "";
     const Tensor hm = to_host(m), hv = to_host(v);
+    // A step whose loss was finite can still push a weight to inf (an
+    // absurd learning rate): every rank holds the same weights, so every
+    // rank stops here together, and nothing non-finite is written.
+    if (const std::string bad = first_non_finite(net, hp, &hm, &hv); !bad.empty()) {
+      all_ranks_fail = true;
+      log_json({{"step", step}, {"event", "non-finite weights"}, {"where", bad}});
+      fail("training diverged: after step ", step, " the weights are not finite (", bad,
+           "); no checkpoint was written, the last one in ", out_dir,
+           " is untouched (lower optim.lr)");
+    }
+    if (!lead) return "";
     TrainingState st;
     st.seed = cfg.seed;
     st.data_position = source->position(step - 1);

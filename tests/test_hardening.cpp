@@ -1,0 +1,235 @@
+// Hostile inputs (issue 26): sizes read from a file that overflow or claim
+// more than the file holds, and non-finite weights, are refused with one
+// line naming the file before anything is allocated or written.
+#include <hdf5.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/dims.h"
+#include "core/error.h"
+#include "core/io/h5io.h"
+#include "core/io/nifti_io.h"
+#include "core/nn/checkpoint.h"
+#include "tests/test_util.h"
+
+namespace {
+
+using namespace dq::test;
+using Catch::Matchers::Contains;
+
+const std::string kInfer = (fs::path(DEEPQSM_BINARY).parent_path() / "deepqsm-infer").string();
+
+// A NIfTI-2 file (540-byte header, data at 544) with the given int64 dims,
+// float32 voxels and `payload` bytes of zeros after the header.
+void write_nifti2(const std::string& path, const std::vector<int64_t>& dims, size_t payload) {
+  std::vector<unsigned char> b(544 + payload, 0);
+  const auto put = [&](size_t at, const void* v, size_t n) { std::memcpy(b.data() + at, v, n); };
+  const int32_t sizeof_hdr = 540;
+  put(0, &sizeof_hdr, 4);
+  const char magic[8] = {'n', '+', '2', '\0', '\r', '\n', '\032', '\n'};
+  put(4, magic, 8);
+  const int16_t datatype = 16, bitpix = 32;  // NIFTI_TYPE_FLOAT32
+  put(12, &datatype, 2);
+  put(14, &bitpix, 2);
+  int64_t dim[8] = {static_cast<int64_t>(dims.size()), 1, 1, 1, 1, 1, 1, 1};
+  for (size_t i = 0; i < dims.size(); ++i) dim[i + 1] = dims[i];
+  put(16, dim, sizeof dim);
+  const double pixdim[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+  put(104, pixdim, sizeof pixdim);
+  const int64_t vox_offset = 544;
+  put(168, &vox_offset, 8);
+  const double slope = 1.0;
+  put(176, &slope, 8);
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const dq::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("bounded_product refuses negative sizes and overflow at any factor", "[hardening]") {
+  const int64_t big = int64_t{1} << 62;
+  const int64_t wraps[] = {2, 2, big + 2};  // 2^64 + 8: wrapped, the product was 8
+  CHECK(dq::bounded_product(wraps, 3, std::numeric_limits<int64_t>::max()) == -1);
+  const int64_t neg[] = {4, -1, 4};
+  CHECK(dq::bounded_product(neg, 3, 1000) == -1);
+  const int64_t ok[] = {4, 5, 6};
+  CHECK(dq::bounded_product(ok, 3, 120) == 120);
+  CHECK(dq::bounded_product(ok, 3, 119) == -1);
+  const int64_t zero[] = {0, big, big};  // an empty shape is 0, not an overflow
+  CHECK(dq::bounded_product(zero, 3, 10) == 0);
+}
+
+TEST_CASE("NIfTI-2 dims whose product overflows are refused, not wrapped", "[hardening]") {
+  TempDir dir("deepqsm-hard");
+  const int64_t big = int64_t{1} << 62;
+  // Each wrapped to a small or zero voxel count before: 8 (SIGSEGV in
+  // `deepqsm invert`), 0 ("no voxel is inside the mask"), or a huge vector.
+  const std::vector<std::vector<int64_t>> forged = {{2, 2, big + 2},
+                                                    {int64_t{1} << 31, int64_t{1} << 31, 4},
+                                                    {8, (int64_t{1} << 61) + 1, 1},
+                                                    {1, 1, big + 1}};
+  for (const auto& dims : forged) {
+    const std::string path = dir.file("forged.nii");
+    write_nifti2(path, dims, 64);
+    INFO(dims[0] << "x" << dims[1] << "x" << dims[2]);
+    CHECK_THAT(error_of([&] { dq::read_nifti(path); }),
+               Contains("forged.nii") && Contains("more voxels than any file can hold"));
+  }
+}
+
+TEST_CASE("deepqsm invert and deepqsm-infer end with one line on a wrapping NIfTI-2 header",
+          "[hardening]") {
+  TempDir dir("deepqsm-hard");
+  const std::string path = dir.file("wrap.nii");
+  write_nifti2(path, {2, 2, (int64_t{1} << 62) + 2}, 64);
+  for (const std::string& cmd :
+       {std::string(DEEPQSM_BINARY) + "' invert tkd '" + path, kInfer + "' '" + path}) {
+    const Run r = run_program(dir, cmd, "-o '" + dir.file("chi.nii") + "'");
+    INFO(cmd << "\nstderr: " << r.err);
+    REQUIRE(r.exited());  // was SIGSEGV
+    CHECK(r.code() == 1);
+    CHECK_THAT(r.err, Contains("wrap.nii") && Contains("more voxels than any file can hold"));
+    CHECK_FALSE(fs::exists(dir.file("chi.nii")));
+  }
+}
+
+TEST_CASE("a .nii.gz whose header claims more than gzip can expand to is refused before reading",
+          "[hardening]") {
+  TempDir dir("deepqsm-hard");
+  const std::string raw = dir.file("big.nii");
+  write_nifti2(raw, {1000, 1000, 1000}, 64);  // 4 GB claimed, 64 bytes present
+  REQUIRE(std::system(("gzip -f '" + raw + "'").c_str()) == 0);
+  CHECK_THAT(error_of([&] { dq::read_nifti(raw + ".gz"); }),
+             Contains("big.nii.gz") && Contains("more than a gzip file of"));
+}
+
+TEST_CASE("HDF5 datasets whose shape passes what the file can hold are refused", "[hardening]") {
+  TempDir dir("deepqsm-hard");
+  const std::string path = dir.file("huge.h5");
+  {
+    // Chunked and never written: HDF5 stores no data, the shape says 2^62 floats.
+    const hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    const hsize_t dims[2] = {hsize_t{1} << 31, hsize_t{1} << 31}, chunk[2] = {1, 1024};
+    const hid_t space = H5Screate_simple(2, dims, nullptr);
+    const hid_t plist = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(plist, 2, chunk);
+    const hid_t d = H5Dcreate2(f, "x", H5T_IEEE_F32LE, space, H5P_DEFAULT, plist, H5P_DEFAULT);
+    REQUIRE(d >= 0);
+    H5Dclose(d);
+    H5Pclose(plist);
+    H5Sclose(space);
+    H5Fclose(f);
+  }
+  dq::H5File f(path, dq::H5File::Mode::read);
+  CHECK_THAT(error_of([&] { f.read_floats("x"); }),
+             Contains("huge.h5") && Contains("'x'") && Contains("more than a file of"));
+  CHECK_THAT(
+      error_of([&] {
+        dq::checked_dataset_elements("p.h5", "field", {int64_t{1} << 40, 64, 64, 64}, 4, 1 << 20);
+      }),
+      Contains("p.h5") && Contains("'field'"));
+}
+
+namespace {
+
+// A small valid checkpoint, then `edit` applied to it with the HDF5 API.
+std::string edited_checkpoint(const TempDir& dir, const std::function<void(hid_t)>& edit) {
+  dq::UNetConfig cfg;
+  cfg.depth = 2;
+  cfg.base_filters = 2;
+  dq::UNet net(cfg);
+  const dq::Shape flat{net.layout().total()};
+  dq::Tensor p = dq::Tensor::zeros(flat), m = dq::Tensor::zeros(flat), v = dq::Tensor::zeros(flat);
+  net.init_he(p, 5);
+  const std::string path = dir.file("ck.h5");
+  dq::save_checkpoint(path, net, p, &m, &v, 3, "{}");
+  const hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  REQUIRE(f >= 0);
+  edit(f);
+  H5Fclose(f);
+  return path;
+}
+
+void set_int_attr(hid_t f, const char* key, int64_t value) {
+  const hid_t a = H5Aopen(f, key, H5P_DEFAULT);
+  REQUIRE(a >= 0);
+  REQUIRE(H5Awrite(a, H5T_NATIVE_INT64, &value) >= 0);
+  H5Aclose(a);
+}
+
+}  // namespace
+
+TEST_CASE("a checkpoint's model outside what deepqsm builds is refused with its name",
+          "[hardening]") {
+  TempDir dir("deepqsm-hard");
+  // depth 40 asked UNet for 2^39-wide layers; 2^32 + 2 used to pass as 2.
+  for (const int64_t depth : {int64_t{40}, int64_t{7}, (int64_t{1} << 32) + 2}) {
+    const std::string path =
+        edited_checkpoint(dir, [&](hid_t f) { set_int_attr(f, "depth", depth); });
+    CHECK_THAT(
+        error_of([&] { dq::load_checkpoint(path); }),
+        Contains("ck.h5") && Contains("outside what deepqsm builds") && Contains("depth 2..6"));
+  }
+  const std::string wide =
+      edited_checkpoint(dir, [&](hid_t f) { set_int_attr(f, "base_filters", 1 << 20); });
+  CHECK_THAT(error_of([&] { dq::load_checkpoint(wide); }),
+             Contains("ck.h5") && Contains("base_filters 1..1024"));
+}
+
+TEST_CASE("non-finite weights are never written and never loaded", "[hardening]") {
+  TempDir dir("deepqsm-hard");
+  dq::UNetConfig cfg;
+  cfg.depth = 2;
+  cfg.base_filters = 2;
+  dq::UNet net(cfg);
+  const dq::Shape flat{net.layout().total()};
+  dq::Tensor p = dq::Tensor::zeros(flat), m = dq::Tensor::zeros(flat), v = dq::Tensor::zeros(flat);
+  net.init_he(p, 5);
+  CHECK(dq::first_non_finite(net, p, &m, &v).empty());
+  dq::Tensor bad = dq::Tensor::zeros(flat);  // (a Tensor copy shares its storage)
+  std::copy(p.f32(), p.f32() + p.numel(), bad.f32());
+  bad.f32()[net.layout()[1].offset] = std::numeric_limits<float>::quiet_NaN();
+  CHECK(dq::first_non_finite(net, bad) == net.layout()[1].name + "[0] = nan");
+  const std::string path = dir.file("nan.h5");
+  CHECK_THAT(
+      error_of([&] { dq::save_checkpoint(path, net, bad, &m, &v, 9, "{}"); }),
+      Contains("nan.h5") && Contains("not written") && Contains("step 9") && Contains("= nan"));
+  CHECK_FALSE(fs::exists(path));
+  dq::Tensor inf_v = dq::Tensor::zeros(flat);
+  inf_v.f32()[2] = std::numeric_limits<float>::infinity();
+  CHECK_THAT(error_of([&] { dq::save_checkpoint(path, net, p, &m, &inf_v, 9, "{}"); }),
+             Contains("adam/v[2] = inf"));
+
+  // A file written by an older build (or edited) with a NaN weight: every
+  // reader (deepqsm-infer, export, --resume, init_from) goes through here.
+  const std::string nan_file = edited_checkpoint(dir, [&](hid_t f) {
+    const std::string name = "params/" + net.layout()[0].name;
+    const hid_t d = H5Dopen2(f, name.c_str(), H5P_DEFAULT);
+    REQUIRE(d >= 0);
+    std::vector<float> values(static_cast<size_t>(net.layout()[0].shape.numel()), 0.5f);
+    values[3] = -std::numeric_limits<float>::infinity();
+    REQUIRE(H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()) >= 0);
+    H5Dclose(d);
+  });
+  for (const bool weights_only : {true, false})
+    CHECK_THAT(error_of([&] { dq::load_checkpoint(nan_file, weights_only); }),
+               Contains("ck.h5") && Contains("not finite") && Contains("[3] = -inf"));
+}
