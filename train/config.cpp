@@ -41,28 +41,10 @@ const KeyTable& known_keys() {
         {"optim",
          {"lr", "beta1", "beta2", "eps", "schedule", "lr_min", "warmup_steps", "decay_steps"}},
         {"train",
-         {"steps",
-          "batch",
-          "device",
-          "precision",
-          "loss_scale",
-          "loss_scale_init",
-          "loss_scale_growth_interval",
-          "allreduce_overlap",
-          "allreduce_bucket_kb",
-          "autotune",
-          "checkpoint_every",
-          "keep_checkpoints",
-          "validate_every",
-          "log_every",
-          "seed",
-          "init_from",
-          "out_dir",
-          "log_file",
-          "tensorboard",
-          "reference_field",
-          "reference_chi",
-          "reference_mask"}},
+         {"steps", "batch", "device", "precision", "loss_scale", "loss_scale_init",
+          "loss_scale_growth_interval", "allreduce_overlap", "allreduce_bucket_kb", "autotune",
+          "checkpoint_every", "keep_checkpoints", "validate_every", "log_every", "seed", "init_from",
+          "out_dir", "log_file", "tensorboard", "reference_field", "reference_chi", "reference_mask"}},
     };
   }();
   return keys;
@@ -79,8 +61,8 @@ void parse_model(const json& obj, UNetConfig& m) {
                    m.base_filters = read_int32(v, path);
                    // The deepest level has base_filters * 2^(depth-1) channels; 1024 keeps
                    // that far from int overflow and far beyond any useful width.
-                   check(m.base_filters >= 1 && m.base_filters <= kMaxBaseFilters, path,
-                         "in 1..1024", std::to_string(m.base_filters));
+                   check(m.base_filters >= 1 && m.base_filters <= kMaxBaseFilters, path, "in 1..1024",
+                         std::to_string(m.base_filters));
                  } else if (key == "dropout") {
                    m.dropout = read_float(v, path);
                    check(m.dropout >= 0 && m.dropout < 1, path, "in [0, 1)", num(m.dropout));
@@ -156,86 +138,87 @@ void parse_optim(const json& obj, TrainConfig& cfg) {
 }
 
 void parse_train(const json& obj, TrainConfig& cfg) {
-  for_each_key(
-      obj, "train", known_keys(),
-      [&](const std::string& key, const json& v, const std::string& path) {
-        if (key == "steps") {
-          cfg.steps = read_int(v, path);
-          check(cfg.steps >= 1, path, ">= 1", std::to_string(cfg.steps));
-        } else if (key == "batch") {
-          cfg.batch = read_int(v, path);
-          check(cfg.batch >= 1, path, ">= 1", std::to_string(cfg.batch));
-        } else if (key == "device") {
-          cfg.device = read_string(v, path);
-          check(cfg.device == "cpu" || cfg.device == "gpu", path, "\"cpu\" or \"gpu\"",
-                "\"" + cfg.device + "\"");
-        } else if (key == "precision") {
-          cfg.precision = read_string(v, path);
-          const std::set<std::string> ok = {"fp32", "tf32", "bf16", "fp16"};
-          check(ok.count(cfg.precision) > 0, path, "one of fp32, tf32, bf16, fp16",
-                "\"" + cfg.precision + "\"");
-        } else if (key == "loss_scale") {
-          cfg.loss_scale = read_string(v, path);
-          const std::set<std::string> ok = {"auto", "dynamic", "static", "off"};
-          check(ok.count(cfg.loss_scale) > 0, path,
-                "one of \"auto\", \"dynamic\", \"static\", \"off\"", "\"" + cfg.loss_scale + "\"");
-        } else if (key == "loss_scale_init") {
-          cfg.loss_scale_init = read_float(v, path);
-          // 2^127 is the largest power of two a float holds.
-          check(cfg.loss_scale_init >= 1 && cfg.loss_scale_init <= 0x1p127f, path, "in [1, 2^127]",
-                num(cfg.loss_scale_init));
-        } else if (key == "loss_scale_growth_interval") {
-          cfg.loss_scale_growth_interval = read_int(v, path);
-          check(cfg.loss_scale_growth_interval >= 1, path, ">= 1",
-                std::to_string(cfg.loss_scale_growth_interval));
-        } else if (key == "allreduce_overlap") {
-          cfg.allreduce_overlap = read_bool(v, path);
-        } else if (key == "autotune") {
-          cfg.autotune = read_bool(v, path);
-        } else if (key == "allreduce_bucket_kb") {
-          cfg.allreduce_bucket_kb = read_int(v, path);
-          check(cfg.allreduce_bucket_kb >= 1, path, ">= 1",
-                std::to_string(cfg.allreduce_bucket_kb));
-        } else if (key == "checkpoint_every") {
-          cfg.checkpoint_every = read_int(v, path);
-          check(cfg.checkpoint_every >= 0, path, ">= 0 (0 = only at the end)",
-                std::to_string(cfg.checkpoint_every));
-        } else if (key == "keep_checkpoints") {
-          cfg.keep_checkpoints = read_int(v, path);
-          check(cfg.keep_checkpoints >= 1, path, ">= 1", std::to_string(cfg.keep_checkpoints));
-        } else if (key == "validate_every") {
-          cfg.validate_every = read_int(v, path);
-          check(cfg.validate_every >= 0, path, ">= 0 (0 = only at the end)",
-                std::to_string(cfg.validate_every));
-        } else if (key == "log_every") {
-          cfg.log_every = read_int(v, path);
-          check(cfg.log_every >= 1, path, ">= 1", std::to_string(cfg.log_every));
-        } else if (key == "seed") {
-          if (v.is_number_unsigned()) {
-            cfg.seed = v.get<uint64_t>();
-          } else {
-            const int64_t s = read_int(v, path);
-            check(s >= 0, path, ">= 0", std::to_string(s));
-            cfg.seed = static_cast<uint64_t>(s);
-          }
-        } else if (key == "out_dir") {
-          cfg.out_dir = read_string(v, path);
-          check(!cfg.out_dir.empty(), path, "a directory", "an empty string");
-        } else if (key == "log_file") {
-          cfg.log_file = read_string(v, path);
-          check(!cfg.log_file.empty(), path, "a file name", "an empty string");
-        } else if (key == "tensorboard") {
-          cfg.tensorboard = read_bool(v, path);
-        } else if (key == "init_from") {
-          cfg.init_from = read_string(v, path);
-        } else if (key == "reference_field") {
-          cfg.reference_field = read_string(v, path);
-        } else if (key == "reference_chi") {
-          cfg.reference_chi = read_string(v, path);
-        } else if (key == "reference_mask") {
-          cfg.reference_mask = read_string(v, path);
-        }
-      });
+  for_each_key(obj, "train", known_keys(),
+               [&](const std::string& key, const json& v, const std::string& path) {
+                 if (key == "steps") {
+                   cfg.steps = read_int(v, path);
+                   check(cfg.steps >= 1, path, ">= 1", std::to_string(cfg.steps));
+                 } else if (key == "batch") {
+                   cfg.batch = read_int(v, path);
+                   check(cfg.batch >= 1, path, ">= 1", std::to_string(cfg.batch));
+                 } else if (key == "device") {
+                   cfg.device = read_string(v, path);
+                   check(cfg.device == "cpu" || cfg.device == "gpu", path, "\"cpu\" or \"gpu\"",
+                         "\"" + cfg.device + "\"");
+                 } else if (key == "precision") {
+                   cfg.precision = read_string(v, path);
+                   const std::set<std::string> ok = {"fp32", "tf32", "bf16", "fp16"};
+                   check(ok.count(cfg.precision) > 0, path, "one of fp32, tf32, bf16, fp16",
+                         "\"" + cfg.precision + "\"");
+                 } else if (key == "loss_scale") {
+                   cfg.loss_scale = read_string(v, path);
+                   const std::set<std::string> ok = {"auto", "dynamic", "static", "off"};
+                   check(ok.count(cfg.loss_scale) > 0, path,
+                         "one of \"auto\", \"dynamic\", \"static\", \"off\"",
+                         "\"" + cfg.loss_scale + "\"");
+                 } else if (key == "loss_scale_init") {
+                   cfg.loss_scale_init = read_float(v, path);
+                   // 2^127 is the largest power of two a float holds.
+                   check(cfg.loss_scale_init >= 1 && cfg.loss_scale_init <= 0x1p127f, path,
+                         "in [1, 2^127]", num(cfg.loss_scale_init));
+                 } else if (key == "loss_scale_growth_interval") {
+                   cfg.loss_scale_growth_interval = read_int(v, path);
+                   check(cfg.loss_scale_growth_interval >= 1, path, ">= 1",
+                         std::to_string(cfg.loss_scale_growth_interval));
+                 } else if (key == "allreduce_overlap") {
+                   cfg.allreduce_overlap = read_bool(v, path);
+                 } else if (key == "autotune") {
+                   cfg.autotune = read_bool(v, path);
+                 } else if (key == "allreduce_bucket_kb") {
+                   cfg.allreduce_bucket_kb = read_int(v, path);
+                   check(cfg.allreduce_bucket_kb >= 1, path, ">= 1",
+                         std::to_string(cfg.allreduce_bucket_kb));
+                 } else if (key == "checkpoint_every") {
+                   cfg.checkpoint_every = read_int(v, path);
+                   check(cfg.checkpoint_every >= 0, path, ">= 0 (0 = only at the end)",
+                         std::to_string(cfg.checkpoint_every));
+                 } else if (key == "keep_checkpoints") {
+                   cfg.keep_checkpoints = read_int(v, path);
+                   check(cfg.keep_checkpoints >= 1, path, ">= 1",
+                         std::to_string(cfg.keep_checkpoints));
+                 } else if (key == "validate_every") {
+                   cfg.validate_every = read_int(v, path);
+                   check(cfg.validate_every >= 0, path, ">= 0 (0 = only at the end)",
+                         std::to_string(cfg.validate_every));
+                 } else if (key == "log_every") {
+                   cfg.log_every = read_int(v, path);
+                   check(cfg.log_every >= 1, path, ">= 1", std::to_string(cfg.log_every));
+                 } else if (key == "seed") {
+                   if (v.is_number_unsigned()) {
+                     cfg.seed = v.get<uint64_t>();
+                   } else {
+                     const int64_t s = read_int(v, path);
+                     check(s >= 0, path, ">= 0", std::to_string(s));
+                     cfg.seed = static_cast<uint64_t>(s);
+                   }
+                 } else if (key == "out_dir") {
+                   cfg.out_dir = read_string(v, path);
+                   check(!cfg.out_dir.empty(), path, "a directory", "an empty string");
+                 } else if (key == "log_file") {
+                   cfg.log_file = read_string(v, path);
+                   check(!cfg.log_file.empty(), path, "a file name", "an empty string");
+                 } else if (key == "tensorboard") {
+                   cfg.tensorboard = read_bool(v, path);
+                 } else if (key == "init_from") {
+                   cfg.init_from = read_string(v, path);
+                 } else if (key == "reference_field") {
+                   cfg.reference_field = read_string(v, path);
+                 } else if (key == "reference_chi") {
+                   cfg.reference_chi = read_string(v, path);
+                 } else if (key == "reference_mask") {
+                   cfg.reference_mask = read_string(v, path);
+                 }
+               });
 }
 
 // Rules that involve more than one key.
