@@ -83,7 +83,8 @@ void check_options(const InferOptions& opt) {
     fail("--device must be auto, cpu or gpu, got '", opt.device, "'");
   if (opt.out_path.empty()) fail("an output path is needed (-o chi.nii.gz)");
   if (opt.scales < 1 || opt.scales > 4) fail("--scales must be 1 to 4, got ", opt.scales);
-  if (opt.refine < 0) fail("--refine must be >= 0 iterations, got ", opt.refine);
+  if (opt.refine < 0 || opt.refine > kRefineMaxIterations)
+    fail("--refine must be 0 to ", kRefineMaxIterations, " iterations, got ", opt.refine);
   if (opt.refine_pad < 0) fail("--refine-pad must be >= 0 voxels, got ", opt.refine_pad);
   if (!(opt.refine_lambda >= 0) || !std::isfinite(opt.refine_lambda))
     fail("--refine-lambda must be \"auto\" or a finite number > 0, got ", opt.refine_lambda);

@@ -19,7 +19,9 @@
 #include "core/io/h5io.h"
 #include "core/io/nifti_io.h"
 #include "core/nn/checkpoint.h"
+#include "core/qsm/refine.h"
 #include "tests/test_util.h"
+#include "tests/train_util.h"
 
 namespace {
 
@@ -232,4 +234,76 @@ TEST_CASE("non-finite weights are never written and never loaded", "[hardening]"
   for (const bool weights_only : {true, false})
     CHECK_THAT(error_of([&] { dq::load_checkpoint(nan_file, weights_only); }),
                Contains("ck.h5") && Contains("not finite") && Contains("[3] = -inf"));
+}
+
+TEST_CASE("a diverging refinement stops with the iteration and the values", "[hardening]") {
+  CHECK(dq::refine_diverged_at({1.0, 0.5, 0.7, 0.2}) == 0);
+  CHECK(dq::refine_diverged_at({1.0, 0.5, 2e3, 0.2}) == 2);
+  CHECK(dq::refine_diverged_at({1.0, std::nan(""), 0.2}) == 1);
+  CHECK(dq::refine_diverged_at({0.0, 0.0, 0.0}) == 0);
+
+  const dq::Dims3 d{16, 16, 16};
+  const auto n = static_cast<size_t>(d.numel());
+  std::vector<float> field(n), net(n), chi(n);
+  for (size_t i = 0; i < n; ++i) {
+    field[i] = 0.01f * static_cast<float>((i * 37) % 11) - 0.05f;
+    net[i] = 0.02f * static_cast<float>((i * 13) % 7) - 0.06f;
+  }
+  // alpha 1e30 is inside the accepted range; its J went from 4e31 to 4e40
+  // and deepqsm-infer wrote a constant map with exit status 0.
+  for (const auto& [tv, lambda] : {std::pair{1e30, 1e-3}, std::pair{5e-4, 1e30}}) {
+    dq::RefineOptions o;
+    o.iterations = 5;
+    o.tv = tv;
+    o.lambda = lambda;
+    CHECK_THAT(
+        error_of([&] {
+          dq::refine_chi(field.data(), net.data(), nullptr, d, {1, 1, 1}, {0, 0, 1}, o, chi.data());
+        }),
+        Contains("diverged at iteration 1") && Contains("objective went from"));
+  }
+  dq::RefineOptions fine;
+  fine.iterations = 5;
+  fine.tv = dq::kRefineTvAlpha;
+  fine.lambda = dq::kRefineTvLambda;
+  std::vector<double> trace;
+  dq::refine_chi(field.data(), net.data(), nullptr, d, {1, 1, 1}, {0, 0, 1}, fine, chi.data(),
+                 &trace);
+  CHECK(trace.back() < trace.front());
+}
+
+TEST_CASE("deepqsm-infer refuses refinement counts and paddings it cannot finish", "[hardening]") {
+  TempDir dir("deepqsm-hard");
+  const std::string field = dir.file("f.nii");
+  REQUIRE(run_program(dir, DEEPQSM_BINARY, "phantom --size 16 -o '" + field + "'").code() == 0);
+  const Run many = run_program(
+      dir, kInfer, "'" + field + "' -o '" + dir.file("c.nii") + "' --refine 1000000000");
+  CHECK(many.code() == 1);
+  CHECK_THAT(many.err, Contains("--refine must be 0 to 1000"));
+  // 16 + 2 x 512 = 1040^3 voxels: ~65 GiB for the refinement's arrays,
+  // refused before the network runs.
+  const Run wide =
+      run_program(dir, kInfer, "'" + field + "' -o '" + dir.file("c.nii") + "' --refine-pad 512");
+  if (wide.code() == 1) {
+    CHECK_THAT(wide.err, Contains("--refine on 1040x1040x1040 voxels") && Contains("GiB"));
+    CHECK_FALSE(fs::exists(dir.file("c.nii")));
+  } else {
+    WARN("this machine has more than 65 GiB available; the estimate was not exercised");
+  }
+}
+
+TEST_CASE("training that diverges writes no checkpoint with non-finite weights", "[hardening]") {
+  dq::TrainConfig cfg = dq::test::tiny_run("deepqsm-hard-diverge");
+  cfg.optim.lr = 3e38f;  // accepted (> 0), each Adam update moves a weight by up to lr
+  cfg.steps = 3;
+  cfg.checkpoint_every = 1;
+  const std::string err = error_of([&] { dq::run_training(cfg, dq::test::quiet()); });
+  CHECK_THAT(err, Contains("training diverged") || Contains("training loss became"));
+  CHECK_THAT(err, Contains("step"));
+  for (const auto& e : fs::directory_iterator(cfg.out_dir))
+    if (e.path().extension() == ".h5") {
+      INFO(e.path());
+      CHECK_NOTHROW(dq::load_checkpoint(e.path().string()));
+    }
+  fs::remove_all(cfg.out_dir);
 }
