@@ -2,9 +2,12 @@
 // more than the file holds, and non-finite weights, are refused with one
 // line naming the file before anything is allocated or written.
 #include <hdf5.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -18,6 +21,7 @@
 #include "core/error.h"
 #include "core/io/h5io.h"
 #include "core/io/nifti_io.h"
+#include "core/io/output_files.h"
 #include "core/nn/checkpoint.h"
 #include "core/qsm/refine.h"
 #include "tests/test_util.h"
@@ -306,4 +310,66 @@ TEST_CASE("training that diverges writes no checkpoint with non-finite weights",
       CHECK_NOTHROW(dq::load_checkpoint(e.path().string()));
     }
   fs::remove_all(cfg.out_dir);
+}
+
+TEST_CASE("outputs replace only regular files: links, FIFOs and devices are refused",
+          "[hardening]") {
+  TempDir dir("deepqsm-hard");
+  const std::string target = dir.write("target.nii", "keep me");
+  const std::string link = dir.file("link.nii");
+  fs::create_symlink(target, link);
+  const std::string fifo = dir.file("fifo.nii");
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const float data[8] = {};
+  for (const auto& [path, what] : {std::pair{link, "symbolic link"}, std::pair{fifo, "FIFO"},
+                                   std::pair{std::string("/dev/null"), "character device"}}) {
+    INFO(path);
+    CHECK_THAT(error_of([&] { dq::check_replaceable(path); }), Contains(path) && Contains(what));
+    // The writers all go through PendingFile: NIfTI here, PNG, HDF5 and
+    // checkpoints alike.
+    CHECK_THAT(error_of([&] { dq::PendingFile f(path); }), Contains(what));
+    if (path.size() > 4 && path.compare(path.size() - 4, 4, ".nii") == 0) {
+      CHECK_THAT(error_of([&] {
+                   dq::write_nifti_new(path, data, 2, 2, 2, {1, 1, 1});
+                 }),
+                 Contains(what));
+      CHECK_THAT(error_of([&] { dq::check_nifti_output(path, "--output"); }), Contains(what));
+    }
+  }
+  CHECK(fs::is_symlink(link));
+  CHECK(slurp(target) == "keep me");
+  CHECK(fs::is_fifo(fifo));
+  struct stat st {};
+  REQUIRE(::stat("/dev/null", &st) == 0);
+  CHECK(S_ISCHR(st.st_mode));
+  // Through the binary: exit 1, nothing replaced.
+  const Run r = run_program(dir, DEEPQSM_BINARY, "phantom --size 16 -o '" + link + "'");
+  CHECK(r.code() == 1);
+  CHECK_THAT(r.err, Contains("symbolic link"));
+  CHECK(fs::is_symlink(link));
+}
+
+TEST_CASE("stale temporaries of dead processes are removed by the next writer in the folder",
+          "[hardening]") {
+  TempDir dir("deepqsm-hard");
+  // A pid that cannot be running: above any pid_max.
+  const std::string dead = "999999999";
+  const std::string old_ck = dir.write("checkpoint-000100.h5.tmp" + dead, "x");
+  const std::string old_nii = dir.write("chi.tmp" + dead + ".nii.gz", "x");
+  const std::string fresh = dir.write("field.nii.tmp" + dead, "x");
+  const std::string mine = dir.write("other.h5.tmp" + std::to_string(::getpid()), "x");
+  const std::string user = dir.write("notes.tmp" + dead + ".txt", "x");
+  const std::string alive = dir.write("a.h5.tmp1", "x");  // pid 1 always runs
+  const auto old =
+      fs::file_time_type::clock::now() - std::chrono::seconds(dq::kStaleTemporarySeconds + 60);
+  for (const std::string& p : {old_ck, old_nii, mine, user, alive}) fs::last_write_time(p, old);
+  const float data[8] = {};
+  dq::write_nifti_new(dir.file("out.nii"), data, 2, 2, 2, {1, 1, 1});
+  CHECK_FALSE(fs::exists(old_ck));
+  CHECK_FALSE(fs::exists(old_nii));
+  CHECK(fs::exists(fresh));  // written recently: maybe another machine's
+  CHECK(fs::exists(mine));   // this process's own
+  CHECK(fs::exists(user));   // not one of our names
+  CHECK(fs::exists(alive));
+  CHECK(fs::exists(dir.file("out.nii")));
 }

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/io/output_files.h"
 #include "core/nn/checkpoint.h"
 #include "core/nn/cpu/cpu_backend.h"
 #include "core/nn/loss_scale.h"
@@ -143,6 +144,7 @@ struct Trainer {
   PatchSet val_set;
   std::unique_ptr<ReferencePair> reference;
   std::ofstream log;
+  std::string log_path;
   std::unique_ptr<TensorBoardWriter> tb;
   std::string out_dir;
   const std::string config_json;
@@ -168,7 +170,11 @@ struct Trainer {
     std::fflush(stdout);
   }
   void log_json(const nlohmann::json& j) {
-    if (lead) log << j.dump() << "\n" << std::flush;
+    if (!lead) return;
+    // A line that cannot be written (full disk, a device) stops the run
+    // rather than leaving a log that silently ends early.
+    log << j.dump() << "\n" << std::flush;
+    if (!log) fail(log_path, ": cannot write to the training log (disk full?)");
   }
   void tb_scalars(int64_t step, const std::vector<std::pair<std::string, double>>& values) {
     if (tb) tb->scalars(step, values);
@@ -251,9 +257,10 @@ void open_run_folder(Trainer& t) {
            "); continue it with --resume, or give another --out");
   }
   fs::create_directories(t.out_dir);
-  const fs::path log_path = fs::path(t.out_dir) / cfg.log_file;
-  t.log.open(log_path, std::ios::app);
-  if (!t.log) fail("cannot write ", log_path.string());
+  t.log_path = (fs::path(t.out_dir) / cfg.log_file).string();
+  check_replaceable(t.log_path);  // appended to, so a FIFO or a device is refused as for outputs
+  t.log.open(t.log_path, std::ios::app);
+  if (!t.log) fail("cannot write ", t.log_path);
   if (cfg.tensorboard) t.tb = std::make_unique<TensorBoardWriter>(t.out_dir + "/tb");
 }
 

@@ -422,6 +422,7 @@ void check_output_file(const std::string& path, const std::string& what,
   if (path.empty()) fail(what, ": an output file name is needed");
   const fs::path p(path);
   if (fs::is_directory(p, ec)) fail(what, " ", path, ": is a directory; give a file name");
+  check_replaceable(path);
   const fs::path folder = p.has_parent_path() ? p.parent_path() : fs::path(".");
   if (!fs::is_directory(folder, ec))
     fail(what, " ", path, ": the folder ", folder.string(), " does not exist");
