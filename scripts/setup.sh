@@ -8,6 +8,8 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config
       nlohmann-json3-dev libhdf5-dev catch2 libnifti2-dev libdnnl-dev
       libfftw3-dev libcli11-dev libopenmpi-dev libpng-dev zlib1g-dev)
+# libFuzzer for scripts/fuzz.sh (issue 26): clang and its sanitizer runtimes.
+pkgs+=(clang libclang-rt-14-dev)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -373,3 +373,89 @@ TEST_CASE("stale temporaries of dead processes are removed by the next writer in
   CHECK(fs::exists(alive));
   CHECK(fs::exists(dir.file("out.nii")));
 }
+
+TEST_CASE("odd fields and masks are refused or warned about, naming the right file",
+          "[hardening]") {
+  TempDir dir("deepqsm-hard");
+  const std::string field = dir.file("f.nii"), mask = dir.file("m.nii");
+  REQUIRE(
+      run_program(dir, DEEPQSM_BINARY, "phantom --size 16 -o '" + field + "' --mask '" + mask + "'")
+          .code() == 0);
+  dq::Volume f = dq::read_nifti(field);
+  // An empty mask was reported as "f.nii: no voxel is inside the mask".
+  std::vector<float> zeros(static_cast<size_t>(f.numel()), 0.0f);
+  const std::string empty = dir.file("empty.nii");
+  dq::write_nifti(empty, f, zeros.data());
+  const std::string out = dir.file("c.nii");
+  for (const std::string& cmd :
+       {kInfer + "' '" + field, std::string(DEEPQSM_BINARY) + "' invert tkd '" + field}) {
+    const Run r = run_program(dir, cmd, "--mask '" + empty + "' -o '" + out + "'");
+    INFO(cmd << "\n" << r.err);
+    CHECK(r.code() == 1);
+    CHECK_THAT(r.err, Contains("empty.nii: the mask is empty"));
+  }
+  // A mask shifted by 5 mm (same voxels): used as stored, with a warning.
+  dq::Volume shifted = dq::read_nifti(mask);
+  CHECK(dq::voxel_size_mismatch(f, "the field", shifted, "the mask").empty());
+  REQUIRE(f.sform_code > 0);  // write_nifti_new sets both affines
+  shifted.sform[3] += 5.0;
+  CHECK_THAT(dq::voxel_size_mismatch(f, "the field", shifted, "the mask"),
+             Contains("the mask is placed differently from the field") && Contains("5 mm"));
+  // A 1x1x1 "volume" is refused; a 2-D image runs with a warning.
+  dq::Volume one;
+  one.nx = one.ny = one.nz = 1;
+  CHECK_THAT(error_of([&] { dq::field_grid_warning(one, "one.nii"); }),
+             Contains("one.nii: the grid is 1x1x1"));
+  dq::Volume flat;
+  flat.nx = flat.ny = 32;
+  flat.nz = 1;
+  CHECK_THAT(dq::field_grid_warning(flat, "slice.nii"), Contains("slice.nii is a 2-D image"));
+  const float voxel[1] = {0.5f};
+  const std::string single = dir.file("single.nii");
+  dq::write_nifti_new(single, voxel, 1, 1, 1, {1, 1, 1});
+  const Run r = run_program(dir, kInfer, "'" + single + "' -o '" + out + "'");
+  CHECK(r.code() == 1);
+  CHECK_THAT(r.err, Contains("single.nii: the grid is 1x1x1"));
+  // A field whose values all vanish in ppm (subnormal Hz values).
+  std::vector<float> tiny(static_cast<size_t>(f.numel()), 1e-44f);
+  const std::string faint = dir.file("faint.nii");
+  dq::write_nifti(faint, f, tiny.data());
+  const Run u = run_program(dir, kInfer, "'" + faint + "' -o '" + out + "' --units hz --b0 3");
+  CHECK(u.code() == 1);
+  CHECK_THAT(u.err, Contains("faint.nii: the field underflows to 0 in ppm"));
+  CHECK_FALSE(fs::exists(out));
+}
+
+TEST_CASE("resuming with a damaged newest checkpoint names the older one that loads",
+          "[hardening]") {
+  dq::TrainConfig cfg = dq::test::tiny_run("deepqsm-hard-resume");
+  cfg.steps = 2;
+  cfg.checkpoint_every = 1;
+  cfg.keep_checkpoints = 5;
+  dq::run_training(cfg, dq::test::quiet());
+  const std::string newest = (fs::path(cfg.out_dir) / "checkpoint-00000002.h5").string();
+  REQUIRE(fs::exists(newest));
+  fs::remove(newest);
+  std::ofstream(newest) << "damaged";
+  dq::TrainOptions opt = dq::test::quiet();
+  opt.resume = true;
+  cfg.steps = 3;
+  const std::string err = error_of([&] { dq::run_training(cfg, opt); });
+  CHECK_THAT(err, Contains("checkpoint-00000002.h5") && Contains("the older") &&
+                      Contains("checkpoint-00000001.h5") && Contains(".damaged"));
+  fs::remove_all(cfg.out_dir);
+}
+
+// Inputs the fuzzers (scripts/fuzz.sh) crashed on, kept in their corpora.
+TEST_CASE("inputs the fuzzers found end in one error line", "[hardening][fuzz]") {
+  const std::string corpus = std::string(DEEPQSM_SOURCE_DIR) + "/tests/fuzz/corpus/";
+  // NIfTI-2 dim[0] = 4244635645: nifti_image_read overflowed its stack.
+  CHECK_THAT(error_of([&] { dq::read_nifti(corpus + "nifti/crash-dim0-stack-overflow.nii"); }),
+             Contains("crash-dim0-stack-overflow.nii") && Contains("dim[0]"));
+  // A damaged HDF5 metadata block makes libhdf5 itself ask malloc for 3 PB;
+  // malloc says no and HDF5 fails cleanly (AddressSanitizer reports the
+  // request as a crash unless allocator_may_return_null=1, as fuzz.sh sets).
+  const std::string h5 = corpus + "checkpoint/crash-hdf5-huge-metadata-alloc.h5";
+  CHECK_THAT(error_of([&] { dq::load_checkpoint(h5); }),
+             Contains("crash-hdf5-huge-metadata-alloc.h5"));
+}

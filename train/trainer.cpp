@@ -279,7 +279,26 @@ void resume_state(Trainer& t, HostState& s) {
     const std::string path = newest_checkpoint(t.out_dir);
     if (path.empty())
       fail("--resume: no checkpoint in ", t.out_dir, " (expected checkpoint-<step>.h5 files)");
-    CheckpointData ck = load_checkpoint(path);
+    CheckpointData ck;
+    try {
+      ck = load_checkpoint(path);
+    } catch (const Error& e) {
+      // A damaged newest file: name the newest older one that loads, and how
+      // to resume from it (the damaged one is kept for inspection).
+      const std::vector<std::string> older = step_checkpoint_paths(t.out_dir);
+      for (auto it = older.rbegin(); it != older.rend(); ++it) {
+        if (*it == path) continue;
+        try {
+          load_checkpoint(*it);
+        } catch (const Error&) {
+          continue;
+        }
+        fail("--resume: ", e.what(), "; the older ", *it,
+             " loads: move the damaged file aside (mv '", path, "' '", path,
+             ".damaged') and run --resume again to continue from it");
+      }
+      throw;
+    }
     if (ck.version < 2 || !ck.adam_m.defined())
       fail("--resume: ", path, " holds no optimiser state (version ", ck.version,
            " or weights only); it can seed inference, not continue a run");

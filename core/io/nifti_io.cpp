@@ -264,6 +264,33 @@ RawGeometry raw_geometry(const std::string& path, bool swap) {
   return g;
 }
 
+// nifti_image_read trusts dim[0]: a NIfTI-2 header whose dim[0] is neither
+// 1..7 nor 1..7 byte-swapped overflowed its stack (SIGSEGV, found by
+// tests/fuzz/fuzz_nifti.cpp). The raw header, read as stored, is checked
+// first; "" when it may be handed on, else what is wrong.
+std::string raw_header_problem(const std::string& path) {
+  int nver = 0;
+  void* raw = nifti_read_header(path.c_str(), &nver, 0);
+  if (!raw) return "";  // not a header at all: nifti_image_read says so
+  int64_t dim0 = 0, swapped = 0;
+  if (nver == 2) {
+    dim0 = static_cast<const nifti_2_header*>(raw)->dim[0];
+    int64_t s = dim0;
+    nifti_swap_8bytes(1, &s);
+    swapped = s;
+  } else {
+    int16_t d = static_cast<const nifti_1_header*>(raw)->dim[0];
+    dim0 = d;
+    nifti_swap_2bytes(1, &d);
+    swapped = d;
+  }
+  std::free(raw);
+  const auto ok = [](int64_t d) { return d >= 1 && d <= 7; };
+  if (ok(dim0) || ok(swapped)) return "";
+  return "dim[0] (the number of dimensions) is " + std::to_string(dim0) +
+         "; it must be 1 to 7 (damaged header)";
+}
+
 }  // namespace
 
 Volume read_nifti(const std::string& path) {
@@ -274,6 +301,12 @@ Volume read_nifti(const std::string& path) {
   // Said before nifti_clib, whose failure to open reads as a bad header.
   if (::access(path.c_str(), R_OK) != 0)
     fail(path, ": cannot be read (", std::strerror(errno), "); check its permissions");
+  {
+    CapturedStderr quiet;
+    const std::string problem = raw_header_problem(path);
+    quiet.reason();
+    if (!problem.empty()) fail(path, ": not a readable NIfTI-1/NIfTI-2 file: ", problem);
+  }
   CapturedStderr nifti_says;
   NimPtr hdr(nifti_image_read(path.c_str(), 0));
   if (!hdr)
@@ -401,12 +434,53 @@ void write_nifti(const std::string& path, const Volume& like, const float* data)
   write_data_via_temp(nim.get(), data, path);
 }
 
+std::string field_grid_warning(const Volume& v, const std::string& path) {
+  const int flat = (v.nx == 1) + (v.ny == 1) + (v.nz == 1);
+  const std::string grid =
+      std::to_string(v.nx) + "x" + std::to_string(v.ny) + "x" + std::to_string(v.nz);
+  if (flat >= 2)
+    fail(path, ": the grid is ", grid,
+         "; a field map must be a 3-D volume (the dipole field spreads in all three axes)");
+  if (flat == 1)
+    return path + " is a 2-D image (" + grid +
+           "): read as a 3-D volume one voxel thick; the dipole inversion needs the field's "
+           "neighbours in all three axes, so expect a poor map";
+  return "";
+}
+
 std::string voxel_size_mismatch(const Volume& a, const std::string& a_what, const Volume& b,
                                 const std::string& b_what) {
   bool same = true;
   for (size_t i = 0; i < 3; ++i)
     same = same && std::fabs(a.voxel_mm[i] - b.voxel_mm[i]) <= 0.01 * a.voxel_mm[i];
-  if (same) return "";
+  if (same) {
+    // The same voxels, but placed elsewhere (shifted, flipped): the files
+    // are still used voxel by voxel, as stored, which is right only when
+    // one of them has a wrong header. Compared where both have an affine
+    // (the sform when set, else the qform), to 0.01 mm.
+    const auto affine = [](const Volume& v) -> const std::array<double, 16>* {
+      if (v.sform_code > 0) return &v.sform;
+      if (v.qform_code > 0) return &v.qform;
+      return nullptr;
+    };
+    const auto* fa = affine(a);
+    const auto* fb = affine(b);
+    if (!fa || !fb) return "";
+    double flip = 0, shift = 0;
+    for (size_t r = 0; r < 3; ++r) {
+      for (size_t c = 0; c < 3; ++c)
+        flip = std::max(flip, std::fabs((*fa)[r * 4 + c] - (*fb)[r * 4 + c]));
+      shift = std::max(shift, std::fabs((*fa)[r * 4 + 3] - (*fb)[r * 4 + 3]));
+    }
+    if (flip <= 0.01 && shift <= 0.01) return "";
+    char buf[320];
+    std::snprintf(buf, sizeof buf,
+                  "%s is placed differently from %s (affines differ: axes by up to %g, origin by "
+                  "up to %g mm); they are used voxel by voxel as stored, so check that this is "
+                  "the right file",
+                  b_what.c_str(), a_what.c_str(), flip, shift);
+    return buf;
+  }
   char buf[256];
   std::snprintf(buf, sizeof buf,
                 "%s has %g x %g x %g mm voxels, %s %g x %g x %g mm: is it on the same grid?",

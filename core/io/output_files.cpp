@@ -118,9 +118,10 @@ void check_replaceable(const std::string& path) {
     fail(path,
          ": is a symbolic link; outputs neither replace links nor write through them "
          "(give the link's target, or remove the link)");
-  if (S_ISDIR(st.st_mode))
-    kind = "folder";
-  else if (S_ISCHR(st.st_mode))
+  // A folder is refused by the commands' up-front checks and by the rename
+  // (OutputGroup::commit, move_into_place), each with its own message.
+  if (S_ISDIR(st.st_mode)) return;
+  if (S_ISCHR(st.st_mode))
     kind = "character device";
   else if (S_ISBLK(st.st_mode))
     kind = "block device";
