@@ -452,6 +452,10 @@ TEST_CASE("inputs the fuzzers found end in one error line", "[hardening][fuzz]")
   // NIfTI-2 dim[0] = 4244635645: nifti_image_read overflowed its stack.
   CHECK_THAT(error_of([&] { dq::read_nifti(corpus + "nifti/crash-dim0-stack-overflow.nii"); }),
              Contains("crash-dim0-stack-overflow.nii") && Contains("dim[0]"));
+  // dim[0] = 2^56, which is 1 byte-swapped, but sizeof_hdr says native order.
+  CHECK_THAT(
+      error_of([&] { dq::read_nifti(corpus + "nifti/crash-dim0-swapped-stack-overflow.nii"); }),
+      Contains("crash-dim0-swapped-stack-overflow.nii") && Contains("dim[0]"));
   // A damaged HDF5 metadata block makes libhdf5 itself ask malloc for 3 PB;
   // malloc says no and HDF5 fails cleanly (AddressSanitizer reports the
   // request as a crash unless allocator_may_return_null=1, as fuzz.sh sets).

@@ -264,9 +264,9 @@ RawGeometry raw_geometry(const std::string& path, bool swap) {
   return g;
 }
 
-// nifti_image_read trusts dim[0]: a NIfTI-2 header whose dim[0] is neither
-// 1..7 nor 1..7 byte-swapped overflowed its stack (SIGSEGV, found by
-// tests/fuzz/fuzz_nifti.cpp). The raw header, read as stored, is checked
+// nifti_image_read trusts a NIfTI-2 header's dim[0] (in the byte order its
+// sizeof_hdr gives): one outside 1..7 overflowed its stack (SIGSEGV, found
+// twice by tests/fuzz/fuzz_nifti.cpp). The raw header, read as stored, is checked
 // first; "" when it may be handed on, else what is wrong.
 std::string raw_header_problem(const std::string& path) {
   int nver = 0;
@@ -274,10 +274,13 @@ std::string raw_header_problem(const std::string& path) {
   if (!raw) return "";  // not a header at all: nifti_image_read says so
   int64_t dim0 = 0, swapped = 0;
   if (nver == 2) {
-    dim0 = static_cast<const nifti_2_header*>(raw)->dim[0];
-    int64_t s = dim0;
+    // NIfTI-2's byte order is decided by sizeof_hdr (540 as stored: this
+    // CPU's), so dim[0] must be 1..7 in that order, not merely in either.
+    const auto* h = static_cast<const nifti_2_header*>(raw);
+    int64_t s = h->dim[0];
     nifti_swap_8bytes(1, &s);
-    swapped = s;
+    dim0 = h->sizeof_hdr == 540 ? h->dim[0] : s;
+    swapped = dim0;
   } else {
     int16_t d = static_cast<const nifti_1_header*>(raw)->dim[0];
     dim0 = d;

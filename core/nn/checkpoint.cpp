@@ -5,10 +5,15 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cinttypes>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <thread>
 
 #include "core/error.h"
 #include "core/io/h5io.h"
@@ -273,7 +278,51 @@ void save_checkpoint(const std::string& path, const UNet& net, const Tensor& par
   out.finish();
 }
 
+namespace {
+
+// Some damaged HDF5 files make libhdf5 itself loop for minutes or for ever
+// (a global heap read, found by tests/fuzz/fuzz_checkpoint.cpp; it did not
+// finish in 120 s). A checkpoint of the paper's size loads in well under a
+// second, so a read still running after kCheckpointReadSeconds ends the
+// process with one line instead of hanging it; nothing else can interrupt
+// the library call.
+class ReadWatchdog {
+ public:
+  explicit ReadWatchdog(const std::string& path)
+      : thread_([this, path] {
+          std::unique_lock<std::mutex> lock(mutex_);
+          if (cv_.wait_for(lock, std::chrono::seconds(kCheckpointReadSeconds),
+                           [this] { return done_; }))
+            return;
+          std::fprintf(stderr,
+                       "%s: %s: libhdf5 has read this file for %d s without finishing (a damaged "
+                       "file can make it loop); giving up\n",
+                       program_invocation_short_name, path.c_str(), kCheckpointReadSeconds);
+          std::fflush(stderr);
+          std::_Exit(1);
+        }) {}
+  ~ReadWatchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+  ReadWatchdog(const ReadWatchdog&) = delete;
+  ReadWatchdog& operator=(const ReadWatchdog&) = delete;
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;  // last: starts once the members above exist
+};
+
+}  // namespace
+
 CheckpointData load_checkpoint(const std::string& path, bool weights_only) {
+  const ReadWatchdog watchdog(path);
   try {
     return read(path, weights_only);
   } catch (const Error& e) {

@@ -61,6 +61,9 @@ struct CheckpointData {
 void save_checkpoint(const std::string& path, const UNet& net, const Tensor& params,
                      const Tensor* adam_m, const Tensor* adam_v, int64_t step,
                      const std::string& config_json, const TrainingState& state = {});
+// A read still running after this long ends the process with one line
+// (libhdf5 can loop on a damaged file; checkpoint.cpp's ReadWatchdog).
+constexpr int kCheckpointReadSeconds = 120;
 // Reads a checkpoint; with weights_only the Adam moments are skipped.
 // Corrupted, truncated and foreign files fail with a message naming the path.
 CheckpointData load_checkpoint(const std::string& path, bool weights_only = false);
