@@ -4,6 +4,7 @@
 // B0 direction) are (x, y, z).
 #pragma once
 #include <array>
+#include <cstddef>
 #include <cstdint>
 
 namespace dq {
@@ -20,6 +21,17 @@ struct Dims3 {
   Dims3 padded(int64_t pad) const { return {nz + 2 * pad, ny + 2 * pad, nx + 2 * pad}; }
   bool operator==(const Dims3& o) const { return nz == o.nz && ny == o.ny && nx == o.nx; }
 };
+
+// The product of sizes read from a file (a header's dims, a dataset's
+// shape), or -1 when a size is negative or the product would pass `limit`:
+// checked at every factor, so it never overflows int64 however the sizes
+// were forged. Callers pass the most the file could hold as `limit`.
+inline int64_t bounded_product(const int64_t* sizes, size_t n, int64_t limit) {
+  int64_t p = 1;
+  for (size_t i = 0; i < n; ++i)
+    if (sizes[i] < 0 || __builtin_mul_overflow(p, sizes[i], &p) || p > limit) return -1;
+  return p;
+}
 
 // n rounded up to a multiple of m (n >= 0, m > 0): a side padded to the
 // network's side multiple.

@@ -37,8 +37,12 @@ std::vector<uint8_t> read_mask(const InferOptions& opt, const Volume& field) {
          dims_str(field.dims()), " (", opt.field_path, ")");
   const std::string other = voxel_size_mismatch(field, "the field", m, "the mask " + opt.mask_path);
   if (!other.empty()) std::cerr << "deepqsm-infer: warning: " << other << "\n";
+  int64_t inside = 0;
   for (int64_t i = 0; i < field.numel(); ++i)
-    mask[static_cast<size_t>(i)] = m.data[static_cast<size_t>(i)] > 0.5f;
+    inside += mask[static_cast<size_t>(i)] = m.data[static_cast<size_t>(i)] > 0.5f;
+  // Said here, naming the mask: mask_field's "no voxel inside" names the field.
+  if (inside == 0)
+    fail(opt.mask_path, ": the mask is empty (no voxel > 0.5); check that it is the right file");
   return mask;
 }
 
@@ -83,7 +87,8 @@ void check_options(const InferOptions& opt) {
     fail("--device must be auto, cpu or gpu, got '", opt.device, "'");
   if (opt.out_path.empty()) fail("an output path is needed (-o chi.nii.gz)");
   if (opt.scales < 1 || opt.scales > 4) fail("--scales must be 1 to 4, got ", opt.scales);
-  if (opt.refine < 0) fail("--refine must be >= 0 iterations, got ", opt.refine);
+  if (opt.refine < 0 || opt.refine > kRefineMaxIterations)
+    fail("--refine must be 0 to ", kRefineMaxIterations, " iterations, got ", opt.refine);
   if (opt.refine_pad < 0) fail("--refine-pad must be >= 0 voxels, got ", opt.refine_pad);
   if (!(opt.refine_lambda >= 0) || !std::isfinite(opt.refine_lambda))
     fail("--refine-lambda must be \"auto\" or a finite number > 0, got ", opt.refine_lambda);
@@ -111,6 +116,8 @@ InferInputs read_inputs(const InferOptions& opt) {
   in.model_path = opt.model_path.empty() ? default_model_path() : opt.model_path;
   in.model = load_checkpoint(in.model_path, true);
   in.field = read_nifti(opt.field_path);
+  if (const std::string odd = field_grid_warning(in.field, opt.field_path); !odd.empty())
+    std::cerr << "deepqsm-infer: warning: " << odd << "\n";
   in.unit = field_unit_from_name(opt.units);
   in.to_ppm = to_ppm_factor(in.unit, opt.b0_tesla, opt.te_s);
   in.mask = read_mask(opt, in.field);
@@ -119,12 +126,23 @@ InferInputs read_inputs(const InferOptions& opt) {
 }
 
 void convert_units(InferInputs& in, const InferOptions& opt) {
+  int64_t nonzero = 0, lost = 0;  // voxels != 0 before, and those that became 0 or subnormal
   for (float& v : in.field.data) {
+    const bool was = v != 0.0f;
     v = static_cast<float>(v * in.to_ppm);
     if (!std::isfinite(v))
       fail(opt.field_path, ": the field overflows float in ppm (conversion factor ", in.to_ppm,
            "); check --units, --b0 and --te");
+    nonzero += was;
+    lost += was && !std::isnormal(v);
   }
+  if (nonzero > 0 && lost == nonzero)
+    fail(opt.field_path, ": the field underflows to 0 in ppm (conversion factor ", in.to_ppm,
+         "); check --units, --b0 and --te");
+  if (lost > 0)
+    std::cerr << "deepqsm-infer: warning: " << lost << " non-zero voxels of " << opt.field_path
+              << " underflow to (nearly) 0 in ppm (conversion factor " << in.to_ppm
+              << "); check --units, --b0 and --te\n";
   if (in.masked.nan > 0)
     std::cerr << "deepqsm-infer: warning: " << in.masked.nan << " NaN voxels in " << opt.field_path
               << " are treated as outside the mask (output 0 there)\n";

@@ -48,18 +48,6 @@ double bytes_per_voxel(const UNetConfig& c) {
   return 4.0 * 6.5 * c.base_filters * 1.25;
 }
 
-double available_memory_bytes() {
-  std::ifstream f("/proc/meminfo");
-  std::string key;
-  double kb = 0;
-  while (f >> key >> kb) {
-    if (key == "MemAvailable:") return kb * 1024.0;
-    f.ignore(256, '\n');
-  }
-  return static_cast<double>(sysconf(_SC_AVPHYS_PAGES)) *
-         static_cast<double>(sysconf(_SC_PAGESIZE));
-}
-
 // --device auto takes the GPU when one is visible and works (a GPU it cannot
 // use: no kernel image for its architecture, cuDNN missing, memory taken by
 // others, falls back to the CPU with a warning); gpu fails with a clear
@@ -190,6 +178,19 @@ void report_ensemble(const InferOptions& opt) {
 }
 
 }  // namespace
+
+double available_memory_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  double kb = 0;
+  while (f >> key >> kb) {
+    if (key == "MemAvailable:") return kb * 1024.0;
+    f.ignore(256, '\n');
+  }
+  return static_cast<double>(sysconf(_SC_AVPHYS_PAGES)) *
+         static_cast<double>(sysconf(_SC_PAGESIZE));
+}
+
 
 Prediction predict(const InferInputs& in, const WorkGeometry& geo, const InferOptions& opt) {
   const CheckpointData& ck = in.model;

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "core/error.h"
 #include "cuda/qsm/inversion.h"
 #include "infer/stages.h"
 
@@ -53,6 +54,17 @@ RefineOptions refine_options(const InferInputs& in, const InferOptions& opt) {
 
 }  // namespace
 
+void check_refine_fits(const InferInputs& in, const InferOptions& opt) {
+  if (opt.refine <= 0) return;
+  const Dims3 padded = in.field.dims().padded(opt.refine_pad);
+  const double need = static_cast<double>(padded.numel()) * kRefineBytesPerPaddedVoxel;
+  const double avail = available_memory_bytes();
+  if (need > avail)
+    fail("--refine on ", dims_str(padded), " voxels (the field padded by --refine-pad ",
+         opt.refine_pad, " per side) needs ~", need / 1073741824.0, " GiB of host memory, ",
+         avail / 1073741824.0, " GiB are available: lower --refine-pad, or --refine 0");
+}
+
 double refine(std::vector<float>& chi, const InferInputs& in, const InferOptions& opt, bool gpu) {
   if (opt.refine <= 0) return 0.0;
   const auto t0 = std::chrono::steady_clock::now();
@@ -74,6 +86,9 @@ double refine(std::vector<float>& chi, const InferInputs& in, const InferOptions
   else
     refine_chi(in.field.data.data(), chi.data(), in.mask.data(), dims, in.field.voxel_mm,
                opt.b0_dir, ro, refined.data(), &objective);
+  // refine_chi stops at a diverging iteration itself; the GPU's CG is
+  // judged here on the trace it returns.
+  if (const int at = refine_diverged_at(objective)) fail_refine_diverged(objective, at, ro);
   chi = std::move(refined);
   apply_mask(chi.data(), in.mask.data(), in.field.numel());
   std::printf("refine: objective %.4g -> %.4g\n", objective.empty() ? 0.0 : objective.front(),

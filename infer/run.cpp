@@ -16,6 +16,7 @@ int run_inference(const InferOptions& opt) {
   const auto t0 = Clock::now();
   check_options(opt);
   InferInputs in = read_inputs(opt);
+  check_refine_fits(in, opt);
   convert_units(in, opt);
   const WorkGeometry geo = fix_geometry(in, opt);
   Prediction net = predict(in, geo, opt);

@@ -75,6 +75,12 @@ Prediction predict(const InferInputs& in, const WorkGeometry& geo, const InferOp
 std::vector<float> restore_geometry(std::vector<float> work_chi, const WorkGeometry& geo,
                                     const InferInputs& in);
 
+// Host memory still available (MemAvailable), for the estimates.
+double available_memory_bytes();
+// Fails, before the network runs, when --refine's padded grid would not fit
+// in the host memory available, with the estimate and what to change.
+void check_refine_fits(const InferInputs& in, const InferOptions& opt);
+
 // --refine iterations of data consistency on chi in place (nothing when 0);
 // returns the seconds it took.
 double refine(std::vector<float>& chi, const InferInputs& in, const InferOptions& opt, bool gpu);

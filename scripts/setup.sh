@@ -13,6 +13,8 @@ pkgs=(build-essential cmake pkg-config
 pkgs+=(libonnx-dev libprotobuf-dev python3 python3-venv)
 # clang-16: the CUDA compiler for the sm_70 (V100) check in scripts/build-cuda12.sh --check.
 pkgs+=(clang-16)
+# libFuzzer for scripts/fuzz.sh (issue 26): clang and its sanitizer runtimes.
+pkgs+=(clang libclang-rt-14-dev)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -8,8 +8,8 @@ bash scripts/setup.sh
 # One architecture is enough to prove the CUDA code compiles; 90 is the
 # machine GPU checks run on.
 CUDA_ARCHS=${CUDA_ARCHS:-90} bash scripts/build.sh
-# The host sources against CUDA 12's headers, the toolkit of V100 users
-# (PyPI has no CUDA 12 nvcc to compile the kernels for sm_70 in CI).
+# The V100 path: every kernel compiled for sm_70 with CUDA 12.9's headers and
+# ptxas (clang-16 as the CUDA compiler), the host sources against its headers.
 bash scripts/build-cuda12.sh --check
 ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j"$(nproc)"
 # The GPU code run on the CPU emulator (DEEPQSM_GPU=emu, ctest -L emu), and
@@ -17,3 +17,6 @@ ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j"$(nproc)"
 # each in its own build folder (build-emu, build-off).
 bash scripts/test-emu.sh
 bash scripts/test-off.sh
+# The file readers under libFuzzer: the seed corpus replayed, then 20 s of
+# fuzzing per harness (scripts/fuzz.sh; about 3 minutes with its build).
+bash scripts/fuzz.sh 20

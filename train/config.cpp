@@ -55,12 +55,13 @@ void parse_model(const json& obj, UNetConfig& m) {
                [&](const std::string& key, const json& v, const std::string& path) {
                  if (key == "depth") {
                    m.depth = read_int32(v, path);
-                   check(m.depth >= 2 && m.depth <= 6, path, "in 2..6", std::to_string(m.depth));
+                   check(m.depth >= kMinDepth && m.depth <= kMaxDepth, path, "in 2..6",
+                         std::to_string(m.depth));
                  } else if (key == "base_filters") {
                    m.base_filters = read_int32(v, path);
                    // The deepest level has base_filters * 2^(depth-1) channels; 1024 keeps
                    // that far from int overflow and far beyond any useful width.
-                   check(m.base_filters >= 1 && m.base_filters <= 1024, path, "in 1..1024",
+                   check(m.base_filters >= 1 && m.base_filters <= kMaxBaseFilters, path, "in 1..1024",
                          std::to_string(m.base_filters));
                  } else if (key == "dropout") {
                    m.dropout = read_float(v, path);

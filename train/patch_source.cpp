@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <limits>
 #include <sstream>
 
 #include "core/error.h"
@@ -200,6 +201,15 @@ class Hdf5Source final : public PatchSource {
       fail(path_, ": dataset '", name, "' has shape (", os.str(), "); data.patch_size ", P_,
            " needs (N, ", P_, ", ", P_, ", ", P_, ") or (N, ", P_, ", ", P_, ", ", P_, ", 1)");
     }
+    // A forged N (up to 2^64 - 1) would pass as a negative or an endless
+    // count: N x P^3 floats must fit the file (core/io/h5io.h).
+    hsize_t file_bytes = 0;
+    if (H5Fget_filesize(file_.id, &file_bytes) < 0) fail(path_, ": cannot read the file's size");
+    if (dims[0] > static_cast<hsize_t>(std::numeric_limits<int64_t>::max()))
+      fail(path_, ": dataset '", name, "' claims ", dims[0],
+           " patches, more than any file can hold (damaged file)");
+    const std::vector<int64_t> shape = {static_cast<int64_t>(dims[0]), P_, P_, P_};
+    checked_dataset_elements(path_, name, shape, sizeof(float), static_cast<int64_t>(file_bytes));
     (name[0] == 'f' ? n_field_ : n_chi_) = static_cast<int64_t>(dims[0]);
     return d;
   }

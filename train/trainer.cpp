@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/io/output_files.h"
 #include "core/nn/checkpoint.h"
 #include "core/nn/cpu/cpu_backend.h"
 #include "core/nn/loss_scale.h"
@@ -143,6 +144,7 @@ struct Trainer {
   PatchSet val_set;
   std::unique_ptr<ReferencePair> reference;
   std::ofstream log;
+  std::string log_path;
   std::unique_ptr<TensorBoardWriter> tb;
   std::string out_dir;
   const std::string config_json;
@@ -168,7 +170,11 @@ struct Trainer {
     std::fflush(stdout);
   }
   void log_json(const nlohmann::json& j) {
-    if (lead) log << j.dump() << "\n" << std::flush;
+    if (!lead) return;
+    // A line that cannot be written (full disk, a device) stops the run
+    // rather than leaving a log that silently ends early.
+    log << j.dump() << "\n" << std::flush;
+    if (!log) fail(log_path, ": cannot write to the training log (disk full?)");
   }
   void tb_scalars(int64_t step, const std::vector<std::pair<std::string, double>>& values) {
     if (tb) tb->scalars(step, values);
@@ -190,8 +196,18 @@ struct Trainer {
     if (lead_sum != mine)
       fail("rank ", comm->rank(), " holds different weights than rank 0 at step ", step,
            " (data-parallel ranks diverged)");
-    if (!lead) return "";
     const Tensor hm = to_host(m), hv = to_host(v);
+    // A step whose loss was finite can still push a weight to inf (an
+    // absurd learning rate): every rank holds the same weights, so every
+    // rank stops here together, and nothing non-finite is written.
+    if (const std::string bad = first_non_finite(net, hp, &hm, &hv); !bad.empty()) {
+      all_ranks_fail = true;
+      log_json({{"step", step}, {"event", "non-finite weights"}, {"where", bad}});
+      fail("training diverged: after step ", step, " the weights are not finite (", bad,
+           "); no checkpoint was written, the last one in ", out_dir,
+           " is untouched (lower optim.lr)");
+    }
+    if (!lead) return "";
     TrainingState st;
     st.seed = cfg.seed;
     st.data_position = source->position(step - 1);
@@ -241,9 +257,10 @@ void open_run_folder(Trainer& t) {
            "); continue it with --resume, or give another --out");
   }
   fs::create_directories(t.out_dir);
-  const fs::path log_path = fs::path(t.out_dir) / cfg.log_file;
-  t.log.open(log_path, std::ios::app);
-  if (!t.log) fail("cannot write ", log_path.string());
+  t.log_path = (fs::path(t.out_dir) / cfg.log_file).string();
+  check_replaceable(t.log_path);  // appended to, so a FIFO or a device is refused as for outputs
+  t.log.open(t.log_path, std::ios::app);
+  if (!t.log) fail("cannot write ", t.log_path);
   if (cfg.tensorboard) t.tb = std::make_unique<TensorBoardWriter>(t.out_dir + "/tb");
 }
 
@@ -262,7 +279,26 @@ void resume_state(Trainer& t, HostState& s) {
     const std::string path = newest_checkpoint(t.out_dir);
     if (path.empty())
       fail("--resume: no checkpoint in ", t.out_dir, " (expected checkpoint-<step>.h5 files)");
-    CheckpointData ck = load_checkpoint(path);
+    CheckpointData ck;
+    try {
+      ck = load_checkpoint(path);
+    } catch (const Error& e) {
+      // A damaged newest file: name the newest older one that loads, and how
+      // to resume from it (the damaged one is kept for inspection).
+      const std::vector<std::string> older = step_checkpoint_paths(t.out_dir);
+      for (auto it = older.rbegin(); it != older.rend(); ++it) {
+        if (*it == path) continue;
+        try {
+          load_checkpoint(*it);
+        } catch (const Error&) {
+          continue;
+        }
+        fail("--resume: ", e.what(), "; the older ", *it,
+             " loads: move the damaged file aside (mv '", path, "' '", path,
+             ".damaged') and run --resume again to continue from it");
+      }
+      throw;
+    }
     if (ck.version < 2 || !ck.adam_m.defined())
       fail("--resume: ", path, " holds no optimiser state (version ", ck.version,
            " or weights only); it can seed inference, not continue a run");

@@ -2,9 +2,12 @@
 
 #include <hdf5.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <limits>
 #include <sstream>
 
+#include "core/dims.h"
 #include "core/error.h"
 
 namespace dq {
@@ -87,6 +90,18 @@ std::string dims_str(const std::vector<int64_t>& dims) {
 
 }  // namespace
 
+int64_t checked_dataset_elements(const std::string& path, const std::string& name,
+                                 const std::vector<int64_t>& dims, int64_t elem_bytes,
+                                 int64_t file_bytes) {
+  const int64_t most =
+      std::max<int64_t>(file_bytes, 0) * kMaxH5Expansion / std::max<int64_t>(elem_bytes, 1);
+  const int64_t n = bounded_product(dims.data(), dims.size(), most);
+  if (n < 0)
+    fail(path, ": dataset '", name, "' has shape ", dims_str(dims), ", more than a file of ",
+         file_bytes, " bytes can hold (damaged file)");
+  return n;
+}
+
 H5File::H5File(const std::string& path, Mode mode) : path_(path) {
   silence_hdf5();
   if (mode == Mode::truncate) {
@@ -160,13 +175,19 @@ hid_t open_dataset(hid_t file, const std::string& path, const std::string& name)
   return ds;
 }
 
-// Dims of an open dataset; empty for a scalar.
+// Dims of an open dataset; empty for a scalar. A size past int64 (HDF5's
+// are unsigned 64-bit) is refused here, before anything multiplies it.
 std::vector<int64_t> dataset_dims(hid_t ds, const std::string& path, const std::string& name) {
   Handle space(H5Dget_space(ds), H5Sclose);
   int rank = H5Sget_simple_extent_ndims(space.get());
   if (rank < 0) fail(path, ": cannot read the shape of dataset '", name, "'");
   std::vector<hsize_t> hd(static_cast<size_t>(rank));
-  H5Sget_simple_extent_dims(space.get(), hd.data(), nullptr);
+  if (rank > 0 && H5Sget_simple_extent_dims(space.get(), hd.data(), nullptr) < 0)
+    fail(path, ": cannot read the shape of dataset '", name, "'");
+  for (hsize_t d : hd)
+    if (d > static_cast<hsize_t>(std::numeric_limits<int64_t>::max()))
+      fail(path, ": dataset '", name, "' has a dimension of ", d,
+           ", more than any file can hold (damaged file)");
   return std::vector<int64_t>(hd.begin(), hd.end());
 }
 
@@ -182,8 +203,10 @@ std::vector<T> read_dataset(hid_t file, const std::string& path, const std::stri
     fail(path, ": dataset '", name, "' holds ", class_name(cls), " values, expected ",
          class_name(want));
   std::vector<int64_t> dims = dataset_dims(ds.get(), path, name);
-  int64_t n = 1;
-  for (int64_t d : dims) n *= d;
+  hsize_t file_bytes = 0;
+  if (H5Fget_filesize(file, &file_bytes) < 0) fail(path, ": cannot read the file's size");
+  const int64_t n =
+      checked_dataset_elements(path, name, dims, sizeof(T), static_cast<int64_t>(file_bytes));
   std::vector<T> out(static_cast<size_t>(n));
   if (n > 0 && H5Dread(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0)
     fail(path, ": cannot read dataset '", name, "' (truncated or corrupt file?)");

@@ -9,6 +9,17 @@
 
 namespace dq {
 
+// The number of elements of dataset `name` of file `path` (`file_bytes`
+// long) with shape `dims`, each `elem_bytes` wide, checked before anything
+// is allocated: no negative size, no product that overflows, and no more
+// bytes than a file of that size can hold (kMaxH5Expansion times its size:
+// our writers store data uncompressed or deflated, which expands at most
+// 1032 times). Fails naming the file, the dataset and the shape.
+constexpr int64_t kMaxH5Expansion = 1040;
+int64_t checked_dataset_elements(const std::string& path, const std::string& name,
+                                 const std::vector<int64_t>& dims, int64_t elem_bytes,
+                                 int64_t file_bytes);
+
 class H5File {
  public:
   enum class Mode { read, truncate };  // truncate creates or overwrites

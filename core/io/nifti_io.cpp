@@ -8,13 +8,16 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <vector>
 
+#include "core/dims.h"
 #include "core/error.h"
 #include "core/io/output_files.h"
 
@@ -98,6 +101,9 @@ class CapturedStderr {
   std::FILE* file_ = nullptr;
   int saved_ = -1;
 };
+
+// deflate expands at most 1032 times; a little margin for the gzip framing.
+constexpr uint64_t kMaxGzipRatio = 1040;
 
 // Whether a finished .nii.gz decompresses to at least `need` bytes without
 // a zlib error: nifti_image_write reports nothing, and on a full disk it
@@ -197,14 +203,25 @@ void write_data_via_temp(nifti_image* nim, const float* data, const std::string&
 // than nifti_image_load, which silently replaces NaN and Inf floats by 0:
 // inference must see them (NaN is masked out and counted, Inf refused).
 std::vector<unsigned char> read_voxels(const nifti_image& h, const std::string& path) {
+  // h.nvox was checked against the stored dims (read_nifti) and is far
+  // below 2^63 / 16, so this product cannot wrap.
   const size_t bytes = static_cast<size_t>(h.nvox) * static_cast<size_t>(h.nbyper);
-  // An uncompressed file shorter than its header's grid is truncated: say so
-  // before allocating what the header claims (600^3 voxels took 0.9 GB).
+  // A file shorter than its header's grid is truncated or forged: say so
+  // before allocating what the header claims (600^3 voxels took 0.9 GB). A
+  // gzip stream expands at most kMaxGzipRatio times (deflate's limit is
+  // 1032:1), which bounds what a .nii.gz can hold.
   struct stat st {};
-  if (!nifti_is_gzfile(h.iname) && ::stat(h.iname, &st) == 0 &&
-      static_cast<uint64_t>(st.st_size) < static_cast<uint64_t>(h.iname_offset) + bytes)
-    fail(path, ": the voxel data could not be read (truncated or corrupt file: ", st.st_size,
-         " bytes, the header's grid needs ", static_cast<uint64_t>(h.iname_offset) + bytes, ")");
+  const bool gz = nifti_is_gzfile(h.iname);
+  const uint64_t need = static_cast<uint64_t>(h.iname_offset) + bytes;
+  if (::stat(h.iname, &st) == 0) {
+    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    if (!gz && size < need)
+      fail(path, ": the voxel data could not be read (truncated or corrupt file: ", size,
+           " bytes, the header's grid needs ", need, ")");
+    if (gz && size * kMaxGzipRatio < need)
+      fail(path, ": the header's grid needs ", need, " bytes, more than a gzip file of ", size,
+           " bytes can hold (truncated file or damaged header)");
+  }
   std::vector<unsigned char> raw(bytes);
   znzFile fp = znzopen(h.iname, "rb", nifti_is_gzfile(h.iname));
   if (znz_isnull(fp)) fail(path, ": cannot open the voxel data (", h.iname, ")");
@@ -247,6 +264,36 @@ RawGeometry raw_geometry(const std::string& path, bool swap) {
   return g;
 }
 
+// nifti_image_read trusts a NIfTI-2 header's dim[0] (in the byte order its
+// sizeof_hdr gives): one outside 1..7 overflowed its stack (SIGSEGV, found
+// twice by tests/fuzz/fuzz_nifti.cpp). The raw header, read as stored, is checked
+// first; "" when it may be handed on, else what is wrong.
+std::string raw_header_problem(const std::string& path) {
+  int nver = 0;
+  void* raw = nifti_read_header(path.c_str(), &nver, 0);
+  if (!raw) return "";  // not a header at all: nifti_image_read says so
+  int64_t dim0 = 0, swapped = 0;
+  if (nver == 2) {
+    // NIfTI-2's byte order is decided by sizeof_hdr (540 as stored: this
+    // CPU's), so dim[0] must be 1..7 in that order, not merely in either.
+    const auto* h = static_cast<const nifti_2_header*>(raw);
+    int64_t s = h->dim[0];
+    nifti_swap_8bytes(1, &s);
+    dim0 = h->sizeof_hdr == 540 ? h->dim[0] : s;
+    swapped = dim0;
+  } else {
+    int16_t d = static_cast<const nifti_1_header*>(raw)->dim[0];
+    dim0 = d;
+    nifti_swap_2bytes(1, &d);
+    swapped = d;
+  }
+  std::free(raw);
+  const auto ok = [](int64_t d) { return d >= 1 && d <= 7; };
+  if (ok(dim0) || ok(swapped)) return "";
+  return "dim[0] (the number of dimensions) is " + std::to_string(dim0) +
+         "; it must be 1 to 7 (damaged header)";
+}
+
 }  // namespace
 
 Volume read_nifti(const std::string& path) {
@@ -254,6 +301,15 @@ Volume read_nifti(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) fail(path, ": no such file");
   if (std::filesystem::is_directory(path, ec)) fail(path, ": is a directory, not a NIfTI file");
+  // Said before nifti_clib, whose failure to open reads as a bad header.
+  if (::access(path.c_str(), R_OK) != 0)
+    fail(path, ": cannot be read (", std::strerror(errno), "); check its permissions");
+  {
+    CapturedStderr quiet;
+    const std::string problem = raw_header_problem(path);
+    quiet.reason();
+    if (!problem.empty()) fail(path, ": not a readable NIfTI-1/NIfTI-2 file: ", problem);
+  }
   CapturedStderr nifti_says;
   NimPtr hdr(nifti_image_read(path.c_str(), 0));
   if (!hdr)
@@ -264,14 +320,31 @@ Volume read_nifti(const std::string& path) {
   const int64_t ndim = h.dim[0];
   if (ndim < 1 || ndim > 7) fail(path, ": invalid number of dimensions ", ndim);
   const RawGeometry stored = raw_geometry(path, h.byteorder != nifti_short_order());
-  if (stored.ok)
-    for (int a = 1; a <= std::min<int64_t>(ndim, 3); ++a) {
-      if (stored.dim[a] < 1)
-        fail(path, ": dim[", a, "] is ", stored.dim[a], "; every grid dimension must be >= 1");
-      if (!(std::fabs(stored.pixdim[a]) > 0.0) || !std::isfinite(stored.pixdim[a]))
-        fail(path, ": voxel size pixdim[", a, "] is ", stored.pixdim[a],
-             "; it must be a non-zero, finite number");
+  if (!stored.ok) fail(path, ": the header could not be read a second time (file changed?)");
+  for (int a = 1; a <= std::min<int64_t>(ndim, 3); ++a) {
+    if (stored.dim[a] < 1)
+      fail(path, ": dim[", a, "] is ", stored.dim[a], "; every grid dimension must be >= 1");
+    if (!(std::fabs(stored.pixdim[a]) > 0.0) || !std::isfinite(stored.pixdim[a]))
+      fail(path, ": voxel size pixdim[", a, "] is ", stored.pixdim[a],
+           "; it must be a non-zero, finite number");
+  }
+  // nifti_clib multiplies the dims without checking: a NIfTI-2 header's int64
+  // dims can wrap its voxel count to a small number (2 x 2 x (2^62 + 2) is 8)
+  // and every later size with it. The stored dims, multiplied with checks,
+  // must give the count it reports; a datum is at most 16 bytes.
+  {
+    std::array<int64_t, 7> d{};
+    for (int a = 1; a <= ndim; ++a)
+      d[static_cast<size_t>(a - 1)] = std::max<int64_t>(stored.dim[a], 1);
+    const int64_t count = bounded_product(d.data(), static_cast<size_t>(ndim),
+                                          std::numeric_limits<int64_t>::max() / 16);
+    if (count < 0 || count != h.nvox) {
+      std::string grid;
+      for (int a = 1; a <= ndim; ++a) grid += (a > 1 ? "x" : "") + std::to_string(stored.dim[a]);
+      fail(path, ": the header's grid ", grid,
+           " has more voxels than any file can hold (damaged or forged header)");
     }
+  }
   for (int d = 4; d <= ndim; ++d)
     if (h.dim[d] > 1)
       fail(path, ": is ", ndim, "D (dim[", d, "] = ", h.dim[d],
@@ -285,7 +358,7 @@ Volume read_nifti(const std::string& path) {
   const double mm = to_mm(h.xyz_units);
   for (int a = 0; a < 3; ++a) {
     // |pixdim| as stored: nifti_clib may have turned a negative one into 1.
-    const double d = ndim > a ? std::fabs(stored.ok ? stored.pixdim[a + 1] : h.pixdim[a + 1]) : 1.0;
+    const double d = ndim > a ? std::fabs(stored.pixdim[a + 1]) : 1.0;
     if (!(d > 0.0) || !std::isfinite(d))
       fail(path, ": voxel size along axis ", a, " is ", h.pixdim[a + 1], "; it must be positive");
     v.voxel_mm[static_cast<size_t>(a)] = d * mm;
@@ -364,12 +437,53 @@ void write_nifti(const std::string& path, const Volume& like, const float* data)
   write_data_via_temp(nim.get(), data, path);
 }
 
+std::string field_grid_warning(const Volume& v, const std::string& path) {
+  const int flat = (v.nx == 1) + (v.ny == 1) + (v.nz == 1);
+  const std::string grid =
+      std::to_string(v.nx) + "x" + std::to_string(v.ny) + "x" + std::to_string(v.nz);
+  if (flat >= 2)
+    fail(path, ": the grid is ", grid,
+         "; a field map must be a 3-D volume (the dipole field spreads in all three axes)");
+  if (flat == 1)
+    return path + " is a 2-D image (" + grid +
+           "): read as a 3-D volume one voxel thick; the dipole inversion needs the field's "
+           "neighbours in all three axes, so expect a poor map";
+  return "";
+}
+
 std::string voxel_size_mismatch(const Volume& a, const std::string& a_what, const Volume& b,
                                 const std::string& b_what) {
   bool same = true;
   for (size_t i = 0; i < 3; ++i)
     same = same && std::fabs(a.voxel_mm[i] - b.voxel_mm[i]) <= 0.01 * a.voxel_mm[i];
-  if (same) return "";
+  if (same) {
+    // The same voxels, but placed elsewhere (shifted, flipped): the files
+    // are still used voxel by voxel, as stored, which is right only when
+    // one of them has a wrong header. Compared where both have an affine
+    // (the sform when set, else the qform), to 0.01 mm.
+    const auto affine = [](const Volume& v) -> const std::array<double, 16>* {
+      if (v.sform_code > 0) return &v.sform;
+      if (v.qform_code > 0) return &v.qform;
+      return nullptr;
+    };
+    const auto* fa = affine(a);
+    const auto* fb = affine(b);
+    if (!fa || !fb) return "";
+    double flip = 0, shift = 0;
+    for (size_t r = 0; r < 3; ++r) {
+      for (size_t c = 0; c < 3; ++c)
+        flip = std::max(flip, std::fabs((*fa)[r * 4 + c] - (*fb)[r * 4 + c]));
+      shift = std::max(shift, std::fabs((*fa)[r * 4 + 3] - (*fb)[r * 4 + 3]));
+    }
+    if (flip <= 0.01 && shift <= 0.01) return "";
+    char buf[320];
+    std::snprintf(buf, sizeof buf,
+                  "%s is placed differently from %s (affines differ: axes by up to %g, origin by "
+                  "up to %g mm); they are used voxel by voxel as stored, so check that this is "
+                  "the right file",
+                  b_what.c_str(), a_what.c_str(), flip, shift);
+    return buf;
+  }
   char buf[256];
   std::snprintf(buf, sizeof buf,
                 "%s has %g x %g x %g mm voxels, %s %g x %g x %g mm: is it on the same grid?",
@@ -385,6 +499,7 @@ void check_output_file(const std::string& path, const std::string& what,
   if (path.empty()) fail(what, ": an output file name is needed");
   const fs::path p(path);
   if (fs::is_directory(p, ec)) fail(what, " ", path, ": is a directory; give a file name");
+  check_replaceable(path);
   const fs::path folder = p.has_parent_path() ? p.parent_path() : fs::path(".");
   if (!fs::is_directory(folder, ec))
     fail(what, " ", path, ": the folder ", folder.string(), " does not exist");

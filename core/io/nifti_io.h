@@ -61,8 +61,18 @@ void write_nifti_new(const std::string& path, const float* data, int64_t nx, int
 // "" when b's voxel size matches a's within 1 % per axis, else a warning to
 // print: "<b_what> has 2 x 2 x 2 mm voxels, <a_what> 1 x 1 x 1 mm: ...".
 // Same dimensions with other voxels usually means a file from another scan.
+// The same voxels with another affine (sform, else qform; shifted or
+// flipped by more than 0.01 mm) also gets a warning: the two are still
+// combined voxel by voxel, as stored, and the warning says so.
 std::string voxel_size_mismatch(const Volume& a, const std::string& a_what, const Volume& b,
                                 const std::string& b_what);
+
+// A field map must be a volume: fails (naming `path`) for a grid flat in
+// two or more axes (1x1x1, a line), where the dipole inversion has nothing
+// to invert; returns a warning for a grid flat in one axis (a 2-D image,
+// read as a 3-D volume one voxel thick, which the inversion can barely
+// use), and "" otherwise.
+std::string field_grid_warning(const Volume& v, const std::string& path);
 
 // Checks, before any work, that an output file (NIfTI, PNG, HDF5) can be
 // written at `path`: its folder exists, no directory sits at the path, and

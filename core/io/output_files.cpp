@@ -1,10 +1,14 @@
 #include "core/io/output_files.h"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <chrono>
 #include <filesystem>
+#include <regex>
 
 #include "core/error.h"
 
@@ -88,6 +92,12 @@ void remove_temporary(PendingEntry* e) {
 
 // Renames e's temporary onto path; on failure removes it and fails.
 void move_into_place(PendingEntry* e, const std::string& path) {
+  try {
+    check_replaceable(path);
+  } catch (...) {
+    remove_temporary(e);
+    throw;
+  }
   std::error_code ec;
   std::filesystem::rename(e->tmp, path, ec);
   if (ec) {
@@ -99,6 +109,56 @@ void move_into_place(PendingEntry* e, const std::string& path) {
 
 }  // namespace
 
+void check_replaceable(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return;  // nothing there (or unreachable: the write says)
+  const char* kind = nullptr;
+  if (S_ISREG(st.st_mode)) return;
+  if (S_ISLNK(st.st_mode))
+    fail(path,
+         ": is a symbolic link; outputs neither replace links nor write through them "
+         "(give the link's target, or remove the link)");
+  // A folder is refused by the commands' up-front checks and by the rename
+  // (OutputGroup::commit, move_into_place), each with its own message.
+  if (S_ISDIR(st.st_mode)) return;
+  if (S_ISCHR(st.st_mode))
+    kind = "character device";
+  else if (S_ISBLK(st.st_mode))
+    kind = "block device";
+  else if (S_ISFIFO(st.st_mode))
+    kind = "FIFO";
+  else if (S_ISSOCK(st.st_mode))
+    kind = "socket";
+  else
+    kind = "special file";
+  fail(path, ": is a ", kind,
+       ", not a regular file; outputs only replace regular files "
+       "(choose another name)");
+}
+
+int remove_stale_temporaries(const std::string& folder) {
+  namespace fs = std::filesystem;
+  // PendingFile's two name patterns; the pid is the second group.
+  static const std::regex pattern(R"(^(.+)\.tmp([0-9]{1,9})(\.nii|\.nii\.gz)?$)");
+  std::error_code ec;
+  const auto now = fs::file_time_type::clock::now();
+  int removed = 0;
+  for (fs::directory_iterator it(folder.empty() ? "." : folder, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    std::smatch m;
+    const std::string name = it->path().filename().string();
+    if (!std::regex_match(name, m, pattern)) continue;
+    const long pid = std::stol(m[2].str());
+    if (pid == ::getpid() || !(::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)) continue;
+    std::error_code e2;
+    if (!it->is_regular_file(e2) || it->is_symlink(e2)) continue;
+    const auto age = now - fs::last_write_time(it->path(), e2);
+    if (e2 || age < std::chrono::seconds(kStaleTemporarySeconds)) continue;
+    if (fs::remove(it->path(), e2)) ++removed;
+  }
+  return removed;
+}
+
 struct OutputGroup::Held {
   PendingEntry* entry;
   std::string path;
@@ -106,6 +166,8 @@ struct OutputGroup::Held {
 
 PendingFile::PendingFile(std::string path, std::string tmp)
     : path_(std::move(path)), tmp_(std::move(tmp)) {
+  check_replaceable(path_);
+  remove_stale_temporaries(std::filesystem::path(tmp_).parent_path().string());
   install_handler();
   auto* e = new PendingEntry;
   e->tmp = tmp_;

@@ -18,8 +18,20 @@
 // together (a phantom's field, chi and mask; synth's volumes and patch file)
 // until all of them are finished, so a failure part-way leaves the earlier
 // outputs as they were instead of a mix of this run and the last. A stop
-// signal during the renames waits until they are done. An output that is a
-// symbolic link is replaced by the file, not written through.
+// signal during the renames waits until they are done.
+//
+// What an output may replace: nothing, or a regular file. A symbolic link
+// (which a rename would replace, not write through), a character or block
+// device, a FIFO or a socket at an output's name is refused before anything
+// is written (check_replaceable, called by every PendingFile and again just
+// before its rename), so /dev/null or a link into another tree is never
+// turned into a regular file.
+//
+// Leftovers: a process killed by SIGKILL (or a power loss) leaves its
+// temporaries ("<name>.tmp<pid>", "<stem>.tmp<pid>.nii.gz"). Every new
+// PendingFile removes those in its folder whose process no longer exists on
+// this machine and which nobody has written for kStaleTemporarySeconds (a
+// process on another machine sharing the folder keeps its file fresh).
 #pragma once
 #include <string>
 #include <vector>
@@ -29,6 +41,13 @@ namespace dq {
 namespace detail {
 struct PendingEntry;  // a temporary the signal handler knows of
 }  // namespace detail
+
+// Fails naming `path` when something other than a regular file is there.
+void check_replaceable(const std::string& path);
+
+constexpr long kStaleTemporarySeconds = 600;
+// Removes the stale temporaries (above) in `folder`; returns how many.
+int remove_stale_temporaries(const std::string& folder);
 
 class PendingFile {
  public:

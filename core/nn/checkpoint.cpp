@@ -3,10 +3,17 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cinttypes>
+#include <cmath>
+#include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <thread>
 
 #include "core/error.h"
 #include "core/io/h5io.h"
@@ -90,18 +97,24 @@ CheckpointData read(const std::string& path, bool weights_only) {
     fail(path, ": checkpoint version ", ck.version,
          " is not supported (this build reads versions 1 to ", kVersion,
          "; a newer version needs a newer deepqsm)");
-  ck.model.depth = static_cast<int>(f.attr_int("/", "depth"));
-  ck.model.base_filters = static_cast<int>(f.attr_int("/", "base_filters"));
+  // int64 attributes narrowed to int only inside int's range (2^32 + 5 is not 5).
+  const auto small_int = [&](const char* key) {
+    const int64_t v = f.attr_int("/", key);
+    return static_cast<int>(std::clamp<int64_t>(v, -1, 1 << 30));
+  };
+  ck.model.depth = small_int("depth");
+  ck.model.base_filters = small_int("base_filters");
   ck.model.dropout = static_cast<float>(f.attr_double("/", "dropout"));
   ck.model.residual = f.attr_int("/", "residual") != 0;
-  ck.model.head_kernel = static_cast<int>(f.attr_int("/", "head_kernel"));
+  ck.model.head_kernel = small_int("head_kernel");
   ck.step = f.attr_int("/", "step");
   ck.config_json = f.attr_string("/", "config");
   if (ck.version >= 2) {
     const std::string seed = f.attr_string("/", "seed");
     char* end = nullptr;
     ck.state.seed = std::strtoull(seed.c_str(), &end, 10);
-    if (seed.empty() || *end != '\0') fail(path, ": attribute 'seed' is not a number: '", seed, "'");
+    if (seed.empty() || *end != '\0')
+      fail(path, ": attribute 'seed' is not a number: '", seed, "'");
     ck.state.data_position = f.attr_int("/", "data_position");
   }
   if (ck.version >= 3) {
@@ -110,6 +123,15 @@ CheckpointData read(const std::string& path, bool weights_only) {
     ck.state.loss_scale.clean_steps = f.attr_int("/", "loss_scale_clean_steps");
     ck.state.loss_scale.skipped_steps = f.attr_int("/", "skipped_steps");
   }
+  // Checked here, with the file's name, before UNet allocates what they
+  // imply: a forged depth or width would ask for terabytes.
+  const UNetConfig& m = ck.model;
+  if (m.depth < kMinDepth || m.depth > kMaxDepth || m.base_filters < 1 ||
+      m.base_filters > kMaxBaseFilters || (m.head_kernel != 1 && m.head_kernel != 3) ||
+      !(m.dropout >= 0.0f && m.dropout < 1.0f))
+    fail(path, ": the model it describes (", describe_architecture(m), ", dropout ", m.dropout,
+         ") is outside what deepqsm builds (depth ", kMinDepth, "..", kMaxDepth,
+         ", base_filters 1..", kMaxBaseFilters, ", head_kernel 1 or 3, dropout in [0, 1))");
   UNet net(ck.model);
   const ParamLayout& layout = net.layout();
   ck.params = Tensor::zeros(Shape{layout.total()});
@@ -123,6 +145,9 @@ CheckpointData read(const std::string& path, bool weights_only) {
     Tensor v = layout.view(ck.params, i);
     std::copy(data.begin(), data.end(), v.f32());
   }
+  if (const std::string bad = first_non_finite(net, ck.params); !bad.empty())
+    fail(path, ": the weights are not finite (", bad,
+         "): the run that wrote them diverged; use an earlier checkpoint");
   if (ck.version >= 2) {
     const std::string stored = f.attr_string("/", "checksum_params");
     const std::string computed = hex(params_checksum(net, ck.params));
@@ -138,6 +163,10 @@ CheckpointData read(const std::string& path, bool weights_only) {
       *dst = Tensor::zeros(Shape{layout.total()});
       std::copy(data.begin(), data.end(), dst->f32());
     }
+    if (const std::string bad = first_non_finite(net, ck.params, &ck.adam_m, &ck.adam_v);
+        !bad.empty())
+      fail(path, ": the Adam moments are not finite (", bad,
+           "): the run that wrote them diverged; resume from an earlier checkpoint");
     if (ck.version >= 2) {
       const std::string stored = f.attr_string("/", "checksum");
       const std::string computed = hex(
@@ -153,8 +182,34 @@ CheckpointData read(const std::string& path, bool weights_only) {
 
 }  // namespace
 
+std::string first_non_finite(const UNet& net, const Tensor& params, const Tensor* adam_m,
+                             const Tensor* adam_v) {
+  const auto scan = [](const std::string& name, const float* p, int64_t n) -> std::string {
+    for (int64_t i = 0; i < n; ++i)
+      if (!std::isfinite(p[i]))
+        return name + "[" + std::to_string(i) + "] = " +
+               (std::isnan(p[i]) ? "nan"
+                : p[i] > 0       ? "inf"
+                                 : "-inf");
+    return "";
+  };
+  const ParamLayout& layout = net.layout();
+  for (int i = 0; i < static_cast<int>(layout.params().size()); ++i) {
+    const Tensor v = layout.view(params, i);
+    std::string bad = scan(layout[i].name, v.f32(), v.numel());
+    if (!bad.empty()) return bad;
+  }
+  for (auto [name, t] : {std::pair{"adam/m", adam_m}, std::pair{"adam/v", adam_v}})
+    if (t) {
+      std::string bad = scan(name, t->f32(), t->numel());
+      if (!bad.empty()) return bad;
+    }
+  return "";
+}
+
 uint64_t params_checksum(const UNet& net, const Tensor& params) {
-  DQ_CHECK(params.numel() == net.layout().total(), "checksum: parameter buffer does not match the model");
+  DQ_CHECK(params.numel() == net.layout().total(),
+           "checksum: parameter buffer does not match the model");
   Fnv1a f;
   add_params(f, net.layout(), params);
   return f.h;
@@ -164,11 +219,19 @@ void save_checkpoint(const std::string& path, const UNet& net, const Tensor& par
                      const Tensor* adam_m, const Tensor* adam_v, int64_t step,
                      const std::string& config_json, const TrainingState& state) {
   const ParamLayout& layout = net.layout();
-  DQ_CHECK(params.numel() == layout.total(), "checkpoint: parameter buffer does not match the model");
+  DQ_CHECK(params.numel() == layout.total(),
+           "checkpoint: parameter buffer does not match the model");
   const bool moments = adam_m && adam_v;
   if (moments)
     DQ_CHECK(adam_m->numel() == layout.total() && adam_v->numel() == layout.total(),
              "checkpoint: Adam moments do not match the model");
+  // A diverged run's weights would be accepted by every reader that does
+  // not check them; the trainer stops before this with the step and value.
+  const std::string bad =
+      first_non_finite(net, params, moments ? adam_m : nullptr, moments ? adam_v : nullptr);
+  if (!bad.empty())
+    fail(path, ": not written: the weights of step ", step, " are not finite (", bad,
+         "); the run diverged");
   // A failed write (full disk, a folder in the way of the rename) leaves
   // neither a temporary file nor a half-written checkpoint behind.
   PendingFile out(path);
@@ -215,7 +278,51 @@ void save_checkpoint(const std::string& path, const UNet& net, const Tensor& par
   out.finish();
 }
 
+namespace {
+
+// Some damaged HDF5 files make libhdf5 itself loop for minutes or for ever
+// (a global heap read, found by tests/fuzz/fuzz_checkpoint.cpp; it did not
+// finish in 120 s). A checkpoint of the paper's size loads in well under a
+// second, so a read still running after kCheckpointReadSeconds ends the
+// process with one line instead of hanging it; nothing else can interrupt
+// the library call.
+class ReadWatchdog {
+ public:
+  explicit ReadWatchdog(const std::string& path)
+      : thread_([this, path] {
+          std::unique_lock<std::mutex> lock(mutex_);
+          if (cv_.wait_for(lock, std::chrono::seconds(kCheckpointReadSeconds),
+                           [this] { return done_; }))
+            return;
+          std::fprintf(stderr,
+                       "%s: %s: libhdf5 has read this file for %d s without finishing (a damaged "
+                       "file can make it loop); giving up\n",
+                       program_invocation_short_name, path.c_str(), kCheckpointReadSeconds);
+          std::fflush(stderr);
+          std::_Exit(1);
+        }) {}
+  ~ReadWatchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+  ReadWatchdog(const ReadWatchdog&) = delete;
+  ReadWatchdog& operator=(const ReadWatchdog&) = delete;
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;  // last: starts once the members above exist
+};
+
+}  // namespace
+
 CheckpointData load_checkpoint(const std::string& path, bool weights_only) {
+  const ReadWatchdog watchdog(path);
   try {
     return read(path, weights_only);
   } catch (const Error& e) {
@@ -223,8 +330,11 @@ CheckpointData load_checkpoint(const std::string& path, bool weights_only) {
     // Messages from the checks above already start with the path; HDF5-level
     // failures (a truncated file) do too, but say nothing about what to do.
     if (msg.find("corrupt checkpoint") != std::string::npos ||
+        msg.find("not finite") != std::string::npos ||
+        msg.find("outside what deepqsm builds") != std::string::npos ||
         msg.find("not a deepqsm checkpoint") != std::string::npos ||
-        msg.find("is not supported") != std::string::npos || msg.find("no such file") != std::string::npos)
+        msg.find("is not supported") != std::string::npos ||
+        msg.find("no such file") != std::string::npos)
       throw;
     fail(msg, "; cannot load this checkpoint (truncated or damaged file?)");
   }

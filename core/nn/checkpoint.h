@@ -29,7 +29,8 @@
 // resume; version 1 files (no checksums, no seed) load for inference.
 //
 // Files are written to "<path>.tmp", fsynced and renamed, so a crash never
-// leaves a half-written checkpoint under the real name.
+// leaves a half-written checkpoint under the real name. Non-finite weights
+// or moments are never written and never loaded.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -60,9 +61,19 @@ struct CheckpointData {
 void save_checkpoint(const std::string& path, const UNet& net, const Tensor& params,
                      const Tensor* adam_m, const Tensor* adam_v, int64_t step,
                      const std::string& config_json, const TrainingState& state = {});
+// A read still running after this long ends the process with one line
+// (libhdf5 can loop on a damaged file; checkpoint.cpp's ReadWatchdog).
+constexpr int kCheckpointReadSeconds = 120;
 // Reads a checkpoint; with weights_only the Adam moments are skipped.
 // Corrupted, truncated and foreign files fail with a message naming the path.
 CheckpointData load_checkpoint(const std::string& path, bool weights_only = false);
+
+// The first non-finite value of the parameters ("enc0.conv0.w[12] = nan")
+// and, when given, of the Adam moments ("adam/m[7] = inf"); "" when every
+// value is finite. A diverged run's weights are refused by save_checkpoint
+// and load_checkpoint (and so by export, --resume and deepqsm-infer).
+std::string first_non_finite(const UNet& net, const Tensor& params, const Tensor* adam_m = nullptr,
+                             const Tensor* adam_v = nullptr);
 
 // FNV-1a 64 of the parameters as checksum_params defines it.
 uint64_t params_checksum(const UNet& net, const Tensor& params);

@@ -41,8 +41,10 @@ uint64_t mask_offset(const Shape& s, int64_t sample_offset) {
 }  // namespace
 
 UNet::UNet(const UNetConfig& cfg) : cfg_(cfg) {
-  if (cfg.depth < 2 || cfg.depth > 7) fail("model.depth ", cfg.depth, " must be between 2 and 7");
-  if (cfg.base_filters < 1) fail("model.base_filters must be at least 1");
+  if (cfg.depth < kMinDepth || cfg.depth > kMaxDepth)
+    fail("model.depth ", cfg.depth, " must be in ", kMinDepth, "..", kMaxDepth);
+  if (cfg.base_filters < 1 || cfg.base_filters > kMaxBaseFilters)
+    fail("model.base_filters ", cfg.base_filters, " must be in 1..", kMaxBaseFilters);
   if (cfg.head_kernel != 1 && cfg.head_kernel != 3) fail("model.head_kernel must be 1 or 3");
   if (!(cfg.dropout >= 0.0f && cfg.dropout < 1.0f)) fail("model.dropout must be in [0, 1)");
   auto conv = [&](const std::string& name, int64_t ci, int64_t co, int64_t k) {

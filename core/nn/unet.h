@@ -34,6 +34,12 @@ struct UNetConfig {
   int head_kernel = 1;    // 1 (the paper's 1x1x1 linear head) or 3
 };
 
+// The ranges every reader of a model shares (a training config's model.*
+// keys, a checkpoint's attributes, the UNet itself): the deepest level has
+// base_filters * 2^(depth-1) channels, which these keep far from int
+// overflow and far beyond any useful width.
+constexpr int kMinDepth = 2, kMaxDepth = 6, kMaxBaseFilters = 1024;
+
 // Whether weights of one config fit the other (dropout does not change
 // the parameters), and a short description for messages.
 bool same_architecture(const UNetConfig& a, const UNetConfig& b);

@@ -252,6 +252,9 @@ void refine_chi_tv(const float* field, const float* chi_net, const uint8_t* mask
     });
   };
 
+  // J before the first iteration and after each (refine_diverged_at).
+  std::vector<double> trace;
+  trace.reserve(static_cast<size_t>(opt.iterations) + 1);
   // Start: chi = chi_net, v = D chi_net (fa.real() holds v - u_v with
   // u_v = 0), z = G chi_net (s = z with u_z = 0).
   {
@@ -270,10 +273,7 @@ void refine_chi_tv(const float* field, const float* chi_net, const uint8_t* mask
       }
       return alpha * tv;
     });
-    if (objective) {
-      objective->clear();
-      objective->push_back(j);
-    }
+    trace.push_back(j);
   }
   if (opt.iterations == 0) std::memcpy(fb.real(), net.data(), sizeof(float) * n);
   for (int it = 0; it < opt.iterations; ++it) {
@@ -302,12 +302,31 @@ void refine_chi_tv(const float* field, const float* chi_net, const uint8_t* mask
     fb.inverse();  // chi
     const double jd = data_step();
     const double jr = tv_step(fb.real());
-    if (objective) objective->push_back(jd + jr);
+    trace.push_back(jd + jr);
+    if (const int at = refine_diverged_at(trace)) fail_refine_diverged(trace, at, opt);
   }
+  if (objective) *objective = trace;
   crop_from(fb.real(), dims, pad, chi);
 }
 
 }  // namespace
+
+int refine_diverged_at(const std::vector<double>& objective) {
+  if (objective.empty()) return 0;
+  const double start = objective.front();
+  for (size_t i = 1; i < objective.size(); ++i)
+    if (!std::isfinite(objective[i]) ||
+        (start >= 0 && objective[i] > kRefineDivergence * start && objective[i] > 0))
+      return static_cast<int>(i);
+  return 0;
+}
+
+void fail_refine_diverged(const std::vector<double>& objective, int at, const RefineOptions& opt) {
+  fail("the refinement diverged at iteration ", at, ": its objective went from ", objective.front(),
+       " to ", objective[static_cast<size_t>(at)], " (TV alpha ", opt.tv, ", lambda ", opt.lambda,
+       "); weights this far from the defaults overflow its float arithmetic: use smaller ones, "
+       "or no refinement");
+}
 
 double refine_lambda_for_noise(double noise_std_ppm) {
   const double r = noise_std_ppm / kRefineNetErrorPpm;
@@ -364,12 +383,16 @@ void refine_chi(const float* field, const float* chi_net, const uint8_t* mask, c
       r[i] -= alpha * ap[i];
     });
     const double rr_new = dot(r, r);
+    if (!std::isfinite(rr_new))
+      fail("the refinement diverged at iteration ", it + 1, ": its residual is ", rr_new,
+           " (lambda ", opt.lambda, "); use a smaller lambda, or no refinement");
     const float beta = static_cast<float>(rr_new / rr);
     rr = rr_new;
     for_each_voxel(nv, [&](int64_t i) { p[i] = r[i] + beta * p[i]; });
     if (objective) {
       for_each_voxel(nv, [&](int64_t i) { dx[i] += static_cast<double>(alpha) * tmp[i]; });
       objective->push_back(op.objective_given(dx.data(), x.data(), field, net.data(), opt.lambda));
+      if (const int at = refine_diverged_at(*objective)) fail_refine_diverged(*objective, at, opt);
     }
   }
   std::copy(x.begin(), x.end(), chi);

@@ -60,6 +60,13 @@ namespace dq {
 
 constexpr double kRefineLambda = 1e-2;
 constexpr int kRefineIterations = 10;
+// The most iterations a caller accepts (deepqsm-infer's --refine): 25 times
+// deepqsm-infer's default; a billion ran for ever.
+constexpr int kRefineMaxIterations = 1000;
+// Host memory per voxel of the padded grid that refine_chi holds at its
+// peak: TV-ADMM keeps 14 float arrays and two complex half spectra (CG
+// fewer), rounded up.
+constexpr double kRefineBytesPerPaddedVoxel = 64.0;
 
 struct RefineOptions {
   int iterations = kRefineIterations;  // CG (or ADMM) iterations; 0 returns chi_net
@@ -91,6 +98,19 @@ constexpr double kRefineTvRhoOverAlpha = 100.0;  // rho_z / alpha
 void refine_chi(const float* field, const float* chi_net, const uint8_t* mask, const Dims3& dims,
                 const Vec3& voxel_mm, const Vec3& b0_dir, const RefineOptions& opt, float* chi,
                 std::vector<double>* objective = nullptr);
+
+// A refinement diverges when weights far outside what it was tuned for
+// (alpha 1e30, lambda 1e30: accepted, and representable) overflow its float
+// arithmetic: J rose from 4e31 to 4e40 and the map came out constant. The
+// first iteration whose J (objective[i], i >= 1) is not finite or more than
+// kRefineDivergence times J before the first iteration; 0 when none. ADMM's
+// J need not fall at every step, but never rises a thousandfold on a
+// converging run. refine_chi (both methods) fails at that iteration, naming
+// it, the values and the weights; deepqsm-infer checks the GPU CG's trace.
+constexpr double kRefineDivergence = 1e3;
+int refine_diverged_at(const std::vector<double>& objective);
+[[noreturn]] void fail_refine_diverged(const std::vector<double>& objective, int at,
+                                       const RefineOptions& opt);
 
 // lambda matched to the field's noise: sigma^2 / tau^2 is the MAP weight for
 // white noise of sd sigma on the field and a network error of sd tau on chi.

@@ -38,6 +38,8 @@ struct InvertArgs {
 int run_invert(const InvertArgs& a) {
   check_nifti_output(a.out, "-o", {a.field, a.mask});
   const Volume f = read_nifti(a.field);
+  if (const std::string odd = field_grid_warning(f, a.field); !odd.empty())
+    std::cerr << "deepqsm: warning: " << odd << "\n";
   const Dims3 dims = f.dims();
   std::vector<uint8_t> mask;
   if (!a.mask.empty()) {
@@ -48,7 +50,10 @@ int run_invert(const InvertArgs& a) {
     const std::string other = voxel_size_mismatch(f, "the field", m, "the mask " + a.mask);
     if (!other.empty()) std::cerr << "deepqsm: warning: " << other << "\n";
     mask.resize(m.data.size());
-    for (size_t i = 0; i < mask.size(); ++i) mask[i] = m.data[i] > 0.5f;
+    int64_t inside = 0;
+    for (size_t i = 0; i < mask.size(); ++i) inside += mask[i] = m.data[i] > 0.5f;
+    if (inside == 0)
+      fail(a.mask, ": the mask is empty (no voxel > 0.5); check that it is the right file");
   }
   // The field outside the mask carries no information (usually 0 after
   // background removal); zero it so every method sees the same input. NaN
