@@ -282,8 +282,12 @@ std::vector<float> tissue_chi(const BrainAnatomy& a, const TissueChi& t) {
   std::vector<float> chi(a.gm.size(), 0.f);
   for (size_t m = 0; m < chi.size(); ++m) {
     if (!a.mask[m]) continue;
-    const double grey = a.nucleus[m] ? t[size_t(2 + a.nucleus[m])] : t[2];
-    chi[m] = static_cast<float>(a.csf[m] * t[0] + a.wm[m] * t[1] + a.gm[m] * grey);
+    // A nucleus is all its tissue: the templates class much of the pallidus,
+    // the nigra and the red nucleus as white matter (they are pale on T1).
+    if (a.nucleus[m])
+      chi[m] = static_cast<float>(a.csf[m] * t[0] + (a.gm[m] + a.wm[m]) * t[size_t(2 + a.nucleus[m])]);
+    else
+      chi[m] = static_cast<float>(a.csf[m] * t[0] + a.wm[m] * t[1] + a.gm[m] * t[2]);
   }
   return chi;
 }
