@@ -27,3 +27,14 @@ fi
 if [ ! -x /usr/local/cuda/bin/nvcc ] && ! command -v nvcc >/dev/null 2>&1; then
   echo "setup: warning: no CUDA toolkit found (expected /usr/local/cuda); the build needs it" >&2
 fi
+
+# The MNI152 2009 templates of the brain-shaped generator and the in-vivo
+# proxy (synth/brain.h), from the nilearn wheel on PyPI by pip (Debian's
+# python3-pip when python3 has no pip): about 5 MB, into data/mni152-2009/.
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip
+fi
+bash "$(dirname "$0")/prepare-templates.sh"
