@@ -32,7 +32,7 @@
 # Tikhonov and TV (deepqsm invert, literature defaults) and Tikhonov and TV
 # with lambda chosen per case by the L-curve (--lambda lcurve, several
 # minutes a case for TV) close the table as a yardstick.
-# BUILD_DIR picks the build.
+# BUILD_DIR picks the build; CLASSICAL=0 leaves the classical rows out.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build}
@@ -95,10 +95,13 @@ echo "$header mean | s per run | proxy ROI ppb |"
 echo "$rule ---: | ---: | ---: |"
 rois=$work/rois.txt
 : >"$rois"
-# Three classical inversions with their literature defaults close the table,
-# as a yardstick for the cases (no model involved).
-for opts in "${sets[@]}" "classical tkd" "classical tikhonov" "classical tv" \
-  "classical tikhonov --lambda lcurve" "classical tv --lambda lcurve"; do
+# The classical inversions with their literature defaults, and Tikhonov and
+# TV with lambda by the L-curve, close the table as a yardstick for the cases
+# (no model involved).
+classical=("classical tkd" "classical tikhonov" "classical tv"
+           "classical tikhonov --lambda lcurve" "classical tv --lambda lcurve")
+[ "${CLASSICAL:-1}" != 0 ] || classical=()
+for opts in "${sets[@]}" ${classical[@]+"${classical[@]}"}; do
   if [[ $opts == classical* ]]; then row="| ${opts#classical } (reference) |"; else row="| \`${opts:-(defaults)}\` |"; fi
   sum=0
   secs=0
@@ -127,7 +130,6 @@ for opts in "${sets[@]}" "classical tkd" "classical tikhonov" "classical tv" \
       roi=$(python3 - "$work/eval.json" "$roi" "${opts:-(defaults)}" "${c%% *}" "$rois" <<'PY'
 import json, sys
 j, acc, opts, case, out = json.load(open(sys.argv[1])), float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-names = ["caudate", "putamen", "pallidus", "thalamus", "nigra", "red nucl.", "dentate"]
 labs = j["labels"]
 err = sum(abs(labs[k]["diff"]) for k in labs) / len(labs) * 1000
 with open(out, "a") as f:
