@@ -95,8 +95,7 @@ int run_invert(const InvertArgs& a) {
       TvOptions o;
       o.iterations = a.iterations;
       o.tolerance = a.tolerance;
-      const double rho_over = a.rho < 0 ? kTvRhoOverLambda : a.rho / kTvLambda;
-      lc = tv_lcurve(field.data(), mp, dims, f.voxel_mm, b0, o, rho_over, a.k0, a.pad,
+      lc = tv_lcurve(field.data(), mp, dims, f.voxel_mm, b0, o, kTvRhoOverLambda, a.k0, a.pad,
                      tv_lcurve_lambdas());
     }
     chi = std::move(lc.chi);
@@ -202,6 +201,7 @@ Command add_invert_command(CLI::App& app) {
   return {cmd, [a]() {
             if (a->lambda_arg == "lcurve") {
               if (a->method == "tkd") fail("--lambda lcurve: TKD has no lambda (use tikhonov or tv)");
+              if (a->rho > 0) fail("--lambda lcurve: rho follows lambda (100 lambda); drop --rho");
               a->lcurve = true;
             } else if (!a->lambda_arg.empty()) {
               a->lambda = std::stod(a->lambda_arg);
