@@ -48,3 +48,14 @@ elif python3 -m venv "$pyenv" >/dev/null 2>&1 &&
 else
   echo "setup: warning: could not install onnxruntime into $pyenv; the onnx_runtime test will be skipped" >&2
 fi
+
+# The MNI152 2009 templates of the brain-shaped generator and the in-vivo
+# proxy (synth/brain.h), from the nilearn wheel on PyPI by pip (Debian's
+# python3-pip when python3 has no pip): about 5 MB, into data/mni152-2009/.
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip
+fi
+bash "$(dirname "$0")/prepare-templates.sh"

@@ -120,6 +120,39 @@ void Recipe::validate() const {
         "data.region_size: semi-axes are fractions of the volume side with 0 < min <= max <= "
         "0.5, got [",
         region_size_min, ", ", region_size_max, "]");
+  validate_brain();
+}
+
+void Recipe::validate_brain() const {
+  const auto prob = [](double p, const char* field) {
+    check_finite(p, field);
+    if (p < 0 || p > 1) fail(field, ": a probability must lie in [0, 1], got ", p);
+  };
+  const auto range = [](double lo, double hi, double min, double max, const char* field,
+                        const char* unit) {
+    check_finite(lo, field);
+    check_finite(hi, field);
+    if (lo < min || hi > max || lo > hi)
+      fail(field, ": [", lo, ", ", hi, "] ", unit, " must satisfy ", min, " <= min <= max <= ", max);
+  };
+  prob(brain_prob, "data.brain_prob");
+  prob(brain_flip, "data.brain_flip");
+  prob(brain_lesion_prob, "data.brain_lesion_prob");
+  prob(aniso_prob, "data.aniso_prob");
+  range(0, brain_rotate_deg, 0, 180, "data.brain_rotate_deg", "degrees");
+  range(brain_scale_min, brain_scale_max, 0.5, 2.0, "data.brain_scale", "");
+  range(0, brain_shift_mm, 0, 100, "data.brain_shift_mm", "mm");
+  range(0, brain_warp_mm, 0, 20, "data.brain_warp_mm", "mm");
+  range(0, brain_texture, 0, 1, "data.brain_texture", "ppm");
+  range(0, brain_background, 0, 1, "data.brain_background", "ppm");
+  range(brain_shape_mm_min, brain_shape_mm_max, 0.5, 100, "data.brain_shape_mm", "mm");
+  range(brain_lesion_chi_min, brain_lesion_chi_max, -kMaxPpm, kMaxPpm, "data.brain_lesion_chi",
+        "ppm");
+  range(aniso_factor_min, aniso_factor_max, 1, 8, "data.aniso_factor", "");
+  check_counts(brain_veins_min, brain_veins_max, "data.brain_veins");
+  check_counts(brain_shapes_min, brain_shapes_max, "data.brain_shapes");
+  if (brain_veins_max > 10000 || brain_shapes_max > 10000)
+    fail("data.brain_veins, data.brain_shapes: at most 10000 each");
 }
 
 double Recipe::size_reference_mm() const {

@@ -12,7 +12,11 @@ const std::vector<std::string>& recipe_keys() {
       "volume_size",        "cubes",       "spheres",    "size",        "chi",        "patch_size",
       "patches_per_volume", "voxel_mm",    "b0_dir",     "dipole_k0",   "pad",        "rectangles",
       "additive",           "chi_dist",    "chi_mean",   "chi_std",     "chi_values", "b0_cone_deg",
-      "noise_std",          "lesion_prob", "lesion_chi", "region_prob", "region_size"};
+      "noise_std",          "lesion_prob", "lesion_chi", "region_prob", "region_size",
+      "brain_prob",         "brain_templates", "brain_flip", "brain_rotate_deg", "brain_scale",
+      "brain_shift_mm",     "brain_warp_mm", "brain_texture", "brain_veins", "brain_shapes",
+      "brain_shape_mm",     "brain_lesion_prob", "brain_lesion_chi", "brain_background",
+      "aniso_prob",         "aniso_factor"};
   return keys;
 }
 
@@ -75,6 +79,38 @@ bool read_recipe_key(Recipe& r, const std::string& key, const json& v, const std
     r.region_prob = read_number(v, path);
   } else if (key == "region_size") {
     std::tie(r.region_size_min, r.region_size_max) = read_range(v, path);
+  } else if (key == "brain_prob") {
+    r.brain_prob = read_number(v, path);
+  } else if (key == "brain_templates") {
+    r.brain_templates = read_string(v, path);
+  } else if (key == "brain_flip") {
+    r.brain_flip = read_number(v, path);
+  } else if (key == "brain_rotate_deg") {
+    r.brain_rotate_deg = read_number(v, path);
+  } else if (key == "brain_scale") {
+    std::tie(r.brain_scale_min, r.brain_scale_max) = read_range(v, path);
+  } else if (key == "brain_shift_mm") {
+    r.brain_shift_mm = read_number(v, path);
+  } else if (key == "brain_warp_mm") {
+    r.brain_warp_mm = read_number(v, path);
+  } else if (key == "brain_texture") {
+    r.brain_texture = read_number(v, path);
+  } else if (key == "brain_veins") {
+    std::tie(r.brain_veins_min, r.brain_veins_max) = read_int_range(v, path);
+  } else if (key == "brain_shapes") {
+    std::tie(r.brain_shapes_min, r.brain_shapes_max) = read_int_range(v, path);
+  } else if (key == "brain_shape_mm") {
+    std::tie(r.brain_shape_mm_min, r.brain_shape_mm_max) = read_range(v, path);
+  } else if (key == "brain_lesion_prob") {
+    r.brain_lesion_prob = read_number(v, path);
+  } else if (key == "brain_lesion_chi") {
+    std::tie(r.brain_lesion_chi_min, r.brain_lesion_chi_max) = read_range(v, path);
+  } else if (key == "brain_background") {
+    r.brain_background = read_number(v, path);
+  } else if (key == "aniso_prob") {
+    r.aniso_prob = read_number(v, path);
+  } else if (key == "aniso_factor") {
+    std::tie(r.aniso_factor_min, r.aniso_factor_max) = read_range(v, path);
   } else {
     return false;
   }
@@ -107,7 +143,23 @@ nlohmann::ordered_json recipe_to_json(const Recipe& r) {
           {"lesion_prob", r.lesion_prob},
           {"lesion_chi", {r.lesion_chi_min, r.lesion_chi_max}},
           {"region_prob", r.region_prob},
-          {"region_size", {r.region_size_min, r.region_size_max}}};
+          {"region_size", {r.region_size_min, r.region_size_max}},
+          {"brain_prob", r.brain_prob},
+          {"brain_templates", r.brain_templates},
+          {"brain_flip", r.brain_flip},
+          {"brain_rotate_deg", r.brain_rotate_deg},
+          {"brain_scale", {r.brain_scale_min, r.brain_scale_max}},
+          {"brain_shift_mm", r.brain_shift_mm},
+          {"brain_warp_mm", r.brain_warp_mm},
+          {"brain_texture", r.brain_texture},
+          {"brain_veins", {r.brain_veins_min, r.brain_veins_max}},
+          {"brain_shapes", {r.brain_shapes_min, r.brain_shapes_max}},
+          {"brain_shape_mm", {r.brain_shape_mm_min, r.brain_shape_mm_max}},
+          {"brain_lesion_prob", r.brain_lesion_prob},
+          {"brain_lesion_chi", {r.brain_lesion_chi_min, r.brain_lesion_chi_max}},
+          {"brain_background", r.brain_background},
+          {"aniso_prob", r.aniso_prob},
+          {"aniso_factor", {r.aniso_factor_min, r.aniso_factor_max}}};
 }
 
 }  // namespace dq

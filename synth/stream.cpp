@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 
 #include "core/error.h"
 #include "core/nn/philox.h"
 #include "cuda/check.h"
+#include "synth/brain.h"
 #include "synth/synth_gpu.h"
 
 namespace dq {
@@ -124,7 +126,9 @@ Batch make_batch(const StreamConfig& cfg, int64_t step) {
 
 PatchSet validation_patches(const StreamConfig& cfg, int64_t n_volumes) {
   cfg.validate();
-  if (cfg.device == "gpu")
+  // The GPU generator has no brain-shaped volumes: a recipe with them is
+  // generated on the CPU (PatchStream's constructor says so in the log).
+  if (cfg.device == "gpu" && cfg.recipe.brain_prob == 0)
     return generate_patches_gpu(cfg.recipe, cfg.seed, kValidationVolumeBase, n_volumes);
   return generate_patches(cfg.recipe, cfg.seed, kValidationVolumeBase, n_volumes);
 }
@@ -156,7 +160,9 @@ struct PatchStream::VolumeSource {
   VolumeSource& operator=(const VolumeSource&) = delete;
 
   void patches(int64_t volume, float* field, float* chi) {
-    if (gpu) {
+    // Brain-shaped volumes come from the CPU generator (synth/brain.h has no
+    // GPU twin); the paper-recipe volumes of a mix stay on the GPU.
+    if (gpu && !volume_is_brain(r, seed, volume)) {
       gpu->generate(seed, volume);
       gpu->cut_patches_to_host(seed, volume, r.patches_per_volume, field, chi);
       return;
@@ -175,6 +181,11 @@ PatchStream::PatchStream(const StreamConfig& cfg, int64_t first_step)
     // The current device is per thread and a new thread starts on device 0:
     // the producer must generate on the GPU of the rank that owns it.
     DQ_CUDA(cudaGetDevice(&cuda_device_));
+    if (cfg_.recipe.brain_prob > 0)
+      std::printf(
+          "stream: data.brain_prob %g: brain-shaped volumes come from the CPU generator "
+          "(synth/brain.h, one producer thread), the paper-recipe volumes from the GPU\n",
+          cfg_.recipe.brain_prob);
   }
   const Recipe& r = cfg_.recipe;
   const double bytes = 2.0 * static_cast<double>(cfg_.train_volumes) * r.patches_per_volume *

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/nn/philox.h"
+#include "synth/brain.h"
 
 namespace dq {
 
@@ -271,6 +272,7 @@ void apply_region(const SynthRegion& g, int64_t n, float* v) {
 }
 
 SynthVolume generate_volume(const Recipe& r, uint64_t seed, int64_t volume) {
+  if (volume_is_brain(r, seed, volume)) return generate_brain_volume(r, seed, volume);
   SynthVolume v;
   v.n = r.volume_size;
   const Dims3 dims{v.n, v.n, v.n};

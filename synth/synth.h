@@ -18,6 +18,7 @@
 //   key_for(vkey, 6)  counters 2m, 2m+1:    field noise at voxel m (flat index)
 //   key_for(vkey, 7)  counters 0..6:        region coin, centre x, y, z, semi-axes x, y, z
 //   key_for(vkey, 8)  counter 0:            the volume's noise level, when drawn from a range
+//   key_for(vkey, 9)  (its own sub-keys):   brain-shaped volumes (synth/brain.h)
 // Shape i's parameters depend only on i, not on how many shapes precede it,
 // and the options beyond the paper draw from their own streams, so the
 // paper recipe's volumes do not change when an option is added.
@@ -130,8 +131,11 @@ struct SynthVolume {
   std::vector<float> chi;    // (n, n, n) = (z, y, x), ppm
   std::vector<float> field;  // (n, n, n), ppm: forward_field(chi) with the recipe's kernel
   Vec3 b0{0.0, 0.0, 1.0};    // this volume's B0 direction (volume_b0)
+  std::vector<uint8_t> mask;  // brain-shaped volumes (synth/brain.h): the brain; else empty
 };
 
+// A brain-shaped volume when volume_is_brain (synth/brain.h's
+// generate_brain_volume), otherwise:
 // draw_shapes + rasterise + apply_region(chi) + forward_field (voxel_mm,
 // volume_b0, dipole_k0, pad) + add_field_noise + apply_region(field).
 SynthVolume generate_volume(const Recipe& r, uint64_t seed, int64_t volume);

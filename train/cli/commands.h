@@ -20,5 +20,6 @@ Command add_invert_command(CLI::App& app);  // invert.cpp
 Command add_phantom_command(CLI::App& app);  // phantom.cpp
 Command add_export_command(CLI::App& app);  // export.cpp
 Command add_import_command(CLI::App& app);  // import.cpp
+Command add_proxy_command(CLI::App& app);  // proxy.cpp
 
 }  // namespace dq

@@ -3,9 +3,11 @@
 // local field map in ppm to chi in ppm, NIfTI in and out (the output keeps
 // the field's header).
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -13,6 +15,7 @@
 #include "core/error.h"
 #include "core/io/nifti_io.h"
 #include "core/qsm/inversion.h"
+#include "core/qsm/lcurve.h"
 #include "core/qsm/tkd.h"
 #include "core/qsm/volume_ops.h"
 #include "cuda/device.h"
@@ -28,6 +31,8 @@ struct InvertArgs {
   std::vector<double> b0_dir{0.0, 0.0, 1.0};
   double threshold = kTkdThreshold;
   double lambda = -1.0;  // not given: the method's default
+  bool lcurve = false;   // --lambda lcurve: chosen by the L-curve (core/qsm/lcurve.h)
+  std::string lambda_arg;
   double rho = -1.0;     // not given: kTvRhoOverLambda * lambda
   int iterations = kTvIterations;
   double tolerance = kTvTolerance;
@@ -84,6 +89,29 @@ int run_invert(const InvertArgs& a) {
       for (size_t i = 0; i < chi.size(); ++i)
         if (!mp[i]) chi[i] = 0.0f;
     std::snprintf(what, sizeof what, "TKD, threshold %g", a.threshold);
+  } else if (a.lcurve) {
+    if (gpu) fail("--lambda lcurve runs on the CPU only (drop --device gpu)");
+    const bool tik = a.method == "tikhonov";
+    LCurveResult lc;
+    if (tik) {
+      lc = tikhonov_lcurve(field.data(), mp, dims, f.voxel_mm, b0, tikhonov_reg_from_name(a.reg),
+                           a.k0, a.pad, tikhonov_lcurve_lambdas());
+    } else {
+      TvOptions o;
+      o.iterations = a.iterations;
+      o.tolerance = a.tolerance;
+      lc = tv_lcurve(field.data(), mp, dims, f.voxel_mm, b0, o, kTvRhoOverLambda, a.k0, a.pad,
+                     tv_lcurve_lambdas());
+    }
+    chi = std::move(lc.chi);
+    std::vector<double> kappa;
+    lcurve_corner(lc.points, &kappa);
+    for (size_t i = 0; i < lc.points.size(); ++i)
+      std::printf("L-curve: lambda %-10.3g residual %-10.4g regulariser %-10.4g curvature %+.3f%s\n",
+                  lc.points[i].lambda, lc.points[i].residual, lc.points[i].regulariser, kappa[i],
+                  i == lc.corner ? "  <- corner" : "");
+    std::snprintf(what, sizeof what, "%s, lambda %g (L-curve corner of %zu)",
+                  tik ? "Tikhonov" : "TV-ADMM", lc.points[lc.corner].lambda, lc.points.size());
   } else if (a.method == "tikhonov") {
     const double lambda = a.lambda < 0 ? kTikhonovLambda : a.lambda;
     const TikhonovReg reg = tikhonov_reg_from_name(a.reg);
@@ -129,6 +157,7 @@ Command add_invert_command(CLI::App& app) {
       "1e-3 (QSM.jl). Tikhonov: chi^ = D f^ / (D^2 + lambda), or D^2 + lambda |G|^2 with --reg\n"
       "gradient; TV: anisotropic total variation by ADMM (Bilgic et al. 2014). See\n"
       "core/qsm/inversion.h.\n"
+      "--lambda lcurve picks lambda per case by the L-curve's maximum curvature.\n"
       "Example: deepqsm invert tv field.nii.gz -o chi_tv.nii.gz --mask mask.nii.gz");
   cmd->add_option("method", a->method, "tkd, tikhonov or tv")
       ->required()
@@ -141,9 +170,20 @@ Command add_invert_command(CLI::App& app) {
       ->expected(3)
       ->capture_default_str();
   cmd->add_option("--threshold", a->threshold, "TKD: truncation of |D|")->capture_default_str();
-  cmd->add_option("--lambda", a->lambda,
-                  "Tikhonov / TV regularisation weight, > 0 (default 1e-2 / 1e-3)")
-      ->check(cli::positive());
+  cmd->add_option("--lambda", a->lambda_arg,
+                  "Tikhonov / TV regularisation weight, > 0 (default 1e-2 / 1e-3), or 'lcurve': "
+                  "the corner (maximum curvature) of the L-curve over 1e-4..1 (Tikhonov, 13 "
+                  "points) or 1e-5..1e-2 (TV, 7 points); core/qsm/lcurve.h")
+      ->check([](const std::string& s) -> std::string {
+        if (s == "lcurve") return "";
+        try {
+          size_t used = 0;
+          const double v = std::stod(s, &used);
+          if (used == s.size() && v > 0 && std::isfinite(v)) return "";
+        } catch (const std::exception&) {
+        }
+        return "--lambda: expected a number > 0 or 'lcurve', got '" + s + "'";
+      });
   cmd->add_option("--reg", a->reg, "Tikhonov regulariser: identity or gradient")
       ->check(CLI::IsMember({"identity", "gradient"}))
       ->capture_default_str();
@@ -163,7 +203,16 @@ Command add_invert_command(CLI::App& app) {
   cmd->add_option("--device", a->device, "cpu or gpu")
       ->check(CLI::IsMember({"cpu", "gpu"}))
       ->capture_default_str();
-  return {cmd, [a]() { return run_invert(*a); }};
+  return {cmd, [a]() {
+            if (a->lambda_arg == "lcurve") {
+              if (a->method == "tkd") fail("--lambda lcurve: TKD has no lambda (use tikhonov or tv)");
+              if (a->rho > 0) fail("--lambda lcurve: rho follows lambda (100 lambda); drop --rho");
+              a->lcurve = true;
+            } else if (!a->lambda_arg.empty()) {
+              a->lambda = std::stod(a->lambda_arg);
+            }
+            return run_invert(*a);
+          }};
 }
 
 }  // namespace dq

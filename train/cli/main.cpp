@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
   const std::vector<dq::Command> commands = {
       dq::add_train_command(app),  dq::add_config_command(app), dq::add_synth_command(app),
       dq::add_eval_command(app),   dq::add_invert_command(app), dq::add_phantom_command(app),
-      dq::add_export_command(app), dq::add_import_command(app)};
+      dq::add_export_command(app), dq::add_import_command(app), dq::add_proxy_command(app)};
   app.footer(
       "Examples:\n"
       "  deepqsm train                                  # the quick CPU demo\n"

@@ -29,6 +29,7 @@
 #include "cuda/device.h"
 #include "synth/patch_file.h"
 #include "synth/recipe_json.h"
+#include "synth/brain.h"
 #include "synth/synth.h"
 #include "synth/synth_gpu.h"
 #include "train/cli/commands.h"
@@ -150,21 +151,25 @@ void check_synth_outputs(const std::string& config, const std::string& out,
   }
 }
 
-// Volume v's chi, field and (with regions) mask in --volumes-out, and for
-// volume 0 the --preview PNG.
+// Volume v's chi, field and (with regions or brains) mask in --volumes-out,
+// and for volume 0 the --preview PNG. brain_mask: a brain-shaped volume's
+// brain (synth/brain.h), else empty.
 void write_volume_files(const Recipe& r, uint64_t seed, int64_t v, const std::vector<float>& chi,
-                        const std::vector<float>& field, const std::string& volumes_out,
-                        const std::string& preview) {
+                        const std::vector<float>& field, const std::vector<uint8_t>& brain_mask,
+                        const std::string& volumes_out, const std::string& preview) {
   const int64_t n = r.volume_size;
   const Dims3 dims{n, n, n};
   if (!volumes_out.empty()) {
     write_nifti_new(volume_name(volumes_out, "chi", v), chi.data(), n, n, n, r.voxel_mm);
     write_nifti_new(volume_name(volumes_out, "field", v), field.data(), n, n, n, r.voxel_mm);
-    if (r.region_prob > 0) {
-      // The volume's region (all ones when its coin said whole volume), so
-      // the volume can be scored like an in-vivo map, inside its mask.
+    if (r.region_prob > 0 || r.brain_prob > 0) {
+      // The volume's region or brain (all ones when its coins said whole
+      // volume), so the volume can be scored like an in-vivo map, inside its mask.
       std::vector<float> mask(static_cast<size_t>(dims.numel()), 1.0f);
-      apply_region(draw_region(r, seed, v), n, mask.data());
+      if (!brain_mask.empty())
+        for (size_t m = 0; m < mask.size(); ++m) mask[m] = brain_mask[m];
+      else
+        apply_region(draw_region(r, seed, v), n, mask.data());
       write_nifti_new(volume_name(volumes_out, "mask", v), mask.data(), n, n, n, r.voxel_mm);
     }
   }
@@ -189,6 +194,7 @@ int run_synth(const std::string& config, int64_t volumes, const std::string& out
   std::vector<float> field(static_cast<size_t>(per * P * P * P)), chi(field.size());
   std::vector<std::array<int64_t, 3>> corners(static_cast<size_t>(per));
   std::vector<float> vol_chi, vol_field;  // full volumes on the GPU path, when needed
+  std::vector<uint8_t> vol_mask;          // a brain-shaped volume's brain
   std::unique_ptr<GpuSynth> gpu;
   if (device == "gpu") {
     if (cuda_device_count() == 0) fail("--device gpu: ", cuda_no_device_reason());
@@ -212,7 +218,8 @@ int run_synth(const std::string& config, int64_t volumes, const std::string& out
     for (int p = 0; p < per; ++p)
       corners[static_cast<size_t>(p)] = draw_patch_corner(r, seed, v, p);
     Vec3 b0;
-    if (gpu) {
+    vol_mask.clear();
+    if (gpu && !volume_is_brain(r, seed, v)) {  // brain-shaped volumes: the CPU generator
       b0 = gpu->generate(seed, v);
       gpu->cut_patches_to_host(seed, v, static_cast<int>(per), field.data(), chi.data());
       if (want_volume) {
@@ -226,9 +233,10 @@ int run_synth(const std::string& config, int64_t volumes, const std::string& out
       b0 = sv.b0;
       vol_chi = std::move(sv.chi);
       vol_field = std::move(sv.field);
+      vol_mask = std::move(sv.mask);
     }
     writer.write_volume(v, field.data(), chi.data(), corners.data(), b0);
-    write_volume_files(r, seed, v, vol_chi, vol_field, volumes_out, preview);
+    write_volume_files(r, seed, v, vol_chi, vol_field, vol_mask, volumes_out, preview);
     const auto now = std::chrono::steady_clock::now();
     const double s = std::chrono::duration<double>(now - t0).count();
     const bool last = v + 1 == volumes;
@@ -246,7 +254,7 @@ int run_synth(const std::string& config, int64_t volumes, const std::string& out
               static_cast<long long>(volumes * per), static_cast<long long>(P), out.c_str());
   if (!volumes_out.empty())
     std::printf("volumes: %s/{chi,field%s}_0000.nii.gz ... (%lld each)\n", volumes_out.c_str(),
-                r.region_prob > 0 ? ",mask" : "", static_cast<long long>(volumes));
+                r.region_prob > 0 || r.brain_prob > 0 ? ",mask" : "", static_cast<long long>(volumes));
   if (!preview.empty()) std::printf("preview: %s\n", preview.c_str());
   return 0;
 }
