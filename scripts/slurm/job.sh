@@ -43,12 +43,22 @@ deepqsm_job() {
     ${resume[@]+"${resume[@]}"} "$@" &
   _dq_pid=$!
   # A trapped signal interrupts `wait` (status > 128) while the run goes on
-  # checkpointing: wait again until it has really ended.
-  local rc=0
-  wait "$_dq_pid" || rc=$?
-  while kill -0 "$_dq_pid" 2>/dev/null; do
+  # checkpointing: wait again until it has really ended. A status > 128 may
+  # be such an interruption with the run ending meanwhile (then one more
+  # `wait` gives its real status: a run that finished just before the signal
+  # is not requeued) or the run's own exit 143 (then `wait` says 127: no
+  # such child any more).
+  local rc=0 again
+  while :; do
     rc=0
     wait "$_dq_pid" || rc=$?
+    [ "$rc" -gt 128 ] && kill -0 "$_dq_pid" 2>/dev/null && continue
+    if [ "$rc" -gt 128 ]; then
+      again=0
+      wait "$_dq_pid" 2>/dev/null || again=$?
+      [ "$again" -ne 127 ] && rc=$again
+    fi
+    break
   done
   trap - USR1 TERM
 
