@@ -463,3 +463,22 @@ TEST_CASE("inputs the fuzzers found end in one error line", "[hardening][fuzz]")
   CHECK_THAT(error_of([&] { dq::load_checkpoint(h5); }),
              Contains("crash-hdf5-huge-metadata-alloc.h5"));
 }
+
+TEST_CASE("a run whose inputs fail set-up leaves no output folder behind", "[hardening]") {
+  TempDir dir("deepqsm-hard");
+  dq::TrainConfig cfg = dq::test::tiny_run("deepqsm-hard-nofolder");
+  // A patch file of 8^3 patches for a recipe of 16^3 ones: refused in
+  // prepare_data, after the folder and its log were made.
+  const std::string patches =
+      std::string(DEEPQSM_SOURCE_DIR) + "/tests/fuzz/corpus/checkpoint/patches-tiny.h5";
+  cfg.source = "hdf5";
+  cfg.patch_file = patches;
+  const std::string err = error_of([&] { dq::run_training(cfg, dq::test::quiet()); });
+  CHECK_THAT(err, Contains("patches-tiny.h5") && Contains("shape"));
+  CHECK_FALSE(fs::exists(cfg.out_dir));
+  // A folder that existed before is left as it was.
+  fs::create_directories(cfg.out_dir);
+  error_of([&] { dq::run_training(cfg, dq::test::quiet()); });
+  CHECK(fs::is_directory(cfg.out_dir));
+  fs::remove_all(cfg.out_dir);
+}
