@@ -482,3 +482,15 @@ TEST_CASE("a run whose inputs fail set-up leaves no output folder behind", "[har
   CHECK(fs::is_directory(cfg.out_dir));
   fs::remove_all(cfg.out_dir);
 }
+
+TEST_CASE("synth refuses a volume count whose patch file cannot fit the disk", "[hardening]") {
+  TempDir dir("deepqsm-hard");
+  const std::string config = std::string(DEEPQSM_SOURCE_DIR) + "/configs/test-tiny.json";
+  // 2^40 volumes x 4 patches x 16^3 x 2 x 4 bytes: 2^57 bytes.
+  const Run r = run_program(dir, DEEPQSM_BINARY,
+                            "synth --config '" + config + "' --volumes 1099511627776 --out '" +
+                                dir.file("p.h5") + "' --quiet");
+  CHECK(r.code() == 1);
+  CHECK_THAT(r.err, Contains("GiB free") && Contains("lower --volumes"));
+  CHECK_FALSE(fs::exists(dir.file("p.h5")));
+}
