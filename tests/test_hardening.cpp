@@ -245,6 +245,7 @@ TEST_CASE("a diverging refinement stops with the iteration and the values", "[ha
   CHECK(dq::refine_diverged_at({1.0, 0.5, 2e3, 0.2}) == 2);
   CHECK(dq::refine_diverged_at({1.0, std::nan(""), 0.2}) == 1);
   CHECK(dq::refine_diverged_at({0.0, 0.0, 0.0}) == 0);
+  CHECK(dq::refine_diverged_at({0.0, 1e-30, 0.0}) == 0);  // no scale to judge a rise by
 
   const dq::Dims3 d{16, 16, 16};
   const auto n = static_cast<size_t>(d.numel());
