@@ -191,7 +191,6 @@ double available_memory_bytes() {
          static_cast<double>(sysconf(_SC_PAGESIZE));
 }
 
-
 Prediction predict(const InferInputs& in, const WorkGeometry& geo, const InferOptions& opt) {
   const CheckpointData& ck = in.model;
   UNet net(ck.model);

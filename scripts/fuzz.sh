@@ -5,7 +5,8 @@
 # its seed corpus tests/fuzz/corpus/<name>/ (small files from the tests).
 #
 #   bash scripts/fuzz.sh SECONDS    replay the seeds, then fuzz each harness
-#                                   for SECONDS (CI: 20); 0 only replays
+#                                   for SECONDS (CI: 20, FUZZ_SEED=1); 0 only
+#                                   replays
 #
 # Built with clang (Debian's clang and libclang-rt-14-dev, scripts/setup.sh),
 # AddressSanitizer and UndefinedBehaviorSanitizer, into build-fuzz/ (the
@@ -53,6 +54,8 @@ for name in nifti checkpoint config; do
   fi
   [ "$seconds" -gt 0 ] || { echo "fuzz.sh: $name: seeds replayed"; continue; }
   run=(-max_total_time="$seconds")
+  # FUZZ_SEED (CI: 1) makes the inputs tried the same on every run.
+  [ -n "${FUZZ_SEED:-}" ] && run+=(-seed="$FUZZ_SEED")
   # libhdf5 loops on some damaged files (core/nn/checkpoint.cpp's
   # ReadWatchdog ends such a read after 120 s): those inputs time out, are
   # kept in crashes/ as timeout-*, and the fuzzing goes on (fork mode).

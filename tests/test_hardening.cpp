@@ -245,6 +245,7 @@ TEST_CASE("a diverging refinement stops with the iteration and the values", "[ha
   CHECK(dq::refine_diverged_at({1.0, 0.5, 2e3, 0.2}) == 2);
   CHECK(dq::refine_diverged_at({1.0, std::nan(""), 0.2}) == 1);
   CHECK(dq::refine_diverged_at({0.0, 0.0, 0.0}) == 0);
+  CHECK(dq::refine_diverged_at({0.0, 1e-30, 0.0}) == 0);  // no scale to judge a rise by
 
   const dq::Dims3 d{16, 16, 16};
   const auto n = static_cast<size_t>(d.numel());
@@ -462,4 +463,35 @@ TEST_CASE("inputs the fuzzers found end in one error line", "[hardening][fuzz]")
   const std::string h5 = corpus + "checkpoint/crash-hdf5-huge-metadata-alloc.h5";
   CHECK_THAT(error_of([&] { dq::load_checkpoint(h5); }),
              Contains("crash-hdf5-huge-metadata-alloc.h5"));
+}
+
+TEST_CASE("a run whose inputs fail set-up leaves no output folder behind", "[hardening]") {
+  TempDir dir("deepqsm-hard");
+  dq::TrainConfig cfg = dq::test::tiny_run("deepqsm-hard-nofolder");
+  // A patch file of 8^3 patches for a recipe of 16^3 ones: refused in
+  // prepare_data, after the folder and its log were made.
+  const std::string patches =
+      std::string(DEEPQSM_SOURCE_DIR) + "/tests/fuzz/corpus/checkpoint/patches-tiny.h5";
+  cfg.source = "hdf5";
+  cfg.patch_file = patches;
+  const std::string err = error_of([&] { dq::run_training(cfg, dq::test::quiet()); });
+  CHECK_THAT(err, Contains("patches-tiny.h5") && Contains("shape"));
+  CHECK_FALSE(fs::exists(cfg.out_dir));
+  // A folder that existed before is left as it was.
+  fs::create_directories(cfg.out_dir);
+  error_of([&] { dq::run_training(cfg, dq::test::quiet()); });
+  CHECK(fs::is_directory(cfg.out_dir));
+  fs::remove_all(cfg.out_dir);
+}
+
+TEST_CASE("synth refuses a volume count whose patch file cannot fit the disk", "[hardening]") {
+  TempDir dir("deepqsm-hard");
+  const std::string config = std::string(DEEPQSM_SOURCE_DIR) + "/configs/test-tiny.json";
+  // 2^40 volumes x 4 patches x 16^3 x 2 x 4 bytes: 2^57 bytes.
+  const Run r = run_program(dir, DEEPQSM_BINARY,
+                            "synth --config '" + config + "' --volumes 1099511627776 --out '" +
+                                dir.file("p.h5") + "' --quiet");
+  CHECK(r.code() == 1);
+  CHECK_THAT(r.err, Contains("GiB free") && Contains("lower --volumes"));
+  CHECK_FALSE(fs::exists(dir.file("p.h5")));
 }

@@ -151,6 +151,8 @@ struct Trainer {
   bool lead = true;  // rank 0: validates, logs, writes checkpoints
   bool tty = false;
   bool all_ranks_fail = false;  // a failure every rank reaches together (no abort needed)
+  bool made_folder = false;     // this run created out_dir (rank 0)
+  bool set_up_done = false;     // the inputs passed; the folder is the run's now
 
   Trainer(const TrainConfig& c, const TrainOptions& o)
       : cfg(c),
@@ -256,6 +258,7 @@ void open_run_folder(Trainer& t) {
            fs::path(existing).filename().string(),
            "); continue it with --resume, or give another --out");
   }
+  t.made_folder = t.lead && !fs::exists(t.out_dir);
   fs::create_directories(t.out_dir);
   t.log_path = (fs::path(t.out_dir) / cfg.log_file).string();
   check_replaceable(t.log_path);  // appended to, so a FIFO or a device is refused as for outputs
@@ -441,6 +444,7 @@ int64_t set_up(Trainer& t, TrainResult& res, int64_t steps) {
   res.resumed_from = start;
   prepare_data(t, res, start, steps);
   report_setup(t);
+  t.set_up_done = true;
   return start;
 }
 
@@ -772,6 +776,15 @@ TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt) {
       t.comm->abort(1);
     }
     if (t.tty) std::printf("\n");
+    // Inputs that failed set-up (a bad patch file, init_from, the reference
+    // pair) leave no folder behind with an empty log: the folder is removed
+    // when this run made it and nothing was trained into it.
+    if (t.made_folder && !t.set_up_done) {
+      t.log.close();
+      t.tb.reset();
+      std::error_code ec;
+      fs::remove_all(t.out_dir, ec);
+    }
     throw;
   }
 }

@@ -315,8 +315,7 @@ int refine_diverged_at(const std::vector<double>& objective) {
   if (objective.empty()) return 0;
   const double start = objective.front();
   for (size_t i = 1; i < objective.size(); ++i)
-    if (!std::isfinite(objective[i]) ||
-        (start >= 0 && objective[i] > kRefineDivergence * start && objective[i] > 0))
+    if (!std::isfinite(objective[i]) || (start > 0 && objective[i] > kRefineDivergence * start))
       return static_cast<int>(i);
   return 0;
 }

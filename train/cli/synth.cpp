@@ -181,6 +181,26 @@ void write_volume_files(const Recipe& r, uint64_t seed, int64_t v, const std::ve
   }
 }
 
+// The patch file is stored uncompressed: field and chi, N x P^3 floats each.
+// Its temporary must fit beside whatever --out holds now (replaced only at
+// the end), so a count that cannot fit is refused before the first volume
+// instead of filling the disk (a 900 MB temporary was left behind).
+void check_synth_disk(const std::string& out, int64_t volumes, const Recipe& r) {
+  namespace fs = std::filesystem;
+  const double P = static_cast<double>(r.patch_size);
+  const double need = 2.0 * 4.0 * P * P * P * static_cast<double>(r.patches_per_volume) *
+                      static_cast<double>(volumes);
+  std::error_code ec;
+  const fs::path p(out);
+  const fs::space_info space = fs::space(p.has_parent_path() ? p.parent_path() : ".", ec);
+  if (ec) return;  // no answer (a special file system): the write itself will tell
+  const double avail = static_cast<double>(space.available);
+  if (need > avail)
+    fail("--out ", out, ": ", volumes, " volumes make a patch file of ~", need / 1073741824.0,
+         " GiB, but its folder has ", avail / 1073741824.0,
+         " GiB free: lower --volumes or write elsewhere");
+}
+
 int run_synth(const std::string& config, int64_t volumes, const std::string& out,
               const std::string& volumes_out, const std::string& preview,
               const std::string& seed_arg, const std::string& device, bool quiet) {
@@ -188,6 +208,7 @@ int run_synth(const std::string& config, int64_t volumes, const std::string& out
   const Recipe& r = in.recipe;
   const uint64_t seed = parse_seed(seed_arg, in.seed);
   check_synth_outputs(config, out, volumes_out, preview);
+  check_synth_disk(out, volumes, r);
 
   const int64_t n = r.volume_size, P = r.patch_size, per = r.patches_per_volume;
   const Dims3 dims{n, n, n};
