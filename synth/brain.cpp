@@ -55,9 +55,9 @@ struct NucleusShape {
   double c[3], a[3];
 };
 const NucleusShape kNucleusShapes[] = {
-    {kCaudate, {13, 12, 10}, {4.5, 11, 8}},  {kPutamen, {25, 2, 1}, {5, 14, 8}},
-    {kThalamus, {11, -18, 7}, {7, 12, 7}},   {kPallidus, {19, -3, -1}, {3.5, 7, 4.5}},
-    {kNigra, {11, -18, -11}, {3, 6, 2.5}},   {kRedNucleus, {5, -20, -8}, {3, 3, 3}},
+    {kCaudate, {13, 12, 10}, {4.5, 11, 8}}, {kPutamen, {25, 2, 1}, {5, 14, 8}},
+    {kThalamus, {11, -18, 7}, {7, 12, 7}},  {kPallidus, {19, -3, -1}, {3.5, 7, 4.5}},
+    {kNigra, {11, -18, -11}, {3, 6, 2.5}},  {kRedNucleus, {5, -20, -8}, {3, 3, 3}},
     {kDentate, {15, -57, -35}, {6, 8, 6}},
 };
 
@@ -103,7 +103,8 @@ std::unique_ptr<BrainAtlas> build_atlas(const std::string& dir) {
   a->nucleus.assign(n, kNoNucleus);
   for (size_t i = 0; i < n; ++i) {
     if (!(t1.data[i] > 0.2f * t1max)) continue;
-    float g = std::clamp(gm.data[i] / 255.f, 0.f, 1.f), w = std::clamp(wm.data[i] / 255.f, 0.f, 1.f);
+    float g = std::clamp(gm.data[i] / 255.f, 0.f, 1.f),
+          w = std::clamp(wm.data[i] / 255.f, 0.f, 1.f);
     const float s = g + w;
     if (s > 1.f) {
       g /= s;
@@ -139,9 +140,15 @@ std::array<double, 9> rotation(const double deg[3]) {
   const double ax = deg[0] * kPi / 180, ay = deg[1] * kPi / 180, az = deg[2] * kPi / 180;
   const double cx = std::cos(ax), sx = std::sin(ax), cy = std::cos(ay), sy = std::sin(ay),
                cz = std::cos(az), sz = std::sin(az);
-  return {cz * cy, cz * sy * sx - sz * cx, cz * sy * cx + sz * sx,
-          sz * cy, sz * sy * sx + cz * cx, sz * sy * cx - cz * sx,
-          -sy,     cy * sx,                cy * cx};
+  return {cz * cy,
+          cz * sy * sx - sz * cx,
+          cz * sy * cx + sz * sx,
+          sz * cy,
+          sz * sy * sx + cz * cx,
+          sz * sy * cx - cz * sx,
+          -sy,
+          cy * sx,
+          cy * cx};
 }
 
 // A smooth random scalar field: N(0, 1) values on a coarse grid of
@@ -176,7 +183,9 @@ struct CoarseField {
   }
 };
 
-double grid_mm(int64_t i, int64_t n, double vox) { return (double(i) - double(n - 1) / 2) * vox; }
+double grid_mm(int64_t i, int64_t n, double vox) {
+  return (double(i) - double(n - 1) / 2) * vox;
+}
 
 // A vein: a polyline of three segments with a radius; painted where it
 // passes through the brain.
@@ -219,7 +228,8 @@ void for_box(const Grid& g, const std::array<double, 3>& lo, const std::array<do
   }
   for (int64_t k = a[2]; k <= b[2]; ++k)
     for (int64_t j = a[1]; j <= b[1]; ++j)
-      for (int64_t i = a[0]; i <= b[0]; ++i) f(i, j, k, std::array<double, 3>{g.mm(0, i), g.mm(1, j), g.mm(2, k)});
+      for (int64_t i = a[0]; i <= b[0]; ++i)
+        f(i, j, k, std::array<double, 3>{g.mm(0, i), g.mm(1, j), g.mm(2, k)});
 }
 
 void paint_tube(const Grid& g, const Tube& t, const std::vector<uint8_t>& mask, float* chi) {
@@ -229,11 +239,12 @@ void paint_tube(const Grid& g, const Tube& t, const std::vector<uint8_t>& mask, 
       lo[size_t(a)] = std::min(t.p[s][size_t(a)], t.p[s + 1][size_t(a)]);
       hi[size_t(a)] = std::max(t.p[s][size_t(a)], t.p[s + 1][size_t(a)]);
     }
-    for_box(g, lo, hi, t.radius, [&](int64_t i, int64_t j, int64_t k, const std::array<double, 3>& x) {
-      const size_t m = g.at(i, j, k);
-      if (mask[m] && segment_dist2(x, t.p[s], t.p[s + 1]) <= t.radius * t.radius)
-        chi[m] = static_cast<float>(t.chi);
-    });
+    for_box(g, lo, hi, t.radius,
+            [&](int64_t i, int64_t j, int64_t k, const std::array<double, 3>& x) {
+              const size_t m = g.at(i, j, k);
+              if (mask[m] && segment_dist2(x, t.p[s], t.p[s + 1]) <= t.radius * t.radius)
+                chi[m] = static_cast<float>(t.chi);
+            });
   }
 }
 
@@ -257,7 +268,8 @@ Tube draw_tube(const Grid& g, const std::vector<uint8_t>& mask, Draws& d, double
     const std::array<double, 3> turn = d.direction();
     for (int a = 0; a < 3; ++a) dir[size_t(a)] += 0.5 * turn[size_t(a)];
     const double l = std::sqrt(dir[0] * dir[0] + dir[1] * dir[1] + dir[2] * dir[2]);
-    for (int a = 0; a < 3; ++a) t.p[s][size_t(a)] = t.p[s - 1][size_t(a)] + len * dir[size_t(a)] / l;
+    for (int a = 0; a < 3; ++a)
+      t.p[s][size_t(a)] = t.p[s - 1][size_t(a)] + len * dir[size_t(a)] / l;
   }
   t.radius = d.u(0.4, 1.5);
   t.chi = d.u(chi_lo, chi_hi);
@@ -285,15 +297,16 @@ std::vector<float> tissue_chi(const BrainAnatomy& a, const TissueChi& t) {
     // A nucleus is all its tissue: the templates class much of the pallidus,
     // the nigra and the red nucleus as white matter (they are pale on T1).
     if (a.nucleus[m])
-      chi[m] = static_cast<float>(a.csf[m] * t[0] + (a.gm[m] + a.wm[m]) * t[size_t(2 + a.nucleus[m])]);
+      chi[m] =
+          static_cast<float>(a.csf[m] * t[0] + (a.gm[m] + a.wm[m]) * t[size_t(2 + a.nucleus[m])]);
     else
       chi[m] = static_cast<float>(a.csf[m] * t[0] + a.wm[m] * t[1] + a.gm[m] * t[2]);
   }
   return chi;
 }
 
-void add_texture(const Grid& g, const BrainAnatomy& a, uint64_t key, double level,
-                 double spacing, float* chi) {
+void add_texture(const Grid& g, const BrainAnatomy& a, uint64_t key, double level, double spacing,
+                 float* chi) {
   if (level <= 0) return;
   const double extent = double(g.n) * std::max(g.vox[0], std::max(g.vox[1], g.vox[2]));
   const CoarseField tex(key, 0, spacing, extent);
@@ -366,15 +379,18 @@ BrainAnatomy sample_anatomy(const BrainAtlas& atlas, const BrainGeometry& g, int
       for (int64_t i = 0; i < n; ++i) {
         double p[3] = {grid.mm(0, i), grid.mm(1, j), grid.mm(2, k)};
         if (g.warp_mm > 0)
-          for (int a = 0; a < 3; ++a) p[a] += g.warp_mm * warp[a]->at(grid.mm(0, i), grid.mm(1, j), grid.mm(2, k));
+          for (int a = 0; a < 3; ++a)
+            p[a] += g.warp_mm * warp[a]->at(grid.mm(0, i), grid.mm(1, j), grid.mm(2, k));
         for (int a = 0; a < 3; ++a) p[a] -= g.shift_mm[a];
         // q = F S^-1 R^T p: the template point that lands at p.
         double q[3];
         for (int a = 0; a < 3; ++a) {
-          q[a] = (R[size_t(a)] * p[0] + R[size_t(3 + a)] * p[1] + R[size_t(6 + a)] * p[2]) / g.scale[a];
+          q[a] = (R[size_t(a)] * p[0] + R[size_t(3 + a)] * p[1] + R[size_t(6 + a)] * p[2]) /
+                 g.scale[a];
           if (g.flip[a]) q[a] = -q[a];
         }
-        const double t[3] = {q[0] + atlas.origin[0], q[1] + atlas.origin[1], q[2] + atlas.origin[2]};
+        const double t[3] = {q[0] + atlas.origin[0], q[1] + atlas.origin[1],
+                             q[2] + atlas.origin[2]};
         if (t[0] < 0 || t[1] < 0 || t[2] < 0 || t[0] > double(ax - 1) || t[1] > double(ay - 1) ||
             t[2] > double(az - 1))
           continue;
@@ -460,9 +476,11 @@ void thick_slices(float* v, int64_t n, int axis, double factor) {
       const int64_t base = axis == 0 ? (a * n + b) * n : axis == 1 ? a * n * n + b : a * n + b;
       for (int64_t i = 0; i < n; ++i) line[size_t(i)] = v[base + i * stride];
       for (int64_t s = 0; s < slabs; ++s) {
-        const double lo = double(s) * factor - 0.5, hi = std::min(double(s + 1) * factor, double(n)) - 0.5;
+        const double lo = double(s) * factor - 0.5,
+                     hi = std::min(double(s + 1) * factor, double(n)) - 0.5;
         double sum = 0, w = 0;
-        for (int64_t i = std::max<int64_t>(0, int64_t(std::floor(lo))); i < n && double(i) - 0.5 < hi; ++i) {
+        for (int64_t i = std::max<int64_t>(0, int64_t(std::floor(lo)));
+             i < n && double(i) - 0.5 < hi; ++i) {
           const double ov = std::min(hi, double(i) + 0.5) - std::max(lo, double(i) - 0.5);
           if (ov > 0) {
             sum += ov * line[size_t(i)];
@@ -476,7 +494,8 @@ void thick_slices(float* v, int64_t n, int axis, double factor) {
         const int64_t s0 = std::clamp<int64_t>(int64_t(std::floor(c)), 0, slabs - 1);
         const int64_t s1 = std::min(s0 + 1, slabs - 1);
         const double f = std::clamp(c - double(s0), 0.0, 1.0);
-        v[base + i * stride] = static_cast<float>((1 - f) * slab[size_t(s0)] + f * slab[size_t(s1)]);
+        v[base + i * stride] =
+            static_cast<float>((1 - f) * slab[size_t(s0)] + f * slab[size_t(s1)]);
       }
     }
 }
@@ -511,8 +530,8 @@ SynthVolume generate_brain_volume(const Recipe& r, uint64_t seed, int64_t volume
       const std::array<double, 3> c = point_in_mask(grid, a.mask, d);
       const double size = d.u(r.brain_shape_mm_min, r.brain_shape_mm_max);
       const bool lesion = d.u(0, 1) < r.brain_lesion_prob;
-      const double chi = lesion ? d.u(r.brain_lesion_chi_min, r.brain_lesion_chi_max)
-                                : d.u(r.chi_min, r.chi_max);
+      const double chi =
+          lesion ? d.u(r.brain_lesion_chi_min, r.brain_lesion_chi_max) : d.u(r.chi_min, r.chi_max);
       paint_shape(grid, sphere, c, size, chi, a.mask, v.chi.data());
     }
   }
@@ -538,7 +557,8 @@ SynthVolume generate_brain_volume(const Recipe& r, uint64_t seed, int64_t volume
         for (int64_t i = 0; i < n; ++i) {
           const size_t m = grid.at(i, j, k);
           if (!a.mask[m]) continue;
-          const double x = 2.0 * double(i) / double(n - 1) - 1, y = 2.0 * double(j) / double(n - 1) - 1,
+          const double x = 2.0 * double(i) / double(n - 1) - 1,
+                       y = 2.0 * double(j) / double(n - 1) - 1,
                        z = 2.0 * double(k) / double(n - 1) - 1;
           bg[m] = c[0] + c[1] * x + c[2] * y + c[3] * z + c[4] * x * x + c[5] * y * y +
                   c[6] * z * z + c[7] * x * y + c[8] * x * z + c[9] * y * z;

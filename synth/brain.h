@@ -43,7 +43,7 @@
 
 namespace dq {
 
-constexpr uint64_t kSynthBrain = 9;                   // sub-stream of a volume's key (synth.h)
+constexpr uint64_t kSynthBrain = 9;                  // sub-stream of a volume's key (synth.h)
 constexpr uint64_t kProxyPurpose = 0x50524F5859ull;  // "PROXY": the proxy cases' own branch
 
 // Deep grey-matter nuclei (labels 1..7; 0 = none), paired left and right.
@@ -63,7 +63,7 @@ const char* nucleus_name(int label);  // "caudate", ...; label 1..7
 // The templates on their own grid, converted: tissue fractions in [0, 1]
 // with gm + wm + csf = 1 inside the brain and 0 outside, and nuclei labels.
 struct BrainAtlas {
-  int64_t nx = 0, ny = 0, nz = 0;        // 197 x 233 x 189, 1 mm
+  int64_t nx = 0, ny = 0, nz = 0;         // 197 x 233 x 189, 1 mm
   std::array<double, 3> origin{0, 0, 0};  // voxel index (x, y, z) of MNI (0, 0, 0)
   std::vector<float> gm, wm, csf;         // (nz, ny, nx)
   std::vector<uint8_t> nucleus;           // (nz, ny, nx), Nucleus

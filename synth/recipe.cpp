@@ -133,7 +133,8 @@ void Recipe::validate_brain() const {
     check_finite(lo, field);
     check_finite(hi, field);
     if (lo < min || hi > max || lo > hi)
-      fail(field, ": [", lo, ", ", hi, "] ", unit, " must satisfy ", min, " <= min <= max <= ", max);
+      fail(field, ": [", lo, ", ", hi, "] ", unit, " must satisfy ", min,
+           " <= min <= max <= ", max);
   };
   prob(brain_prob, "data.brain_prob");
   prob(brain_flip, "data.brain_flip");

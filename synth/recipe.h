@@ -69,17 +69,17 @@ struct Recipe {
   // otherwise: the mix with the paper's recipe. Distributions and sources:
   // docs/config.md, "Brain-shaped volumes".
   double brain_prob = 0.0;
-  std::string brain_templates;  // folder of gm/wm/t1.nii.gz; "" = brain_templates_dir's default
-  double brain_flip = 0.5;                             // probability per template axis
-  double brain_rotate_deg = 15.0;                      // each Euler angle uniform in +-this
+  std::string brain_templates;     // folder of gm/wm/t1.nii.gz; "" = brain_templates_dir's default
+  double brain_flip = 0.5;         // probability per template axis
+  double brain_rotate_deg = 15.0;  // each Euler angle uniform in +-this
   double brain_scale_min = 0.8, brain_scale_max = 1.05;  // per axis
-  double brain_shift_mm = 8.0;                         // per axis, uniform in +-this
-  double brain_warp_mm = 4.0;                          // deformation std, uniform in [0, this]
-  double brain_texture = 0.02;                         // texture std (ppm), uniform in [0, this]
+  double brain_shift_mm = 8.0;                           // per axis, uniform in +-this
+  double brain_warp_mm = 4.0;                            // deformation std, uniform in [0, this]
+  double brain_texture = 0.02;                           // texture std (ppm), uniform in [0, this]
   int brain_veins_min = 20, brain_veins_max = 60;
-  int brain_shapes_min = 0, brain_shapes_max = 10;     // cubes and spheres inside the brain
+  int brain_shapes_min = 0, brain_shapes_max = 10;  // cubes and spheres inside the brain
   double brain_shape_mm_min = 3.0, brain_shape_mm_max = 20.0;
-  double brain_lesion_prob = 0.3;                      // a shape is a haemorrhage
+  double brain_lesion_prob = 0.3;                                 // a shape is a haemorrhage
   double brain_lesion_chi_min = 0.3, brain_lesion_chi_max = 3.0;  // ppm
   double brain_background = 0.02;  // residual background rms (ppm), uniform in [0, this]
   // Thick slices (brain volumes only): with probability aniso_prob the field

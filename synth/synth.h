@@ -127,10 +127,10 @@ bool region_contains(const SynthRegion& g, int64_t i, int64_t j, int64_t k);
 void apply_region(const SynthRegion& g, int64_t n, float* v);
 
 struct SynthVolume {
-  int64_t n = 0;             // voxels per side
-  std::vector<float> chi;    // (n, n, n) = (z, y, x), ppm
-  std::vector<float> field;  // (n, n, n), ppm: forward_field(chi) with the recipe's kernel
-  Vec3 b0{0.0, 0.0, 1.0};    // this volume's B0 direction (volume_b0)
+  int64_t n = 0;              // voxels per side
+  std::vector<float> chi;     // (n, n, n) = (z, y, x), ppm
+  std::vector<float> field;   // (n, n, n), ppm: forward_field(chi) with the recipe's kernel
+  Vec3 b0{0.0, 0.0, 1.0};     // this volume's B0 direction (volume_b0)
   std::vector<uint8_t> mask;  // brain-shaped volumes (synth/brain.h): the brain; else empty
 };
 

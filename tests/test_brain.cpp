@@ -348,20 +348,21 @@ TEST_CASE("deepqsm proxy and invert --lambda lcurve on the command line", "[brai
   REQUIRE(p.code() == 0);
   CHECK_THAT(p.out, Contains("3 pallidus"));
   const dq::test::Run t = dq::test::run_program(
-      dir, DEEPQSM_BINARY, "invert tikhonov '" + f + "' -o '" + o + "' --mask '" + m + "' --lambda lcurve");
+      dir, DEEPQSM_BINARY,
+      "invert tikhonov '" + f + "' -o '" + o + "' --mask '" + m + "' --lambda lcurve");
   REQUIRE(t.code() == 0);
   CHECK_THAT(t.out, Contains("<- corner"));
   CHECK_THAT(t.out, Contains("L-curve corner of 13"));
-  const dq::test::Run bad =
-      dq::test::run_program(dir, DEEPQSM_BINARY, "invert tikhonov '" + f + "' -o '" + o + "' --lambda curvy");
+  const dq::test::Run bad = dq::test::run_program(
+      dir, DEEPQSM_BINARY, "invert tikhonov '" + f + "' -o '" + o + "' --lambda curvy");
   CHECK(bad.code() != 0);
   CHECK_THAT(bad.err, Contains("'lcurve'"));
-  const dq::test::Run tkd =
-      dq::test::run_program(dir, DEEPQSM_BINARY, "invert tkd '" + f + "' -o '" + o + "' --lambda lcurve");
+  const dq::test::Run tkd = dq::test::run_program(
+      dir, DEEPQSM_BINARY, "invert tkd '" + f + "' -o '" + o + "' --lambda lcurve");
   CHECK(tkd.code() != 0);
   CHECK_THAT(tkd.err, Contains("TKD has no lambda"));
-  const dq::test::Run none = dq::test::run_program(dir, DEEPQSM_BINARY,
-                                                   "proxy 1 -o '" + f + "' --templates /nonexistent");
+  const dq::test::Run none =
+      dq::test::run_program(dir, DEEPQSM_BINARY, "proxy 1 -o '" + f + "' --templates /nonexistent");
   CHECK(none.code() != 0);
   CHECK_THAT(none.err, Contains("prepare-templates.sh"));
 }

@@ -9,7 +9,9 @@ namespace dq {
 
 namespace {
 
-bool inside(const uint8_t* mask, size_t i) { return mask == nullptr || mask[i] != 0; }
+bool inside(const uint8_t* mask, size_t i) {
+  return mask == nullptr || mask[i] != 0;
+}
 
 double residual_norm(const float* chi, const float* field, const uint8_t* mask, const Dims3& dims,
                      const Vec3& voxel_mm, const Vec3& b0_dir, double k0_value, int64_t pad) {
@@ -95,8 +97,12 @@ std::vector<double> log_spaced(double lo, double hi, int count) {
   return v;
 }
 
-std::vector<double> tikhonov_lcurve_lambdas() { return log_spaced(1e-4, 1.0, 13); }
-std::vector<double> tv_lcurve_lambdas() { return log_spaced(1e-5, 1e-2, 7); }
+std::vector<double> tikhonov_lcurve_lambdas() {
+  return log_spaced(1e-4, 1.0, 13);
+}
+std::vector<double> tv_lcurve_lambdas() {
+  return log_spaced(1e-5, 1e-2, 7);
+}
 
 LCurveResult tikhonov_lcurve(const float* field, const uint8_t* mask, const Dims3& dims,
                              const Vec3& voxel_mm, const Vec3& b0_dir, TikhonovReg reg,

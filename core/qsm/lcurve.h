@@ -33,7 +33,8 @@ struct LCurvePoint {
 // Index of the corner of points sorted by increasing lambda (>= 3 points,
 // all norms > 0); `curvature` (optional) receives kappa per point (0 at the
 // two ends).
-size_t lcurve_corner(const std::vector<LCurvePoint>& points, std::vector<double>* curvature = nullptr);
+size_t lcurve_corner(const std::vector<LCurvePoint>& points,
+                     std::vector<double>* curvature = nullptr);
 
 // `count` lambdas from lo to hi, log-spaced (count >= 3, 0 < lo < hi).
 std::vector<double> log_spaced(double lo, double hi, int count);

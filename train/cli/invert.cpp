@@ -33,7 +33,7 @@ struct InvertArgs {
   double lambda = -1.0;  // not given: the method's default
   bool lcurve = false;   // --lambda lcurve: chosen by the L-curve (core/qsm/lcurve.h)
   std::string lambda_arg;
-  double rho = -1.0;     // not given: kTvRhoOverLambda * lambda
+  double rho = -1.0;  // not given: kTvRhoOverLambda * lambda
   int iterations = kTvIterations;
   double tolerance = kTvTolerance;
   double k0 = 1.0 / 3.0;
@@ -107,9 +107,10 @@ int run_invert(const InvertArgs& a) {
     std::vector<double> kappa;
     lcurve_corner(lc.points, &kappa);
     for (size_t i = 0; i < lc.points.size(); ++i)
-      std::printf("L-curve: lambda %-10.3g residual %-10.4g regulariser %-10.4g curvature %+.3f%s\n",
-                  lc.points[i].lambda, lc.points[i].residual, lc.points[i].regulariser, kappa[i],
-                  i == lc.corner ? "  <- corner" : "");
+      std::printf(
+          "L-curve: lambda %-10.3g residual %-10.4g regulariser %-10.4g curvature %+.3f%s\n",
+          lc.points[i].lambda, lc.points[i].residual, lc.points[i].regulariser, kappa[i],
+          i == lc.corner ? "  <- corner" : "");
     std::snprintf(what, sizeof what, "%s, lambda %g (L-curve corner of %zu)",
                   tik ? "Tikhonov" : "TV-ADMM", lc.points[lc.corner].lambda, lc.points.size());
   } else if (a.method == "tikhonov") {
@@ -205,7 +206,8 @@ Command add_invert_command(CLI::App& app) {
       ->capture_default_str();
   return {cmd, [a]() {
             if (a->lambda_arg == "lcurve") {
-              if (a->method == "tkd") fail("--lambda lcurve: TKD has no lambda (use tikhonov or tv)");
+              if (a->method == "tkd")
+                fail("--lambda lcurve: TKD has no lambda (use tikhonov or tv)");
               if (a->rho > 0) fail("--lambda lcurve: rho follows lambda (100 lambda); drop --rho");
               a->lcurve = true;
             } else if (!a->lambda_arg.empty()) {

@@ -88,8 +88,8 @@ Command add_proxy_command(CLI::App& app) {
                           static_cast<unsigned long long>(o->seed));
             std::printf(")\nnuclei (voxels):");
             for (int l = 1; l <= kNuclei; ++l)
-              std::printf(" %d %s %lld%s", l, nucleus_name(l), static_cast<long long>(count[size_t(l)]),
-                          l < kNuclei ? "," : "\n");
+              std::printf(" %d %s %lld%s", l, nucleus_name(l),
+                          static_cast<long long>(count[size_t(l)]), l < kNuclei ? "," : "\n");
             return 0;
           }};
 }
