@@ -16,7 +16,7 @@
 //     volume_size, patch_size, patches_per_volume   int64
 //     units              string   "ppm"
 //
-// The file is written under "<path>.tmp<pid>" and renamed when close()
+// The file is written under temporary_name(path) and renamed when close()
 // succeeds (or when the command's OutputGroup commits), so an error, Ctrl-C
 // or the process crashing never leaves a half-written file under the real
 // name (core/io/output_files.h).

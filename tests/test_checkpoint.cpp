@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/io/h5io.h"
+#include "core/io/output_files.h"
 #include "core/nn/checkpoint.h"
 #include "tests/checkpoint_v2.h"
 
@@ -45,7 +46,7 @@ TEST_CASE("Checkpoint round trip", "[checkpoint]") {
   }
   std::string path = temp_path("roundtrip.h5");
   save_checkpoint(path, net, p, &m, &v, 42, "{\"name\": \"t\"}");
-  CHECK_FALSE(std::filesystem::exists(path + ".tmp" + std::to_string(::getpid())));
+  CHECK_FALSE(std::filesystem::exists(dq::temporary_name(path)));
 
   CheckpointData ck = load_checkpoint(path);
   CHECK(ck.step == 42);

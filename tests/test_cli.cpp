@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/io/nifti_io.h"
+#include "core/io/output_files.h"
 #include "core/nn/checkpoint.h"
 #include "core/nn/unet.h"
 #include "tests/test_util.h"
@@ -199,7 +200,7 @@ TEST_CASE("export strips a checkpoint to weights that load identically", "[cli]"
   check_one_line_failure(
       run(dir, "export '" + run_dir + "' -o '" + dir.file("in_the_way.h5") + "'"), "in_the_way.h5");
   for (const auto& e : fs::directory_iterator(dir.path))
-    CHECK(e.path().filename().string().find("in_the_way.h5.tmp") == std::string::npos);
+    CHECK(e.path().filename().string().find(std::string("in_the_way.h5") + dq::kTemporaryTag) == std::string::npos);
 
   // An empty folder and a non-checkpoint file are refused in one line.
   fs::create_directory(dir.file("empty"));
@@ -293,7 +294,7 @@ TEST_CASE("a disk that fills part-way leaves the earlier outputs as they were", 
   CHECK(slurp(old_volume) == "old");
   int files = 0;
   for (const auto& e : fs::recursive_directory_iterator(dir.path)) {
-    CHECK(e.path().filename().string().find(".tmp") == std::string::npos);
+    CHECK(e.path().filename().string().find(dq::kTemporaryTag) == std::string::npos);
     files += e.is_regular_file();
   }
   CHECK(files == 8);  // f, c, m, recipe, vols/chi_0000, p.h5, stdout, stderr

@@ -353,17 +353,27 @@ TEST_CASE("outputs replace only regular files: links, FIFOs and devices are refu
 TEST_CASE("stale temporaries of dead processes are removed by the next writer in the folder",
           "[hardening]") {
   TempDir dir("deepqsm-hard");
-  // A pid that cannot be running: above any pid_max.
+  // A pid that cannot be running: above any pid_max. This machine's tag:
+  // ".dqtmp-<host>-", the marker without this process's pid.
   const std::string dead = "999999999";
-  const std::string old_ck = dir.write("checkpoint-000100.h5.tmp" + dead, "x");
-  const std::string old_nii = dir.write("chi.tmp" + dead + ".nii.gz", "x");
-  const std::string fresh = dir.write("field.nii.tmp" + dead, "x");
-  const std::string mine = dir.write("other.h5.tmp" + std::to_string(::getpid()), "x");
+  const std::string mark = dq::temporary_marker();
+  const std::string tag = mark.substr(0, mark.rfind('-') + 1);
+  const std::string old_ck = dir.write("checkpoint-000100.h5" + tag + dead, "x");
+  const std::string old_nii = dir.write("chi" + tag + dead + ".nii.gz", "x");
+  const std::string fresh = dir.write("field.nii" + tag + dead, "x");
+  const std::string mine = dir.write("other.h5" + mark, "x");
+  // Names of the user's that the old pattern (".tmp<N>[.nii[.gz]]") took
+  // for temporaries and deleted; and another machine's temporary on a
+  // shared disk.
   const std::string user = dir.write("notes.tmp" + dead + ".txt", "x");
-  const std::string alive = dir.write("a.h5.tmp1", "x");  // pid 1 always runs
+  const std::string user_nii = dir.write("scan.tmp" + dead + ".nii", "x");
+  const std::string user_plain = dir.write("notes.tmp4000000", "x");
+  const std::string other_host = dir.write("x.h5.dqtmp-not-this-host-" + dead, "x");
+  const std::string alive = dir.write("a.h5" + tag + "1", "x");  // pid 1 always runs
   const auto old =
       fs::file_time_type::clock::now() - std::chrono::seconds(dq::kStaleTemporarySeconds + 60);
-  for (const std::string& p : {old_ck, old_nii, mine, user, alive}) fs::last_write_time(p, old);
+  for (const std::string& p : {old_ck, old_nii, mine, user, user_nii, user_plain, other_host, alive})
+    fs::last_write_time(p, old);
   const float data[8] = {};
   dq::write_nifti_new(dir.file("out.nii"), data, 2, 2, 2, {1, 1, 1});
   CHECK_FALSE(fs::exists(old_ck));
@@ -371,6 +381,9 @@ TEST_CASE("stale temporaries of dead processes are removed by the next writer in
   CHECK(fs::exists(fresh));  // written recently: maybe another machine's
   CHECK(fs::exists(mine));   // this process's own
   CHECK(fs::exists(user));   // not one of our names
+  CHECK(fs::exists(user_nii));
+  CHECK(fs::exists(user_plain));
+  CHECK(fs::exists(other_host));
   CHECK(fs::exists(alive));
   CHECK(fs::exists(dir.file("out.nii")));
 }

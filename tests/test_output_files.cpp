@@ -27,11 +27,11 @@ void put(const std::string& path, const std::string& text) {
   std::ofstream(path) << text;
 }
 
-// The files in `dir` whose names hold ".tmp".
+// The files in `dir` whose names hold a temporary's tag.
 int temporaries(const TempDir& dir) {
   int n = 0;
   for (const auto& e : fs::recursive_directory_iterator(dir.path))
-    n += e.path().filename().string().find(".tmp") != std::string::npos;
+    n += e.path().filename().string().find(dq::kTemporaryTag) != std::string::npos;
   return n;
 }
 

@@ -159,7 +159,7 @@ std::array<double, 16> flat(const nifti_dmat44& m) {
 void write_via_temp(nifti_image* nim, const std::string& path) {
   const std::string ext = output_extension(path);
   const std::string stem = path.substr(0, path.size() - ext.size());
-  PendingFile out(path, stem + ".tmp" + std::to_string(::getpid()) + ext);
+  PendingFile out(path, stem + temporary_marker() + ext);
   const std::string& tmp = out.tmp();
   std::error_code ec;
   std::filesystem::remove(tmp, ec);

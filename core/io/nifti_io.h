@@ -46,7 +46,7 @@ Volume read_nifti(const std::string& path);
 
 // Writes `data` ((like.nz, like.ny, like.nx), fp32) with like's header:
 // same grid, voxel size and affine, datatype float32, scl_slope 1 /
-// scl_inter 0, cal_min/max reset. Written to "<path>.tmp<suffix>" and renamed,
+// scl_inter 0, cal_min/max reset. Written to a temporary (temporary_name) and renamed,
 // so a crash never leaves a half-written file under the real name. The
 // extension (.nii or .nii.gz) picks the format; like.header may be null, in
 // which case this is write_nifti_new with like's grid and voxel size.

@@ -5,10 +5,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <filesystem>
-#include <regex>
+#include <mutex>
+#include <set>
 
 #include "core/error.h"
 
@@ -136,19 +138,65 @@ void check_replaceable(const std::string& path) {
        "(choose another name)");
 }
 
+namespace {
+// This machine's name as it goes into a temporary's name: characters other
+// than letters, digits, '.', '_' and '-' become '_'.
+const std::string& host_tag() {
+  static const std::string tag = [] {
+    char buf[256] = {};
+    if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return std::string("host");
+    std::string h(buf);
+    for (char& c : h)
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') c = '_';
+    return h;
+  }();
+  return tag;
+}
+}  // namespace
+
+std::string temporary_marker() {
+  return std::string(kTemporaryTag) + host_tag() + "-" + std::to_string(::getpid());
+}
+
+std::string temporary_name(const std::string& path) { return path + temporary_marker(); }
+
 int remove_stale_temporaries(const std::string& folder) {
   namespace fs = std::filesystem;
-  // PendingFile's two name patterns; the pid is the second group.
-  static const std::regex pattern(R"(^(.+)\.tmp([0-9]{1,9})(\.nii|\.nii\.gz)?$)");
+  // Each folder once per process: a writer of thousands of files in one
+  // folder (synth --volumes-out) does not rescan it for every file.
+  static std::mutex mutex;
+  static std::set<std::string> scanned;
+  {
+    std::error_code ec;
+    const fs::path canon = fs::weakly_canonical(folder.empty() ? "." : folder, ec);
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!scanned.insert(ec ? folder : canon.string()).second) return 0;
+  }
+  // Only this machine's temporaries, in the names temporary_name() makes:
+  // "<name>.dqtmp-<host>-<pid>" or "<stem>.dqtmp-<host>-<pid>.nii[.gz]". A
+  // file of the user's, or another machine's temporary on a shared disk, is
+  // never matched.
+  const std::string tag = std::string(kTemporaryTag) + host_tag() + "-";
   std::error_code ec;
   const auto now = fs::file_time_type::clock::now();
   int removed = 0;
   for (fs::directory_iterator it(folder.empty() ? "." : folder, ec), end; !ec && it != end;
        it.increment(ec)) {
-    std::smatch m;
     const std::string name = it->path().filename().string();
-    if (!std::regex_match(name, m, pattern)) continue;
-    const long pid = std::stol(m[2].str());
+    const size_t at = name.rfind(tag);
+    if (at == std::string::npos || at == 0) continue;
+    std::string rest = name.substr(at + tag.size());
+    for (const char* ext : {".nii.gz", ".nii"}) {
+      const std::string e(ext);
+      if (rest.size() > e.size() && rest.compare(rest.size() - e.size(), e.size(), e) == 0) {
+        rest.resize(rest.size() - e.size());
+        break;
+      }
+    }
+    if (rest.empty() || rest.size() > 9 ||
+        rest.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    const long pid = std::stol(rest);
     if (pid == ::getpid() || !(::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)) continue;
     std::error_code e2;
     if (!it->is_regular_file(e2) || it->is_symlink(e2)) continue;
@@ -179,7 +227,7 @@ PendingFile::PendingFile(std::string path, std::string tmp)
 }
 
 PendingFile::PendingFile(const std::string& path)
-    : PendingFile(path, path + ".tmp" + std::to_string(::getpid())) {}
+    : PendingFile(path, temporary_name(path)) {}
 
 PendingFile::~PendingFile() {
   if (entry_) remove_temporary(entry_);

@@ -28,10 +28,11 @@
 // turned into a regular file.
 //
 // Leftovers: a process killed by SIGKILL (or a power loss) leaves its
-// temporaries ("<name>.tmp<pid>", "<stem>.tmp<pid>.nii.gz"). Every new
-// PendingFile removes those in its folder whose process no longer exists on
-// this machine and which nobody has written for kStaleTemporarySeconds (a
-// process on another machine sharing the folder keeps its file fresh).
+// temporaries ("<name>.dqtmp-<host>-<pid>", "<stem>.dqtmp-<host>-<pid>.nii.gz").
+// The first PendingFile of a process in a folder removes those there that
+// this machine made, whose process no longer exists and which nobody has
+// written for kStaleTemporarySeconds. Files of other names (the user's) and
+// other machines' temporaries on a shared disk are never touched.
 #pragma once
 #include <string>
 #include <vector>
@@ -46,7 +47,14 @@ struct PendingEntry;  // a temporary the signal handler knows of
 void check_replaceable(const std::string& path);
 
 constexpr long kStaleTemporarySeconds = 600;
-// Removes the stale temporaries (above) in `folder`; returns how many.
+constexpr const char* kTemporaryTag = ".dqtmp-";
+// ".dqtmp-<host>-<pid>": what this process adds to an output's name for its
+// temporary.
+std::string temporary_marker();
+// `path` + temporary_marker().
+std::string temporary_name(const std::string& path);
+// Removes the stale temporaries (above) in `folder`, the first time it is
+// called for that folder in this process; returns how many.
 int remove_stale_temporaries(const std::string& folder);
 
 class PendingFile {
@@ -55,7 +63,7 @@ class PendingFile {
   // one folder (a rename does not cross file systems), and the pid in the
   // temporary's name so that two processes never share one.
   PendingFile(std::string path, std::string tmp);
-  // The temporary "<path>.tmp<pid>".
+  // The temporary temporary_name(path).
   explicit PendingFile(const std::string& path);
   ~PendingFile();  // removes the temporary unless finish() moved it
   PendingFile(const PendingFile&) = delete;

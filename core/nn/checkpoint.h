@@ -28,7 +28,7 @@
 // scaling, the only kind version 2 could hold) load for inference and
 // resume; version 1 files (no checksums, no seed) load for inference.
 //
-// Files are written to "<path>.tmp", fsynced and renamed, so a crash never
+// Files are written to a temporary (temporary_name), fsynced and renamed, so a crash never
 // leaves a half-written checkpoint under the real name. Non-finite weights
 // or moments are never written and never loaded.
 #pragma once
