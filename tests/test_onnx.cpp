@@ -230,6 +230,38 @@ TEST_CASE("ONNX import names the first node it cannot map", "[onnx]") {
     save(m, bad);
     REQUIRE(import_error(bad).find("node 'dec0.conv1' (Conv)") != std::string::npos);
   }
+  // ONNX's defaults are pads 0 and strides 1: a node that leaves them out
+  // is an unpadded convolution or a stride-1 window, not ours (onnxruntime
+  // runs the first and returns a smaller volume).
+  SECTION("a 3x3x3 convolution without pads") {
+    onnx::ModelProto m = load(path);
+    for (onnx::NodeProto& node : *m.mutable_graph()->mutable_node())
+      if (node.name() == "dec0.conv1") {
+        auto* attrs = node.mutable_attribute();
+        for (int i = 0; i < attrs->size(); ++i)
+          if (attrs->Get(i).name() == "pads") attrs->DeleteSubrange(i--, 1);
+      }
+    save(m, bad);
+    const std::string e = import_error(bad);
+    REQUIRE(e.find("node 'dec0.conv1' (Conv)") != std::string::npos);
+    REQUIRE(e.find("no pads") != std::string::npos);
+  }
+  SECTION("a pooling or upsampling window without strides") {
+    for (const char* op : {"MaxPool", "ConvTranspose"}) {
+      onnx::ModelProto m = load(path);
+      for (onnx::NodeProto& node : *m.mutable_graph()->mutable_node())
+        if (node.op_type() == op) {
+          auto* attrs = node.mutable_attribute();
+          for (int i = 0; i < attrs->size(); ++i)
+            if (attrs->Get(i).name() == "strides") attrs->DeleteSubrange(i--, 1);
+        }
+      save(m, bad);
+      const std::string e = import_error(bad);
+      CAPTURE(op, e);
+      REQUIRE(e.find(std::string("(") + op + ")") != std::string::npos);
+      REQUIRE(e.find("no strides") != std::string::npos);
+    }
+  }
   SECTION("a file that is not ONNX") {
     std::ofstream(bad) << "not a model";
     REQUIRE(import_error(bad).find("not an ONNX model") != std::string::npos);

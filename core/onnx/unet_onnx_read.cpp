@@ -58,6 +58,9 @@ class Importer {
     if (n.input_size() < 1 || act(n.input(0)) != want)
       refuse(n, "its input is not the output of the layer before it");
   }
+  // The attributes of a 2x2x2, stride-2 window: MaxPool, or ConvTranspose
+  // when `transposed`.
+  void window_2x2x2(const onnx::NodeProto& n, bool transposed) const;
   void conv(const onnx::NodeProto& n, const std::string& param);
   void deconv(const onnx::NodeProto& n, const std::string& param);
 
@@ -100,7 +103,7 @@ std::map<std::string, const onnx::AttributeProto*> Importer::attrs(const onnx::N
 
 void Importer::check_ints(const onnx::NodeProto& n, const onnx::AttributeProto* a, int64_t want,
                           int count, const char* what) const {
-  if (!a) return;  // absent: ONNX's default, which is what we need
+  if (!a) return;  // absent: the callers check which attributes must be present
   if (a->ints_size() != count)
     refuse(n, std::string(what) + " has " + std::to_string(a->ints_size()) + " values, not " +
                   std::to_string(count));
@@ -108,6 +111,36 @@ void Importer::check_ints(const onnx::NodeProto& n, const onnx::AttributeProto* 
     if (v != want)
       refuse(n, std::string(what) + " " + std::to_string(v) + " where deepqsm's U-Net has " +
                     std::to_string(want));
+}
+
+void Importer::window_2x2x2(const onnx::NodeProto& n, bool transposed) const {
+  const auto all = attrs(n);
+  for (const auto& a : all) {
+    const std::string& name = a.first;
+    if (name == "kernel_shape")
+      check_ints(n, a.second, 2, 3, "kernel_shape");
+    else if (name == "strides")
+      check_ints(n, a.second, 2, 3, "strides");
+    else if (name == "pads")
+      check_ints(n, a.second, 0, 6, "pads");
+    else if (name == "dilations")
+      check_ints(n, a.second, 1, 3, "dilations");
+    else if (name == "auto_pad") {
+      if (a.second->s() != "NOTSET" && a.second->s() != "VALID")
+        refuse(n, "auto_pad " + a.second->s());
+    } else if (transposed && name == "output_padding") {
+      check_ints(n, a.second, 0, 3, "output_padding");
+    } else if (transposed && name == "group") {
+      if (a.second->i() != 1) refuse(n, "grouped transposed convolution");
+    } else if (!transposed && (name == "ceil_mode" || name == "storage_order")) {
+      // No effect: every side is even where we pool, and the indices are unused.
+    } else {
+      refuse(n, "attribute " + name + " is not one deepqsm maps");
+    }
+  }
+  // ONNX's default stride is 1: a 2x2x2 window without strides is not ours.
+  if (!all.count("strides")) refuse(n, "no strides (ONNX's default 1; deepqsm's U-Net has 2)");
+  if (!transposed && !all.count("kernel_shape")) refuse(n, "MaxPool without kernel_shape");
 }
 
 void Importer::conv(const onnx::NodeProto& n, const std::string& param) {
@@ -136,6 +169,15 @@ void Importer::conv(const onnx::NodeProto& n, const std::string& param) {
     } else {
       refuse(n, "attribute " + name + " is not one deepqsm maps");
     }
+  }
+  // ONNX's default padding is 0: a 3x3x3 conv without pads or a 'same'
+  // auto_pad shrinks the volume, which deepqsm's U-Net never does.
+  if (k == 3) {
+    const auto all = attrs(n);
+    const auto ap = all.find("auto_pad");
+    const bool same = ap != all.end() && ap->second->s().rfind("SAME_", 0) == 0;
+    if (!same && !all.count("pads"))
+      refuse(n, "no pads (ONNX's default 0; deepqsm's U-Net pads its 3x3x3 convolutions by 1)");
   }
   Layer l{param, floats(n, *w), {}, Shape{co, k, k, k, ci}, node_name(n)};
   // ONNX (Co, Ci, k, k, k) -> ours (Co, k, k, k, Ci).
@@ -166,27 +208,7 @@ void Importer::deconv(const onnx::NodeProto& n, const std::string& param) {
   if (!w || w->dims_size() != 5) refuse(n, "its weight is not a constant 5-D tensor");
   const int64_t ci = w->dims(0), co = w->dims(1);
   if (w->dims(2) != 2 || w->dims(3) != 2 || w->dims(4) != 2) refuse(n, "kernel is not 2x2x2");
-  for (const auto& a : attrs(n)) {
-    const std::string& name = a.first;
-    if (name == "kernel_shape")
-      check_ints(n, a.second, 2, 3, "kernel_shape");
-    else if (name == "strides")
-      check_ints(n, a.second, 2, 3, "strides");
-    else if (name == "pads")
-      check_ints(n, a.second, 0, 6, "pads");
-    else if (name == "output_padding")
-      check_ints(n, a.second, 0, 3, "output_padding");
-    else if (name == "dilations")
-      check_ints(n, a.second, 1, 3, "dilations");
-    else if (name == "group") {
-      if (a.second->i() != 1) refuse(n, "grouped transposed convolution");
-    } else if (name == "auto_pad") {
-      if (a.second->s() != "NOTSET" && a.second->s() != "VALID")
-        refuse(n, "auto_pad " + a.second->s());
-    } else {
-      refuse(n, "attribute " + name + " is not one deepqsm maps");
-    }
-  }
+  window_2x2x2(n, /*transposed=*/true);
   Layer l{param, floats(n, *w), {}, Shape{ci, 2, 2, 2, co}, node_name(n)};
   // ONNX (Ci, Co, 2, 2, 2) -> ours (Ci, 2, 2, 2, Co).
   std::vector<float> ours(l.w.size());
@@ -293,26 +315,7 @@ OnnxUNet Importer::run() {
       case after_enc:
         if (op == "MaxPool") {
           expect_input(n, cur_);
-          for (const auto& a : attrs(n)) {
-            const std::string& name = a.first;
-            if (name == "kernel_shape")
-              check_ints(n, a.second, 2, 3, "kernel_shape");
-            else if (name == "strides")
-              check_ints(n, a.second, 2, 3, "strides");
-            else if (name == "pads")
-              check_ints(n, a.second, 0, 6, "pads");
-            else if (name == "dilations")
-              check_ints(n, a.second, 1, 3, "dilations");
-            else if (name == "auto_pad") {
-              if (a.second->s() != "NOTSET" && a.second->s() != "VALID")
-                refuse(n, "auto_pad " + a.second->s());
-            } else if (name == "ceil_mode" || name == "storage_order") {
-              // No effect: every side is even where we pool, and the indices are unused.
-            } else {
-              refuse(n, "attribute " + name + " is not one deepqsm maps");
-            }
-          }
-          if (!attrs(n).count("kernel_shape")) refuse(n, "MaxPool without kernel_shape");
+          window_2x2x2(n, /*transposed=*/false);
           cur_ = n.output(0);
           ++level;
           conv_in_level = 0;
