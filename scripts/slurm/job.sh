@@ -10,7 +10,10 @@
 # checkpoint and all exit 143 (train/stop_signals.h); the job then requeues
 # itself ($DEEPQSM_REQUEUE, default `scontrol requeue $SLURM_JOB_ID`) and
 # the next start resumes, bit-identical to an uninterrupted run. SIGTERM
-# (scancel, the limit itself) is passed on the same way without a requeue.
+# (scancel, preemption, the limit itself) is not passed on: Slurm sends it
+# to every process of the job itself, and a second SIGTERM means "stop now,
+# without the checkpoint" to deepqsm; the shell just waits for the run to
+# stop and does not requeue it.
 #
 # Settings (environment, all optional):
 #   DEEPQSM_BIN     the deepqsm binary (default build/deepqsm)
@@ -38,7 +41,7 @@ deepqsm_job() {
   _dq_pid=
   # (|| true: under set -e a failing kill, the run having just ended, would end the job.)
   trap '_dq_time_up=1; [ -z "$_dq_pid" ] || kill -TERM "$_dq_pid" 2>/dev/null || true' USR1
-  trap '[ -z "$_dq_pid" ] || kill -TERM "$_dq_pid" 2>/dev/null || true' TERM
+  trap ':' TERM
   ${launcher[@]+"${launcher[@]}"} "$bin" train --config "$config" --out "$out" \
     ${resume[@]+"${resume[@]}"} "$@" &
   _dq_pid=$!
@@ -66,7 +69,14 @@ deepqsm_job() {
     echo "deepqsm job: training finished; model: $bin export $out -o model.h5"
     return 0
   fi
-  if [ "$_dq_time_up" -eq 1 ] && [ -e "$out/checkpoint.h5" ]; then
+  # Requeued only after the clean stop: every rank finished its step, rank 0
+  # wrote the checkpoint and then the "stopped by signal" line as the log's
+  # last (srun passes on the ranks' exit 143; mpirun makes it 1, so the log
+  # decides). Any other failure after the warning (out of memory, an NCCL
+  # error) is reported, not hidden by a requeue from an older checkpoint.
+  local clean=0
+  [ -f "$out/log.jsonl" ] && [[ "$(tail -n 1 "$out/log.jsonl")" == *'"stopped by signal"'* ]] && clean=1
+  if [ "$_dq_time_up" -eq 1 ] && [ "$clean" -eq 1 ] && [ -e "$out/checkpoint.h5" ]; then
     if [ "$restarts" -ge "$max" ]; then
       echo "deepqsm job: stopped at the time limit, but already restarted $restarts times" \
            "(DEEPQSM_MAX_RESTARTS $max): not requeued; resubmit to continue" >&2
