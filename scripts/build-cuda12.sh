@@ -58,6 +58,15 @@ if [ "${1:-}" = "--check" ]; then
   build=${BUILD_DIR:-build}
   [ -f "$build/compile_commands.json" ] ||
     { echo "build-cuda12: $build/compile_commands.json missing; run scripts/build.sh first" >&2; exit 1; }
+  # Only a CUDA build with the toolkit's cuDNN, NCCL and cuFFT headers has
+  # something to check (an emu or off build includes the emulator's headers).
+  mode=$(sed -n 's/^DEEPQSM_GPU:[A-Z]*=//p' "$build/CMakeCache.txt" 2>/dev/null || true)
+  cuda13=${CUDA_HOME:-/usr/local/cuda}/include
+  if [ "${mode:-cuda}" != cuda ] || [ ! -e "$cuda13/cufft.h" ] || [ ! -e "$cuda13/cudnn.h" ]; then
+    echo "build-cuda12: SKIPPED the CUDA 12 checks: $build is a DEEPQSM_GPU=${mode:-cuda} build" \
+         "or $cuda13 lacks the CUDA toolkit's cuFFT/cuDNN headers" >&2
+    exit 0
+  fi
   hdr=$cache/headers
   if ! wheels "$hdr" nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-cccl-cu12==12.9.27; then
     echo "build-cuda12: SKIPPED the CUDA 12 header check: the CUDA 12 headers could not be fetched" >&2
@@ -68,7 +77,6 @@ if [ "${1:-}" = "--check" ]; then
   inc=$hdr/include
   rm -rf "$inc" && mkdir -p "$inc"
   cp -r "$hdr"/nvidia/cuda_runtime/include/. "$hdr"/nvidia/cuda_cccl/include/. "$inc"/
-  cuda13=${CUDA_HOME:-/usr/local/cuda}/include
   for h in "$cuda13"/cudnn*.h "$cuda13"/nccl*.h "$cuda13"/cufft*.h; do ln -sf "$h" "$inc"/; done
   grep -q 'define CUDART_VERSION  *12' "$inc/cuda_runtime_api.h" ||
     { echo "build-cuda12: $inc holds no CUDA 12 runtime header" >&2; exit 1; }
@@ -106,6 +114,11 @@ def check(job):
     return src, r.returncode, r.stderr
 
 
+swapped = sum(1 for _, cmd, _ in jobs if inc in cmd)
+if swapped == 0:
+    print("build-cuda12: no compile command used the toolkit's include folder " + cuda13 +
+          "; nothing was checked against CUDA 12's headers")
+    sys.exit(1)
 checked = failed = 0
 with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
     for src, rc, err in pool.map(check, jobs):
@@ -134,7 +147,12 @@ PY
   cp "$nvcc12/nvidia/cuda_nvcc/bin/ptxas" "$tk/bin/" && chmod +x "$tk/bin/ptxas"
   cp -r "$nvcc12/nvidia/cuda_nvcc/nvvm" "$tk/"
   cp -r "$inc" "$tk/include" && cp -r "$nvcc12/nvidia/cuda_nvcc/include/." "$tk/include/"
-  "$tk/bin/ptxas" --version | grep -q 'release 12\.' ||
+  # (The version into a variable first: `| grep -q` under pipefail fails
+  # when grep's early exit gives ptxas a SIGPIPE.)
+  ptxas_version=$("$tk/bin/ptxas" --version)
+  ptxas_release=
+  [[ "$ptxas_version" =~ release\ ([0-9.]+), ]] && ptxas_release=${BASH_REMATCH[1]}
+  [[ "$ptxas_release" == 12.* ]] ||
     { echo "build-cuda12: $tk/bin/ptxas is not CUDA 12's" >&2; exit 1; }
   mapfile -t kernels < <(git ls-files '*.cu')
   [ ${#kernels[@]} -gt 0 ] || { echo "build-cuda12: no .cu sources found" >&2; exit 1; }
@@ -152,7 +170,7 @@ PY
     done
   done
   echo "build-cuda12: ${#kernels[@]} kernel sources compiled for sm_70 (clang-16, CUDA 12.9" \
-    "headers, libdevice and ptxas $("$tk/bin/ptxas" --version | grep -o 'V12[0-9.]*')), $failed failed"
+    "headers, libdevice and ptxas $ptxas_release), $failed failed"
   [ "$failed" -eq 0 ]
   exit 0
 fi
@@ -160,7 +178,7 @@ fi
 # ------------------------------------------------------------- full build
 nvcc=""
 for c in ${CUDA12_HOME:+"$CUDA12_HOME/bin/nvcc"} $(command -v nvcc || true) /usr/local/cuda-12*/bin/nvcc; do
-  if [ -x "$c" ] && "$c" --version | grep -q 'release 12\.'; then nvcc=$c; break; fi
+  if [ -x "$c" ] && [[ "$("$c" --version)" == *"release 12."* ]]; then nvcc=$c; break; fi
 done
 if [ -z "$nvcc" ]; then
   echo "build-cuda12: no CUDA 12.x nvcc (set CUDA12_HOME; PyPI and Debian 12 have none)." >&2

@@ -10,5 +10,5 @@ build=${EMU_BUILD_DIR:-build-emu}
 start=$(date +%s)
 DEEPQSM_GPU=emu BUILD_DIR="$build" bash scripts/build.sh
 built=$(date +%s)
-ctest --test-dir "$build" -L emu --output-on-failure -j"$(nproc)"
+ctest --test-dir "$build" -L emu --no-tests=error --output-on-failure -j"$(nproc)"
 echo "test-emu: build $((built - start)) s, ctest -L emu $(($(date +%s) - built)) s"

@@ -39,5 +39,5 @@ for bin in deepqsm deepqsm-infer; do
 done
 echo "test-off: deepqsm and deepqsm-infer link no CUDA library"
 built=$(date +%s)
-ctest --test-dir "$build" --output-on-failure -j"$(nproc)"
+ctest --test-dir "$build" --no-tests=error --output-on-failure -j"$(nproc)"
 echo "test-off: build $((built - start)) s, ctest $(($(date +%s) - built)) s"
