@@ -12,8 +12,9 @@
 // Medical Image Analysis 2023): real brain shapes, synthetic susceptibility.
 //
 // The same anatomy with fixed literature susceptibilities and held-out
-// deformations gives the in-vivo proxy cases (make_brain_proxy), which no
-// training volume can be: a training volume's geometry is drawn under
+// deformation fields gives the in-vivo proxy cases (make_brain_proxy). The
+// random draws are held out (the geometry parameters' ranges and the
+// anatomy are not; docs/config.md): a training volume's geometry is drawn under
 // key_for(synth_volume_key(seed, volume), kSynthBrain), i.e. below the
 // generator's purpose kSynthPurpose, and a proxy case's under
 // key_for(kProxyPurpose, case): a branch of the key tree the training
