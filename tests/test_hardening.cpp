@@ -476,6 +476,12 @@ TEST_CASE("inputs the fuzzers found end in one error line", "[hardening][fuzz]")
   const std::string h5 = corpus + "checkpoint/crash-hdf5-huge-metadata-alloc.h5";
   CHECK_THAT(error_of([&] { dq::load_checkpoint(h5); }),
              Contains("crash-hdf5-huge-metadata-alloc.h5"));
+  // A string attribute whose stored bytes are fewer than its type's size:
+  // H5Aread copied past libhdf5's own 23-byte buffer (AddressSanitizer:
+  // heap-buffer-overflow in H5A__read); now refused before the read.
+  const std::string attr = corpus + "checkpoint/crash-hdf5-attr-short-storage.h5";
+  CHECK_THAT(error_of([&] { dq::load_checkpoint(attr); }),
+             Contains("crash-hdf5-attr-short-storage.h5") && Contains("bytes stored where its type needs"));
 }
 
 TEST_CASE("a run whose inputs fail set-up leaves no output folder behind", "[hardening]") {

@@ -276,6 +276,30 @@ hid_t open_attr(hid_t file, const std::string& path, const std::string& obj,
   return a;
 }
 
+// H5Aread copies the type's stored size from the attribute's bytes without
+// checking that a damaged file stored that many: fuzzing found a
+// variable-length string whose 16-byte heap reference was stored in 15
+// bytes, and H5A__read read past libhdf5's own buffer (AddressSanitizer:
+// heap-buffer-overflow). So the stored size is checked first: the type's
+// size, or for a variable-length string its heap reference (a 4-byte
+// length, a file address, a 4-byte index).
+void check_attr_storage(hid_t attr, hid_t type, const std::string& path, const std::string& obj,
+                        const std::string& key) {
+  size_t need = H5Tget_size(type);
+  if (H5Tget_class(type) == H5T_VLEN ||
+      (H5Tget_class(type) == H5T_STRING && H5Tis_variable_str(type) > 0)) {
+    size_t sizeof_addr = 8, sizeof_size = 8;
+    Handle file(H5Iget_file_id(attr), H5Fclose);
+    Handle plist(H5Fget_create_plist(file.get()), H5Pclose);
+    if (H5Pget_sizes(plist.get(), &sizeof_addr, &sizeof_size) < 0) sizeof_addr = 8;
+    need = 4 + sizeof_addr + 4;
+  }
+  const hsize_t have = H5Aget_storage_size(attr);
+  if (need == 0 || have < need)
+    fail(path, ": attribute '", key, "' on '", obj_name(obj), "' is damaged (", have,
+         " bytes stored where its type needs ", need, "); the file is corrupt");
+}
+
 // Reads a numeric attribute as mem_type; HDF5 converts within and between
 // the integer and float classes.
 template <typename T>
@@ -287,6 +311,7 @@ T read_numeric_attr(hid_t file, const std::string& path, const std::string& obj,
   if (cls != H5T_INTEGER && !(allow_float && cls == H5T_FLOAT))
     fail(path, ": attribute '", key, "' on '", obj_name(obj), "' holds a ", class_name(cls),
          " value, expected ", allow_float ? "a number" : "an integer");
+  check_attr_storage(attr.get(), type.get(), path, obj, key);
   T value{};
   if (H5Aread(attr.get(), mem_type, &value) < 0)
     fail(path, ": cannot read attribute '", key, "' on '", obj_name(obj), "'");
@@ -318,6 +343,7 @@ std::string H5File::attr_string(const std::string& obj, const std::string& key) 
   if (H5Tget_class(type.get()) != H5T_STRING)
     fail(path_, ": attribute '", key, "' on '", obj_name(obj), "' holds a ",
          class_name(H5Tget_class(type.get())), ", expected a string");
+  check_attr_storage(attr.get(), type.get(), path_, obj, key);
   if (H5Tis_variable_str(type.get()) > 0) {
     char* s = nullptr;
     if (H5Aread(attr.get(), type.get(), &s) < 0)
