@@ -6,7 +6,8 @@
 #
 #   bash scripts/fuzz.sh SECONDS    replay the seeds, then fuzz each harness
 #                                   for SECONDS (CI: 20, FUZZ_SEED=1); 0 only
-#                                   replays
+#                                   replays; FUZZ_REPLAY_ONLY="checkpoint"
+#                                   only replays the harnesses named
 #
 # Built with clang (Debian's clang and libclang-rt-14-dev, scripts/setup.sh),
 # AddressSanitizer and UndefinedBehaviorSanitizer, into build-fuzz/ (the
@@ -53,6 +54,11 @@ for name in nifti checkpoint config; do
     continue
   fi
   [ "$seconds" -gt 0 ] || { echo "fuzz.sh: $name: seeds replayed"; continue; }
+  # FUZZ_REPLAY_ONLY (names, space-separated; CI: checkpoint): only replay.
+  if [[ " ${FUZZ_REPLAY_ONLY:-} " == *" $name "* ]]; then
+    echo "fuzz.sh: $name: seeds replayed (FUZZ_REPLAY_ONLY: not fuzzed)"
+    continue
+  fi
   run=(-max_total_time="$seconds")
   # FUZZ_SEED (CI: 1) makes the inputs tried the same on every run.
   [ -n "${FUZZ_SEED:-}" ] && run+=(-seed="$FUZZ_SEED")
